@@ -1,0 +1,259 @@
+//! The spool: a directory whose subdirectories are the queue states (as Postfix's queue).
+//!
+//! ```text
+//! SPOOL/tmp/        being written by an initiator (never read by a dispatcher)
+//! SPOOL/ready/      committed, due now: a dispatcher may claim it
+//! SPOOL/scheduled/  committed, held until its not-before time
+//! SPOOL/active/     claimed by a dispatcher (see docs/spool-format.md for the claim protocol)
+//! SPOOL/deferred/   a temporary failure; retried later
+//! SPOOL/failed/     permanent failure or queue lifetime exceeded (dead letters)
+//! SPOOL/corrupt/    files that could not be parsed, kept for a human
+//! ```
+//! A message's state is the directory its file is in; a state change is one `rename(2)`.
+//!
+//! # Durability
+//! A submit writes `tmp/ID` (created with `O_EXCL`, mode 0600 by default), writes the header,
+//! the message and the trailer, `fsync`s the file, renames it into `ready/` (or `scheduled/`)
+//! and `fsync`s that directory. After `Ok` the message survives a crash or power loss; a
+//! dispatcher never sees a half-written file. With `durable = false` both syncs are skipped
+//! (faster; a crash may lose the last submits, never expose a partial one).
+//!
+//! # Errors
+//! I/O failures on the spool are [`ErrorKind::SpoolUnavailable`] (transient: another spool or
+//! a later try may work); unreadable attachments are [`ErrorKind::Attachment`]. On any error the
+//! temporary file is removed: nothing is left in `ready/`.
+
+pub mod queue_id;
+pub mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::Message;
+use crate::raw::RawMessage;
+pub use queue_id::{MessageId, QueueId};
+pub use record::{SpoolFile, SpoolHeader};
+
+/// The queue states, each one directory of the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueState {
+    /// `tmp/`: being written.
+    Tmp,
+    /// `ready/`: due now, waiting for a dispatcher.
+    Ready,
+    /// `scheduled/`: held until its not-before time.
+    Scheduled,
+    /// `active/`: claimed by a dispatcher.
+    Active,
+    /// `deferred/`: waiting for a retry.
+    Deferred,
+    /// `failed/`: dead letters, with their diagnosis.
+    Failed,
+    /// `corrupt/`: unparseable files.
+    Corrupt,
+}
+
+impl QueueState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [QueueState; 7] = [
+        QueueState::Tmp,
+        QueueState::Ready,
+        QueueState::Scheduled,
+        QueueState::Active,
+        QueueState::Deferred,
+        QueueState::Failed,
+        QueueState::Corrupt,
+    ];
+
+    /// The directory name.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            QueueState::Tmp => "tmp",
+            QueueState::Ready => "ready",
+            QueueState::Scheduled => "scheduled",
+            QueueState::Active => "active",
+            QueueState::Deferred => "deferred",
+            QueueState::Failed => "failed",
+            QueueState::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// How a spool is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolOptions {
+    /// fsync the file and the directory on submit (default true).
+    pub durable: bool,
+    /// Mode of spool files (default 0o600; e.g. 0o640 for a dispatcher group). Directories
+    /// created by [`Spool::open`] get the same bits plus search (x) where read is granted.
+    pub file_mode: u32,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions { durable: true, file_mode: 0o600 }
+    }
+}
+
+/// An open spool directory. Cheap to clone; safe to use from many threads and processes at
+/// once (no locks: every submit has its own unique file name).
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+    options: SpoolOptions,
+}
+
+fn unavailable(what: impl std::fmt::Display, e: std::io::Error) -> Error {
+    Error::io(ErrorKind::SpoolUnavailable, what, e).with_field("spool")
+}
+
+/// fsyncs a directory (open it and `sync_all`; no unsafe needed).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Spool {
+    /// Opens a spool with default options (durable, files 0600), creating the directory and
+    /// its state subdirectories when missing.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SpoolUnavailable`] naming `spool` when the directory cannot be created or
+    /// is not a directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Spool> {
+        Spool::open_with(path, SpoolOptions::default())
+    }
+
+    /// Opens a spool with explicit options (see [`Spool::open`]).
+    ///
+    /// # Errors
+    /// As [`Spool::open`]; [`ErrorKind::InvalidArgument`] for a file mode over 0o777.
+    pub fn open_with(path: impl AsRef<Path>, options: SpoolOptions) -> Result<Spool> {
+        let root = path.as_ref().to_owned();
+        if root.as_os_str().is_empty() {
+            return Err(Error::new(ErrorKind::NoSpoolConfigured, "the spool path is empty").with_field("spool"));
+        }
+        if options.file_mode > 0o777 {
+            return Err(Error::new(ErrorKind::InvalidArgument, format!("file mode {:o} is over 0777", options.file_mode))
+                .with_field("file_mode"));
+        }
+        let m = options.file_mode;
+        let dir_mode = 0o700 | (m & 0o077) | if m & 0o040 != 0 { 0o010 } else { 0 } | if m & 0o004 != 0 { 0o001 } else { 0 };
+        let mut b = fs::DirBuilder::new();
+        b.recursive(true).mode(dir_mode);
+        for st in QueueState::ALL {
+            let d = root.join(st.dir_name());
+            if !d.is_dir() {
+                b.create(&d).map_err(|e| unavailable(format_args!("cannot create {}", d.display()), e))?;
+            }
+        }
+        Ok(Spool { root, options })
+    }
+
+    /// The spool's directory.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The options it writes with.
+    pub fn options(&self) -> SpoolOptions {
+        self.options
+    }
+
+    /// The directory of a queue state.
+    pub fn state_dir(&self, state: QueueState) -> PathBuf {
+        self.root.join(state.dir_name())
+    }
+
+    /// Validates nothing more (the message is valid once built), renders the message into the
+    /// spool and commits it (see the module docs for the steps and durability). Returns the
+    /// queue id.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SpoolUnavailable`] (disk full, permission denied, share gone: transient);
+    /// [`ErrorKind::Attachment`] naming `attachments[N]` when a file attachment cannot be read.
+    pub fn submit(&self, message: &Message) -> Result<QueueId> {
+        let header = SpoolHeader {
+            envelope: message.envelope().clone(),
+            created: now_secs(),
+            not_before: message.not_before(),
+            priority: message.priority().number(),
+            message_id: message.message_id().to_owned(),
+        };
+        self.commit(&header, |w| message.render(w))
+    }
+
+    /// Spools a message composed elsewhere (Python's `email`, nodemailer), prepared by
+    /// [`RawMessage::parse`].
+    ///
+    /// # Errors
+    /// As [`Spool::submit`].
+    pub fn submit_raw(&self, message: &RawMessage) -> Result<QueueId> {
+        let header = SpoolHeader {
+            envelope: message.envelope().clone(),
+            created: now_secs(),
+            not_before: message.not_before(),
+            priority: 3,
+            message_id: message.message_id().to_owned(),
+        };
+        self.commit(&header, |w| {
+            w.write_all(message.bytes()).map_err(|e| Error::io(ErrorKind::Io, "cannot write", e))?;
+            Ok(message.bytes().len() as u64)
+        })
+    }
+
+    fn commit(&self, header: &SpoolHeader, body: impl FnOnce(&mut BufWriter<File>) -> Result<u64>) -> Result<QueueId> {
+        let id = QueueId::generate();
+        let tmp = self.state_dir(QueueState::Tmp).join(id.as_str());
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.options.file_mode)
+            .open(&tmp)
+            .map_err(|e| unavailable(format_args!("cannot create {}", tmp.display()), e))?;
+        let result = (|| {
+            // umask may have cleared bits the caller asked for (e.g. 0640 under umask 077)
+            if self.options.file_mode & 0o077 != 0 {
+                file.set_permissions(fs::Permissions::from_mode(self.options.file_mode))
+                    .map_err(|e| unavailable("cannot set the file mode", e))?;
+            }
+            let mut w = BufWriter::with_capacity(128 * 1024, file);
+            record::write_header(&mut w, header).map_err(|e| unavailable("cannot write the spool file", e))?;
+            let len = body(&mut w).map_err(|e| match e.kind() {
+                ErrorKind::Io => match e.io_error() {
+                    Some(io) => unavailable("cannot write the spool file", std::io::Error::new(io.kind(), io.to_string())),
+                    None => Error::new(ErrorKind::SpoolUnavailable, e.message()).with_field("spool"),
+                },
+                _ => e,
+            })?;
+            record::write_trailer(&mut w, len).map_err(|e| unavailable("cannot write the spool file", e))?;
+            let file = w.into_inner().map_err(|e| unavailable("cannot write the spool file", e.into_error()))?;
+            if self.options.durable {
+                file.sync_all().map_err(|e| unavailable("cannot fsync the spool file", e))?;
+            }
+            let state = match header.not_before {
+                Some(t) if t > now_secs() => QueueState::Scheduled,
+                _ => QueueState::Ready,
+            };
+            let dir = self.state_dir(state);
+            fs::rename(&tmp, dir.join(id.as_str()))
+                .map_err(|e| unavailable(format_args!("cannot rename into {}", dir.display()), e))?;
+            if self.options.durable {
+                sync_dir(&dir).map_err(|e| unavailable("cannot fsync the spool directory", e))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(id)
+    }
+}
+
+pub(crate) fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
