@@ -105,7 +105,9 @@ impl RawMessage {
         let Some(head_end) = split else {
             return Err(invalid("no empty line ends the header section"));
         };
-        let (head, body) = crlf.split_at(head_end);
+        let (head, rest) = crlf.split_at(head_end);
+        // `head` ends with the last field's CRLF; the empty line is the separator, written below
+        let body = rest.strip_prefix(b"\r\n").unwrap_or(rest);
         for line in crlf.split(|&b| b == b'\n') {
             if line.len() > MAX_LINE + 1 {
                 return Err(invalid(format!("a line is {} octets; at most {MAX_LINE} (RFC 5322 §2.1.1)", line.len() - 1)));
@@ -249,6 +251,7 @@ mod tests {
         assert!(!s.to_ascii_lowercase().contains("bcc") && !s.contains("y@example.net"));
         assert!(s.contains("Message-ID: <") && s.contains("Date: "));
         assert!(s.ends_with("\r\n\r\nbody\r\n"));
+        assert!(!s.contains("\r\n\r\n\r\n"), "exactly one empty line separates header and body");
     }
 
     #[test]

@@ -116,7 +116,28 @@ pub fn phrase(name: &str) -> Vec<String> {
         q.push('"');
         return vec![q];
     }
-    encoded_word::encode(name, Context::Phrase)
+    // Non-ASCII: words that are plain atoms stay as they are; each run of words that need
+    // encoding becomes encoded-words (the spaces inside a run encoded as '_'). Two encoded-words
+    // are then never separated by a real space, which decoders disagree on (RFC 2047 §6.2 says
+    // drop it; CPython's policy.default keeps it).
+    let mut out = Vec::new();
+    let mut run: Vec<&str> = Vec::new();
+    let plain = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii() && crate::address::is_atext(c)) && !w.contains("=?");
+    for w in name.split(' ') {
+        if plain(w) {
+            if !run.is_empty() {
+                out.extend(encoded_word::encode(&run.join(" "), Context::Phrase));
+                run.clear();
+            }
+            out.push(w.to_owned());
+        } else {
+            run.push(w);
+        }
+    }
+    if !run.is_empty() {
+        out.extend(encoded_word::encode(&run.join(" "), Context::Phrase));
+    }
+    out
 }
 
 #[cfg(test)]
