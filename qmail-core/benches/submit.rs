@@ -42,7 +42,10 @@ fn floor(dir: &Path, bytes: &[u8], durable: bool) {
 
 fn bench(c: &mut Criterion) {
     let msg = message();
-    let root = tempfile::tempdir_in(std::env::var("QMAIL_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())).unwrap();
+    // on the project's disk (not a tmpfs /tmp, where fsync is free); QMAIL_BENCH_DIR overrides
+    let base: String = std::env::var("QMAIL_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-spools").into());
+    fs::create_dir_all(&base).unwrap();
+    let root = tempfile::tempdir_in(&base).unwrap();
     let size = {
         let s = Spool::open(root.path().join("probe")).unwrap();
         let id = s.submit(&msg).unwrap();

@@ -24,7 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .subject("Your order 12345")
         .text(&text[..1800])
         .build()?;
-    let base = std::env::var("QMAIL_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
+    let base = std::env::var("QMAIL_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-spools").into());
+    fs::create_dir_all(&base)?;
     for durable in [true, false] {
         let dir = tempfile::tempdir_in(&base)?;
         let spool = qmail_core::Spool::open_with(dir.path().join("spool"), qmail_core::SpoolOptions { durable, file_mode: 0o600 })?;
