@@ -40,6 +40,21 @@ pub const QMAIL_PRIORITY_LOW: i32 = 4;
 /// X-Priority 5, Importance low.
 pub const QMAIL_PRIORITY_LOWEST: i32 = 5;
 
+/// The body of a setter that takes one string: `msg` checked, then the string (NULL, UTF-8),
+/// then the core setter.
+fn set_str(
+    msg: *mut qmail_message,
+    value: *const c_char,
+    param: &'static str,
+    set: impl FnOnce(&mut MessageBuilder, &str) -> qmail_core::Result<()>,
+) -> qmail_result {
+    ffi_fallible(|| {
+        let m = try_mut_from_ptr(msg, "msg")?;
+        set(m, str_arg(value, param)?)?;
+        Ok(())
+    })
+}
+
 /// A new, empty message.
 ///
 /// Ownership: the caller owns the result and must release it with `qmail_message_free()`.
@@ -74,65 +89,41 @@ pub extern "C" fn qmail_message_free(msg: *mut qmail_message) {
 /// `QMAIL_RESULT_INVALID_HEADER` (a control character in the display name).
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_set_from(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.set_from(str_arg(address, "address")?)?;
-        Ok(())
-    })
+    set_str(msg, address, "address", |m, v| m.set_from(v).map(drop))
 }
 
 /// Sets Sender (RFC 5322 §3.6.2): the agent that sends on behalf of From. Also the default
 /// envelope sender when set. Shape and errors as `qmail_message_set_from()`, naming `sender`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_set_sender(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.set_sender(str_arg(address, "address")?)?;
-        Ok(())
-    })
+    set_str(msg, address, "address", |m, v| m.set_sender(v).map(drop))
 }
 
 /// Adds a Reply-To address (call again for more). Shape and errors as
 /// `qmail_message_set_from()`, naming `reply_to`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_add_reply_to(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.add_reply_to(str_arg(address, "address")?)?;
-        Ok(())
-    })
+    set_str(msg, address, "address", |m, v| m.add_reply_to(v).map(drop))
 }
 
 /// Adds a To recipient (call again for more). At least one To, Cc or Bcc recipient is
 /// required. Shape and errors as `qmail_message_set_from()`, naming `to`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_add_to(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.add_to(str_arg(address, "address")?)?;
-        Ok(())
-    })
+    set_str(msg, address, "address", |m, v| m.add_to(v).map(drop))
 }
 
 /// Adds a Cc recipient. Shape and errors as `qmail_message_set_from()`, naming `cc`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_add_cc(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.add_cc(str_arg(address, "address")?)?;
-        Ok(())
-    })
+    set_str(msg, address, "address", |m, v| m.add_cc(v).map(drop))
 }
 
 /// Adds a Bcc recipient: it goes into the envelope only and is never written into the
 /// message's headers. Shape and errors as `qmail_message_set_from()`, naming `bcc`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_add_bcc(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.add_bcc(str_arg(address, "address")?)?;
-        Ok(())
-    })
+    set_str(msg, address, "address", |m, v| m.add_bcc(v).map(drop))
 }
 
 /// Sets the Subject: any Unicode text on one line (RFC 2047 encoded when needed, folded to
@@ -142,11 +133,7 @@ pub extern "C" fn qmail_message_add_bcc(msg: *mut qmail_message, address: *const
 /// character (a trailing newline too: header values are one line).
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_set_subject(msg: *mut qmail_message, subject: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.set_subject(str_arg(subject, "subject")?)?;
-        Ok(())
-    })
+    set_str(msg, subject, "subject", |m, v| m.set_subject(v).map(drop))
 }
 
 /// Sets the text/plain body (UTF-8; LF, CRLF or lone CR line breaks all become CRLF; long
@@ -156,11 +143,7 @@ pub extern "C" fn qmail_message_set_subject(msg: *mut qmail_message, subject: *c
 /// Errors: none beyond NULL and UTF-8 (a C string cannot hold the NUL that the core refuses).
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_set_text(msg: *mut qmail_message, text: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.set_text(str_arg(text, "text")?)?;
-        Ok(())
-    })
+    set_str(msg, text, "text", |m, v| m.set_text(v).map(drop))
 }
 
 /// Sets the text/html body. `cid:NAME` references must match an inline part added with
@@ -168,11 +151,7 @@ pub extern "C" fn qmail_message_set_text(msg: *mut qmail_message, text: *const c
 /// `qmail_message_set_text()`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_set_html(msg: *mut qmail_message, html: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.set_html(str_arg(html, "html")?)?;
-        Ok(())
-    })
+    set_str(msg, html, "html", |m, v| m.set_html(v).map(drop))
 }
 
 /// Adds a custom header field, e.g. `("X-Campaign", "spring")`. `Message-ID` and `Date`
@@ -219,11 +198,7 @@ pub extern "C" fn qmail_message_set_priority(msg: *mut qmail_message, priority: 
 /// Errors: `QMAIL_RESULT_INVALID_ADDRESS` naming `envelope_from`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_set_envelope_from(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    ffi_fallible(|| {
-        let m = try_mut_from_ptr(msg, "msg")?;
-        m.set_envelope_from(str_arg(address, "address")?)?;
-        Ok(())
-    })
+    set_str(msg, address, "address", |m, v| m.set_envelope_from(v).map(drop))
 }
 
 /// Holds the message until this time, in Unix seconds (UTC): it is spooled at once but a
