@@ -239,6 +239,71 @@ qmail_result qmail_message_add_cc(qmail_message *msg, const char *address);
 qmail_result qmail_message_add_bcc(qmail_message *msg, const char *address);
 
 /**
+ * Sets From from a display name and an address given apart, so that the name needs no
+ * quoting: `qmail_message_set_from_with_name(msg, "Dupont, Élodie", "elodie@example.com")`.
+ * The same for the other address fields: `qmail_message_set_sender_with_name`,
+ * `qmail_message_add_reply_to_with_name`, `qmail_message_add_to_with_name`,
+ * `qmail_message_add_cc_with_name`, `qmail_message_add_bcc_with_name`.
+ *
+ * Shape: `msg` and `address` must not be NULL; `name` may be NULL or empty (no display
+ * name). `name` is raw text, any Unicode (quoted or RFC 2047 encoded when rendered);
+ * `address` is a bare addr-spec, `local@domain`, without angle brackets. Both UTF-8, copied.
+ * Threads: one thread at a time per message.
+ *
+ * Errors: `QMAIL_RESULT_INVALID_HEADER` naming the field for CR, LF, NUL or another control
+ * character in the name; `QMAIL_RESULT_INVALID_ADDRESS` naming the field for the address.
+ */
+qmail_result qmail_message_set_from_with_name(qmail_message *msg,
+                                              const char *name,
+                                              const char *address);
+
+/**
+ * Sets Sender from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_set_sender_with_name(qmail_message *msg,
+                                                const char *name,
+                                                const char *address);
+
+/**
+ * Adds a Reply-To address from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_reply_to_with_name(qmail_message *msg,
+                                                  const char *name,
+                                                  const char *address);
+
+/**
+ * Adds a To recipient from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_to_with_name(qmail_message *msg,
+                                            const char *name,
+                                            const char *address);
+
+/**
+ * Adds a Cc recipient from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_cc_with_name(qmail_message *msg,
+                                            const char *name,
+                                            const char *address);
+
+/**
+ * Adds a Bcc recipient from a name and an address given apart (the name is not written
+ * anywhere: Bcc is envelope only); see `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_bcc_with_name(qmail_message *msg,
+                                             const char *name,
+                                             const char *address);
+
+/**
+ * Asks for a read receipt: Disposition-Notification-To (RFC 8098) with this address. Shape
+ * and errors as `qmail_message_set_from()`, naming `read_receipt_to`.
+ */
+qmail_result qmail_message_set_read_receipt_to(qmail_message *msg, const char *address);
+
+/**
  * Sets the Subject: any Unicode text on one line (RFC 2047 encoded when needed, folded to
  * lines of at most 78 characters). Shape as `qmail_message_set_from()`.
  *

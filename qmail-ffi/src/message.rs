@@ -7,7 +7,7 @@
 
 use std::ffi::c_char;
 
-use qmail_core::{MessageBuilder, Priority};
+use qmail_core::{AddressInput, MessageBuilder, Priority};
 
 use crate::error::qmail_result;
 use crate::handle::{
@@ -51,6 +51,21 @@ fn set_str(
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
         set(m, str_arg(value, param)?)?;
+        Ok(())
+    })
+}
+
+/// The body of an address setter with the display name apart.
+fn set_named(
+    msg: *mut qmail_message,
+    name: *const c_char,
+    address: *const c_char,
+    set: impl FnOnce(&mut MessageBuilder, AddressInput) -> qmail_core::Result<()>,
+) -> qmail_result {
+    ffi_fallible(|| {
+        let m = try_mut_from_ptr(msg, "msg")?;
+        let name = opt_str_arg(name, "name")?.map(str::to_owned);
+        set(m, AddressInput::Parts(name, str_arg(address, "address")?.to_owned()))?;
         Ok(())
     })
 }
@@ -124,6 +139,90 @@ pub extern "C" fn qmail_message_add_cc(msg: *mut qmail_message, address: *const 
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_message_add_bcc(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
     set_str(msg, address, "address", |m, v| m.add_bcc(v).map(drop))
+}
+
+/// Sets From from a display name and an address given apart, so that the name needs no
+/// quoting: `qmail_message_set_from_with_name(msg, "Dupont, Élodie", "elodie@example.com")`.
+/// The same for the other address fields: `qmail_message_set_sender_with_name`,
+/// `qmail_message_add_reply_to_with_name`, `qmail_message_add_to_with_name`,
+/// `qmail_message_add_cc_with_name`, `qmail_message_add_bcc_with_name`.
+///
+/// Shape: `msg` and `address` must not be NULL; `name` may be NULL or empty (no display
+/// name). `name` is raw text, any Unicode (quoted or RFC 2047 encoded when rendered);
+/// `address` is a bare addr-spec, `local@domain`, without angle brackets. Both UTF-8, copied.
+/// Threads: one thread at a time per message.
+///
+/// Errors: `QMAIL_RESULT_INVALID_HEADER` naming the field for CR, LF, NUL or another control
+/// character in the name; `QMAIL_RESULT_INVALID_ADDRESS` naming the field for the address.
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_set_from_with_name(
+    msg: *mut qmail_message,
+    name: *const c_char,
+    address: *const c_char,
+) -> qmail_result {
+    set_named(msg, name, address, |m, a| m.set_from(a).map(drop))
+}
+
+/// Sets Sender from a name and an address given apart; see
+/// `qmail_message_set_from_with_name()`.
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_set_sender_with_name(
+    msg: *mut qmail_message,
+    name: *const c_char,
+    address: *const c_char,
+) -> qmail_result {
+    set_named(msg, name, address, |m, a| m.set_sender(a).map(drop))
+}
+
+/// Adds a Reply-To address from a name and an address given apart; see
+/// `qmail_message_set_from_with_name()`.
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_add_reply_to_with_name(
+    msg: *mut qmail_message,
+    name: *const c_char,
+    address: *const c_char,
+) -> qmail_result {
+    set_named(msg, name, address, |m, a| m.add_reply_to(a).map(drop))
+}
+
+/// Adds a To recipient from a name and an address given apart; see
+/// `qmail_message_set_from_with_name()`.
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_add_to_with_name(
+    msg: *mut qmail_message,
+    name: *const c_char,
+    address: *const c_char,
+) -> qmail_result {
+    set_named(msg, name, address, |m, a| m.add_to(a).map(drop))
+}
+
+/// Adds a Cc recipient from a name and an address given apart; see
+/// `qmail_message_set_from_with_name()`.
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_add_cc_with_name(
+    msg: *mut qmail_message,
+    name: *const c_char,
+    address: *const c_char,
+) -> qmail_result {
+    set_named(msg, name, address, |m, a| m.add_cc(a).map(drop))
+}
+
+/// Adds a Bcc recipient from a name and an address given apart (the name is not written
+/// anywhere: Bcc is envelope only); see `qmail_message_set_from_with_name()`.
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_add_bcc_with_name(
+    msg: *mut qmail_message,
+    name: *const c_char,
+    address: *const c_char,
+) -> qmail_result {
+    set_named(msg, name, address, |m, a| m.add_bcc(a).map(drop))
+}
+
+/// Asks for a read receipt: Disposition-Notification-To (RFC 8098) with this address. Shape
+/// and errors as `qmail_message_set_from()`, naming `read_receipt_to`.
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_set_read_receipt_to(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
+    set_str(msg, address, "address", |m, v| m.set_read_receipt_to(v).map(drop))
 }
 
 /// Sets the Subject: any Unicode text on one line (RFC 2047 encoded when needed, folded to

@@ -120,7 +120,7 @@ fn every_shape_is_spooled_as_built() {
         let out = run(&p.dir.join("shapes"), &[&spool, &work], None);
         let shapes: BTreeMap<&str, &str> = tagged(&out, "SHAPE").into_iter().collect();
         let expected = [
-            "minimal", "alternative", "html_only", "addresses", "headers_priority", "null_sender", "scheduled",
+            "minimal", "alternative", "html_only", "addresses", "named", "headers_priority", "null_sender", "scheduled",
             "attachments", "inline", "unicode", "long_text", "resubmit_1", "resubmit_2", "default_spool",
         ];
         assert_eq!(shapes.keys().copied().collect::<HashSet<_>>(), expected.into_iter().collect(), "{}: {out}", p.link);
@@ -177,6 +177,21 @@ fn every_shape_is_spooled_as_built() {
                     assert_eq!(h.envelope.mail_from, "robot@example.com", "Sender is the default MAIL FROM");
                     assert_eq!(h.envelope.rcpt_to, ["a@example.org", "b@example.org", "c@example.org", "hidden@example.net"]);
                     assert!(!String::from_utf8_lossy(&body).contains("hidden@example.net"), "{ctx}: Bcc leaked");
+                }
+                "named" => {
+                    assert_eq!(names(m.from()), [(Some("Dupont, Élodie".into()), "elodie@example.com".into())]);
+                    assert_eq!(names(m.sender()), [(None, "robot@example.com".into())]);
+                    assert_eq!(names(m.reply_to()), [(Some("Support \"24/7\"".into()), "help@example.com".into())]);
+                    assert_eq!(names(m.to()), [(Some("Şmith, John".into()), "smith@example.org".into())]);
+                    assert_eq!(names(m.cc()), [(None, "plain@example.org".into())]);
+                    assert_eq!(h.envelope.rcpt_to, ["smith@example.org", "plain@example.org", "hidden@example.net"]);
+                    let head = common::header_section(&body);
+                    assert!(!head.contains("Hidden") && !head.contains("hidden@"), "{ctx}: Bcc leaked");
+                    assert_eq!(
+                        m.header_raw("Disposition-Notification-To").map(str::trim),
+                        Some("receipts@example.com"),
+                        "{ctx}: RFC 8098"
+                    );
                 }
                 "headers_priority" => {
                     assert_eq!(m.header_raw("X-Campaign").map(str::trim), Some("spring"));
@@ -374,8 +389,17 @@ fn mailbox(v: &Value) -> String {
     }
 }
 
+/// How a case address with a display name reaches the C API.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Form {
+    /// One string, the name as a quoted-string: `qmail_message_add_to(msg, "\"N\" <a>")`.
+    Quoted,
+    /// Name and address apart: `qmail_message_add_to_with_name(msg, "N", "a")`.
+    Named,
+}
+
 /// script.c commands for one case input, in the order `common::build` applies them.
-fn commands(input: &Value, spool: &Path) -> Vec<String> {
+fn commands(input: &Value, spool: &Path, form: Form) -> Vec<String> {
     let list = |v: &Value| -> Vec<Value> {
         match v {
             Value::Array(a) => a.clone(),
@@ -384,12 +408,20 @@ fn commands(input: &Value, spool: &Path) -> Vec<String> {
         }
     };
     let mut c = vec!["new".to_owned(), format!("spool\t{}", esc(&spool.display().to_string()))];
+    let address = |cmd: &str, a: &Value| match (form, a) {
+        (Form::Named, Value::Object(o)) => format!(
+            "{cmd}_named\t{}\t{}",
+            o.get("name").and_then(Value::as_str).map_or("-".to_owned(), esc),
+            esc(o.get("address").and_then(Value::as_str).unwrap_or_default())
+        ),
+        _ => format!("{cmd}\t{}", esc(&mailbox(a))),
+    };
     if !input["from"].is_null() {
-        c.push(format!("from\t{}", esc(&mailbox(&input["from"]))));
+        c.push(address("from", &input["from"]));
     }
-    for (field, cmd) in [("reply_to", "reply_to"), ("to", "to"), ("cc", "cc"), ("bcc", "bcc")] {
+    for field in ["reply_to", "to", "cc", "bcc"] {
         for a in list(&input[field]) {
-            c.push(format!("{cmd}\t{}", esc(&mailbox(&a))));
+            c.push(address(field, &a));
         }
     }
     for field in ["subject", "text", "html"] {
@@ -422,13 +454,13 @@ enum Outcome {
 }
 
 /// Runs every input of every build case through script.c in one process.
-fn through_c(p: &Programs, spool: &Path) -> BTreeMap<(String, usize), (Value, Outcome)> {
+fn through_c(p: &Programs, spool: &Path, form: Form) -> BTreeMap<(String, usize), (Value, Outcome)> {
     let mut script = String::new();
     let mut plan = Vec::new();
     for case in common::cases().into_iter().filter(|c| c["layer"] == "build") {
         let id = case["id"].as_str().unwrap().to_owned();
         for (i, input) in case["inputs"].as_array().unwrap().iter().enumerate() {
-            let cmds = commands(input, spool);
+            let cmds = commands(input, spool, form);
             plan.push(((id.clone(), i), input.clone(), cmds.len()));
             for c in cmds {
                 script.push_str(&c);
@@ -459,53 +491,57 @@ fn through_c(p: &Programs, spool: &Path) -> BTreeMap<(String, usize), (Value, Ou
 #[ignore = "needs the C programs: run scripts/test.d/30-c.sh"]
 fn shared_build_cases_through_c() {
     for p in programs() {
-        let tmp = tempfile::tempdir().unwrap();
-        let results = through_c(&p, tmp.path());
-        let get = |id: &str, i: usize| &results[&(id.to_owned(), i)].1;
-        let refused = |id: &str, i: usize| match get(id, i) {
-            Outcome::Refused { code, field, .. } => (*code, field.clone()),
-            o => panic!("{} {id} input {}: spooled, expected a refusal: {o:?}", p.link, i + 1),
-        };
+        for form in [Form::Quoted, Form::Named] {
+            let tmp = tempfile::tempdir().unwrap();
+            let results = through_c(&p, tmp.path(), form);
+            let ctx = format!("{} {form:?}", p.link);
+            let get = |id: &str, i: usize| &results[&(id.to_owned(), i)].1;
+            let refused = |id: &str, i: usize| match get(id, i) {
+                Outcome::Refused { code, field, .. } => (*code, field.clone()),
+                o => panic!("{ctx} {id} input {}: spooled, expected a refusal: {o:?}", i + 1),
+            };
 
-        // CR/LF in the Reply-To address is an invalid address; in the display name the
-        // whole mailbox string is refused (the C API takes one string), naming reply_to.
-        assert_eq!(refused("Q-01", 1), (2002, "reply_to".into()));
-        let (code, field) = refused("Q-01", 0);
-        assert!(code == 2002 || code == 2003, "Q-01 input 1: {code}");
-        assert_eq!(field, "reply_to");
-        // a newline in Subject or in a custom header value, and bad header names
-        assert_eq!(refused("Q-03", 0), (2003, "subject".into()));
-        let (code, field) = refused("Q-03", 2);
-        assert_eq!((code, field.starts_with("headers.X-Bad")), (2003, true));
-        let (code, field) = refused("Q-03", 3);
-        assert_eq!((code, field.starts_with("headers.X-Evil")), (2003, true));
-        // Q-03 input 2: built; the literal encoded-word text comes back exactly, no Bcc field
-        let Outcome::Spooled(id) = get("Q-03", 1) else { panic!("Q-03 input 2 refused: {:?}", get("Q-03", 1)) };
-        let (_, _, body) = spooled(tmp.path(), id);
-        assert_eq!(common::parse(&body).subject(), Some("Invoice =?UTF-8?Q?=0A?=Bcc: leak@example.org"));
-        assert!(!header_names(&body).contains(&"bcc".to_owned()));
+            // CR/LF in the Reply-To address is an invalid address naming reply_to; in
+            // the display name it is an invalid header when the name is given apart, and
+            // makes the whole one-string mailbox an invalid address.
+            assert_eq!(refused("Q-01", 1), (2002, "reply_to".into()), "{ctx}");
+            let expected = if form == Form::Named { 2003 } else { 2002 };
+            assert_eq!(refused("Q-01", 0), (expected, "reply_to".into()), "{ctx}");
+            // a newline in Subject or in a custom header value, and bad header names
+            assert_eq!(refused("Q-03", 0), (2003, "subject".into()), "{ctx}");
+            let (code, field) = refused("Q-03", 2);
+            assert_eq!((code, field.starts_with("headers.X-Bad")), (2003, true), "{ctx}");
+            let (code, field) = refused("Q-03", 3);
+            assert_eq!((code, field.starts_with("headers.X-Evil")), (2003, true), "{ctx}");
+            // Q-03 input 2: built; the literal encoded-word text comes back exactly, no Bcc
+            let Outcome::Spooled(id) = get("Q-03", 1) else { panic!("{ctx}: Q-03 input 2 refused: {:?}", get("Q-03", 1)) };
+            let (_, _, body) = spooled(tmp.path(), id);
+            assert_eq!(common::parse(&body).subject(), Some("Invoice =?UTF-8?Q?=0A?=Bcc: leak@example.org"));
+            assert!(!header_names(&body).contains(&"bcc".to_owned()));
 
-        // Every input: the C layer agrees with the Rust API on the same payload.
-        for ((id, i), (input, outcome)) in &results {
-            let ctx = format!("{} {id} input {}", p.link, i + 1);
-            match (common::build(input), outcome) {
-                (Err(e), Outcome::Refused { code, name, field, message }) => {
-                    assert_eq!(Some(field.as_str()), e.field(), "{ctx}: {message}");
-                    assert!(message.starts_with(&format!("{field}: ")), "{ctx}: {message}");
-                    let rust_kind = e.kind().as_str();
-                    // a control character in a display name: Rust (name given apart) says
-                    // InvalidHeader, the one-string C form says InvalidAddress
-                    let same = name == rust_kind || (rust_kind == "InvalidHeader" && name == "InvalidAddress");
-                    assert!(same, "{ctx}: C {name} ({code}), Rust {rust_kind}");
+            // Every input: the C layer agrees with the Rust API on the same payload.
+            for ((id, i), (input, outcome)) in &results {
+                let ctx = format!("{ctx} {id} input {}", i + 1);
+                match (common::build(input), outcome) {
+                    (Err(e), Outcome::Refused { code, name, field, message }) => {
+                        assert_eq!(Some(field.as_str()), e.field(), "{ctx}: {message}");
+                        assert!(message.starts_with(&format!("{field}: ")), "{ctx}: {message}");
+                        let rust_kind = e.kind().as_str();
+                        // only the one-string form may turn a bad display name (InvalidHeader
+                        // in Rust, where the name is given apart) into an InvalidAddress
+                        let same = name == rust_kind
+                            || (form == Form::Quoted && rust_kind == "InvalidHeader" && name == "InvalidAddress");
+                        assert!(same, "{ctx}: C {name} ({code}), Rust {rust_kind}");
+                    }
+                    (Ok(rust), Outcome::Spooled(qid)) => {
+                        let (file, _, body) = spooled(tmp.path(), qid);
+                        assert_eq!(&file.header.envelope, rust.envelope(), "{ctx}");
+                        let rust_bytes = rust.to_bytes().unwrap();
+                        same_message(&ctx, &common::parse(&body), &common::parse(&rust_bytes));
+                        assert_eq!(header_names(&body), header_names(&rust_bytes), "{ctx}");
+                    }
+                    (rust, c) => panic!("{ctx}: Rust {:?}, C {c:?}", rust.map(|m| m.envelope().clone())),
                 }
-                (Ok(rust), Outcome::Spooled(qid)) => {
-                    let (file, _, body) = spooled(tmp.path(), qid);
-                    assert_eq!(&file.header.envelope, rust.envelope(), "{ctx}");
-                    let rust_bytes = rust.to_bytes().unwrap();
-                    same_message(&ctx, &common::parse(&body), &common::parse(&rust_bytes));
-                    assert_eq!(header_names(&body), header_names(&rust_bytes), "{ctx}");
-                }
-                (rust, c) => panic!("{ctx}: Rust {:?}, C {c:?}", rust.map(|m| m.envelope().clone())),
             }
         }
     }

@@ -90,6 +90,16 @@ static void bad_addresses(void) {
     CHECK_ERR(qmail_message_add_bcc(m, ""), QMAIL_RESULT_INVALID_ADDRESS, "bcc", NULL);
     CHECK_ERR(qmail_message_set_envelope_from(m, "bounce@example.com>\r\nRCPT TO:<leak@example.org"), QMAIL_RESULT_INVALID_ADDRESS, "envelope_from", NULL);
     CHECK_ERR(qmail_message_set_from(m, "Dupont, Elodie <e@example.com>"), QMAIL_RESULT_INVALID_ADDRESS, "from", "quote it");
+    /* display name and address apart */
+    CHECK_ERR(qmail_message_set_from_with_name(NULL, "N", "a@example.com"), QMAIL_RESULT_NULL_PARAMETER, "msg", NULL);
+    CHECK_ERR(qmail_message_add_to_with_name(m, "N", NULL), QMAIL_RESULT_NULL_PARAMETER, "address", NULL);
+    CHECK_ERR(qmail_message_add_to_with_name(m, "\xff", "a@example.com"), QMAIL_RESULT_INVALID_UTF8, "name", NULL);
+    CHECK_ERR(qmail_message_add_reply_to_with_name(m, "Support\r\nBcc: leak@example.org", "help@example.com"), QMAIL_RESULT_INVALID_HEADER, "reply_to", NULL);
+    CHECK_ERR(qmail_message_add_cc_with_name(m, "Name", "<c@example.org>"), QMAIL_RESULT_INVALID_ADDRESS, "cc", NULL);
+    CHECK_ERR(qmail_message_add_bcc_with_name(m, NULL, "help@example.com\r\nBcc: x@example.org"), QMAIL_RESULT_INVALID_ADDRESS, "bcc", NULL);
+    CHECK_ERR(qmail_message_set_sender_with_name(m, "S", "nope"), QMAIL_RESULT_INVALID_ADDRESS, "sender", NULL);
+    CHECK_ERR(qmail_message_set_read_receipt_to(m, "r@@example.com"), QMAIL_RESULT_INVALID_ADDRESS, "read_receipt_to", NULL);
+    CHECK_ERR(qmail_message_set_read_receipt_to(NULL, "r@example.com"), QMAIL_RESULT_NULL_PARAMETER, "msg", NULL);
     qmail_message_free(m);
 }
 

@@ -6,7 +6,8 @@
  *
  * A line is a command and its arguments separated by TABs. Arguments take the escapes \r \n
  * \t \\ and \xHH; a lone "-" is NULL. Commands: new, free, spool, from, sender, reply_to, to,
- * cc, bcc, subject, text, html, header NAME VALUE, priority N, envelope_from, not_before N,
+ * cc, bcc, FIELD_named NAME ADDRESS (from, sender, reply_to, to, cc, bcc), read_receipt_to,
+ * subject, text, html, header NAME VALUE, priority N, envelope_from, not_before N,
  * attach PATH FILENAME TYPE, attach_bytes HEX FILENAME TYPE, inline PATH CID TYPE,
  * inline_bytes HEX CID TYPE, submit.
  * Each line answers one line: "OK", "OK <id>" for submit, or
@@ -128,6 +129,13 @@ int main(void) {
         else if (!strcmp(cmd, "to")) r = qmail_message_add_to(m, a[0]);
         else if (!strcmp(cmd, "cc")) r = qmail_message_add_cc(m, a[0]);
         else if (!strcmp(cmd, "bcc")) r = qmail_message_add_bcc(m, a[0]);
+        else if (!strcmp(cmd, "from_named")) r = qmail_message_set_from_with_name(m, a[0], a[1]);
+        else if (!strcmp(cmd, "sender_named")) r = qmail_message_set_sender_with_name(m, a[0], a[1]);
+        else if (!strcmp(cmd, "reply_to_named")) r = qmail_message_add_reply_to_with_name(m, a[0], a[1]);
+        else if (!strcmp(cmd, "to_named")) r = qmail_message_add_to_with_name(m, a[0], a[1]);
+        else if (!strcmp(cmd, "cc_named")) r = qmail_message_add_cc_with_name(m, a[0], a[1]);
+        else if (!strcmp(cmd, "bcc_named")) r = qmail_message_add_bcc_with_name(m, a[0], a[1]);
+        else if (!strcmp(cmd, "read_receipt_to")) r = qmail_message_set_read_receipt_to(m, a[0]);
         else if (!strcmp(cmd, "subject")) r = qmail_message_set_subject(m, a[0]);
         else if (!strcmp(cmd, "text")) r = qmail_message_set_text(m, a[0]);
         else if (!strcmp(cmd, "html")) r = qmail_message_set_html(m, a[0]);

@@ -96,6 +96,21 @@ int main(int argc, char **argv) {
     submit(m, "addresses");
     qmail_message_free(m);
 
+    /* named: display names given apart (no quoting), read receipt */
+    m = qmail_message_new();
+    CHECK_OK(qmail_message_set_spool(m, spool));
+    CHECK_OK(qmail_message_set_from_with_name(m, "Dupont, Élodie", "elodie@example.com"));
+    CHECK_OK(qmail_message_set_sender_with_name(m, NULL, "robot@example.com"));
+    CHECK_OK(qmail_message_add_reply_to_with_name(m, "Support \"24/7\"", "help@example.com"));
+    CHECK_OK(qmail_message_add_to_with_name(m, "Şmith, John", "smith@example.org"));
+    CHECK_OK(qmail_message_add_cc_with_name(m, "", "plain@example.org"));
+    CHECK_OK(qmail_message_add_bcc_with_name(m, "Hidden Person", "hidden@example.net"));
+    CHECK_OK(qmail_message_set_read_receipt_to(m, "receipts@example.com"));
+    CHECK_OK(qmail_message_set_subject(m, "named"));
+    CHECK_OK(qmail_message_set_text(m, "x"));
+    submit(m, "named");
+    qmail_message_free(m);
+
     /* headers_priority: custom headers, own Message-ID and Date, priority */
     m = base("headers");
     CHECK_OK(qmail_message_add_header(m, "X-Campaign", "spring"));
