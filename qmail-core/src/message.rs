@@ -35,7 +35,8 @@ pub enum Priority {
     Highest = 1,
     /// X-Priority 2, Importance high.
     High = 2,
-    /// X-Priority 3, Importance normal (the default; no headers are written).
+    /// X-Priority 3, Importance normal. When no priority is set at all, neither header is
+    /// written; setting Normal explicitly writes both.
     Normal = 3,
     /// X-Priority 4, Importance low.
     Low = 4,
