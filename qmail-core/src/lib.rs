@@ -13,6 +13,8 @@ qmail's engine: everything an initiator needs to turn a message into a durable s
 - [`Initiator`]: several spools with round-robin and fail-over; [`submit`] uses the process
   default ([`set_default_spool`] or `QMAIL_SPOOL`).
 - [`RawMessage`]: spools a message composed by another library.
+- [`dispatch`]: the dispatcher engine ([`Dispatcher`]): claims spooled messages and relays
+  them over SMTP with per-recipient outcomes, retries and several relays.
 
 ```no_run
 use qmail_core::{Message, Spool};
@@ -32,6 +34,7 @@ println!("queued as {id}");
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod initiator;
@@ -41,6 +44,7 @@ pub mod raw;
 mod render;
 pub mod spool;
 
+pub use dispatch::{DispatchConfig, Dispatcher, RelayConfig};
 pub use address::{EmailAddress, Mailbox, ReversePath};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};

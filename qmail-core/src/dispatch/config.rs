@@ -1,0 +1,432 @@
+//! The dispatcher's configuration: spools, relays, retry policy, timeouts, workers.
+//!
+//! Every struct derives `serde::Deserialize` with defaults for every field, so the binary reads
+//! it from TOML (`docs/dispatcher.md` is the reference) and tests build it in code. Durations
+//! are whole seconds (`*_secs`) or milliseconds (`*_ms`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+fn invalid(field: &'static str, msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidArgument, msg).with_field(field)
+}
+
+/// How a relay connection uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS must succeed, with a verified certificate, before AUTH or MAIL; otherwise the
+    /// attempt fails with a TLS error and nothing else is sent.
+    Required,
+    /// STARTTLS when the server offers it (and fail the attempt if the handshake fails);
+    /// cleartext when it does not.
+    Opportunistic,
+    /// Never STARTTLS.
+    None,
+    /// Implicit TLS from the first byte (`smtps://`, port 465).
+    Implicit,
+}
+
+impl TlsMode {
+    fn parse(s: &str) -> Result<TlsMode> {
+        match s {
+            "required" => Ok(TlsMode::Required),
+            "opportunistic" => Ok(TlsMode::Opportunistic),
+            "none" => Ok(TlsMode::None),
+            "implicit" => Ok(TlsMode::Implicit),
+            _ => Err(invalid("tls", format!("tls={s:?} is not required, opportunistic, none or implicit"))),
+        }
+    }
+}
+
+/// One relay (smarthost).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// A name for logs and metrics (default `host:port`).
+    pub name: String,
+    /// The relay as a URL: `smtp://[user:pass@]host:port?tls=...&priority=N&weight=N` or
+    /// `smtps://...`. When set, it fills host, port, tls, username and password.
+    pub url: Option<String>,
+    /// Host name or IP address (also the name checked against its certificate).
+    pub host: String,
+    /// TCP port (default 25; 465 for implicit TLS).
+    pub port: u16,
+    /// TLS mode. Default: `required` when credentials are set, else `opportunistic`.
+    pub tls: Option<TlsMode>,
+    /// AUTH user name.
+    pub username: Option<String>,
+    /// AUTH password.
+    pub password: Option<String>,
+    /// Read the AUTH password from this file (first line), instead of `password`.
+    pub password_file: Option<PathBuf>,
+    /// Lower is tried first; relays of equal priority share the load by weight.
+    pub priority: u32,
+    /// Share of the messages among relays of equal priority.
+    pub weight: u32,
+    /// Most connections open to this relay at once, across all workers (0 = workers).
+    pub max_connections: usize,
+    /// Messages sent over one connection before it is closed and a new one opened.
+    pub max_messages_per_connection: u32,
+    /// At most this many messages per second to this relay (0 = unlimited).
+    pub max_messages_per_second: f64,
+    /// How long a relay that refused a connection, greeted with 4xx or failed TLS is skipped.
+    pub cooldown_secs: u64,
+    /// A PEM file of extra trusted root certificates (e.g. a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// TESTS ONLY: accept any certificate and host name. Never set this in production.
+    pub dangerous_accept_invalid_certs: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            name: String::new(),
+            url: None,
+            host: String::new(),
+            port: 0,
+            tls: None,
+            username: None,
+            password: None,
+            password_file: None,
+            priority: 0,
+            weight: 1,
+            max_connections: 0,
+            max_messages_per_connection: 1000,
+            max_messages_per_second: 0.0,
+            cooldown_secs: 60,
+            ca_file: None,
+            dangerous_accept_invalid_certs: false,
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or_else(|| invalid("relay", "bad %-escape in the relay URL"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| invalid("relay", "bad %-escape in the relay URL"))?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| invalid("relay", "the relay URL is not UTF-8 after %-decoding"))
+}
+
+impl RelayConfig {
+    /// Parses `smtp://[user:pass@]host[:port][?tls=required|opportunistic|none&priority=N&
+    /// weight=N&max_connections=N&max_messages_per_connection=N&max_messages_per_second=X&
+    /// cooldown_secs=N&ca_file=PATH&dangerous_accept_invalid_certs=true]` or `smtps://...`.
+    /// User and password may be %-encoded.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming `relay`.
+    pub fn from_url(url: &str) -> Result<RelayConfig> {
+        let mut r = RelayConfig { url: Some(url.to_owned()), ..RelayConfig::default() };
+        r.apply_url()?;
+        Ok(r)
+    }
+
+    fn apply_url(&mut self) -> Result<()> {
+        let Some(url) = self.url.clone() else { return Ok(()) };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("relay", format!("{url:?} is not smtp://... or smtps://...")))?;
+        let implicit = match scheme {
+            "smtp" => false,
+            "smtps" => true,
+            _ => return Err(invalid("relay", format!("scheme {scheme:?} is not smtp or smtps"))),
+        };
+        let (authority, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let authority = authority.trim_end_matches('/');
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        if let Some(u) = userinfo {
+            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+            self.username = Some(percent_decode(user)?);
+            self.password = Some(percent_decode(pass)?);
+        }
+        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
+            let (h, p) = h.split_once(']').ok_or_else(|| invalid("relay", "unclosed [ in the relay URL"))?;
+            (h.to_owned(), p.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (hostport.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid("relay", format!("{url:?} has no host")));
+        }
+        self.host = host;
+        self.port = match port {
+            Some(p) => p.parse().map_err(|_| invalid("relay", format!("port {p:?} is not a number")))?,
+            None if implicit => 465,
+            None => 25,
+        };
+        if implicit {
+            self.tls = Some(TlsMode::Implicit);
+        }
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v)?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")));
+            match k {
+                "tls" if !implicit => self.tls = Some(TlsMode::parse(&v)?),
+                "tls" => return Err(invalid("relay", "smtps:// is implicit TLS; leave out tls=")),
+                "priority" => self.priority = num(&v)? as u32,
+                "weight" => self.weight = num(&v)? as u32,
+                "max_connections" => self.max_connections = num(&v)? as usize,
+                "max_messages_per_connection" => self.max_messages_per_connection = num(&v)? as u32,
+                "max_messages_per_second" => {
+                    self.max_messages_per_second =
+                        v.parse().map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")))?
+                }
+                "cooldown_secs" => self.cooldown_secs = num(&v)?,
+                "name" => self.name = v,
+                "ca_file" => self.ca_file = Some(PathBuf::from(v)),
+                "dangerous_accept_invalid_certs" => self.dangerous_accept_invalid_certs = v == "true" || v == "1",
+                _ => return Err(invalid("relay", format!("unknown relay URL parameter {k:?}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the URL's fields, the defaults that depend on others, and checks the result.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming `relay`.
+    pub fn resolve(mut self) -> Result<RelayConfig> {
+        self.apply_url()?;
+        if self.host.is_empty() {
+            return Err(invalid("relay", "a relay needs a host (or a url)"));
+        }
+        if let Some(f) = &self.password_file {
+            let s = std::fs::read_to_string(f)
+                .map_err(|e| invalid("relay", format!("cannot read password_file {}: {e}", f.display())))?;
+            self.password = Some(s.lines().next().unwrap_or("").to_owned());
+        }
+        if self.port == 0 {
+            self.port = if self.tls == Some(TlsMode::Implicit) { 465 } else { 25 };
+        }
+        if self.tls.is_none() {
+            self.tls = Some(if self.username.is_some() { TlsMode::Required } else { TlsMode::Opportunistic });
+        }
+        if self.name.is_empty() {
+            self.name = format!("{}:{}", self.host, self.port);
+        }
+        if self.max_messages_per_connection == 0 {
+            self.max_messages_per_connection = 1;
+        }
+        Ok(self)
+    }
+
+    /// The TLS mode after [`RelayConfig::resolve`].
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls.unwrap_or(TlsMode::Opportunistic)
+    }
+}
+
+/// Retry policy for temporary failures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Delay before the first retry (Postfix `minimal_backoff_time`: 300 s).
+    pub first_secs: u64,
+    /// Upper bound of the delay (Postfix `maximal_backoff_time`: 4000 s).
+    pub max_secs: u64,
+    /// After this long in the queue a message fails (Postfix `maximal_queue_lifetime`: 5 days).
+    pub lifetime_secs: u64,
+    /// Random spread of each delay, as a fraction (0.2 = ±20 %).
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { first_secs: 300, max_secs: 4000, lifetime_secs: 5 * 86400, jitter: 0.2 }
+    }
+}
+
+/// SMTP timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// TCP connect (and TLS handshake) timeout.
+    pub connect_secs: u64,
+    /// Wait for the greeting and for each command's reply (RFC 5321 §4.5.3.2: 5 min).
+    pub command_secs: u64,
+    /// Wait for the reply to end-of-data, and for each DATA write (RFC 5321 §4.5.3.2.6:
+    /// 10 min; at least 600 s by default so a slow receiver does not cause a duplicate).
+    pub data_end_secs: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig { connect_secs: 30, command_secs: 300, data_end_secs: 600 }
+    }
+}
+
+impl TimeoutConfig {
+    /// The connect timeout.
+    pub fn connect(&self) -> Duration {
+        Duration::from_secs(self.connect_secs.max(1))
+    }
+    /// The command timeout.
+    pub fn command(&self) -> Duration {
+        Duration::from_secs(self.command_secs.max(1))
+    }
+    /// The end-of-data timeout.
+    pub fn data_end(&self) -> Duration {
+        Duration::from_secs(self.data_end_secs.max(1))
+    }
+}
+
+/// Delivery status notifications (RFC 3464) for failed recipients.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DsnConfig {
+    /// Submit a DSN to the envelope sender (never to `<>`) when recipients fail permanently.
+    pub enabled: bool,
+    /// The From of the DSN (default `MAILER-DAEMON@<ehlo name>`).
+    pub from: Option<String>,
+}
+
+/// The whole dispatcher configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// The spool directories served.
+    pub spools: Vec<PathBuf>,
+    /// Relays; none means the embedded default: deliver to `<spool>/outbox/ID.eml`.
+    #[serde(rename = "relay")]
+    pub relays: Vec<RelayConfig>,
+    /// Worker threads (concurrent SMTP transactions).
+    pub workers: usize,
+    /// EHLO name (default: this host's name).
+    pub ehlo_name: Option<String>,
+    /// A claim whose owner has not renewed its lease for this long is taken back.
+    pub lease_secs: u64,
+    /// Full rescan of the queue directories, for filesystems without notifications (NFS, SMB).
+    pub rescan_ms: u64,
+    /// Higher-priority messages go first, but a message's rank improves by one priority step
+    /// per this many seconds of waiting, so none starves.
+    pub priority_step_secs: u64,
+    /// Close a relay connection idle this long.
+    pub idle_close_ms: u64,
+    /// On SIGTERM, wait this long for in-flight transactions before releasing their claims.
+    pub shutdown_grace_secs: u64,
+    /// Keep delivered messages in `<spool>/sent/` for this long (0 = delete at once).
+    pub sent_retention_secs: u64,
+    /// fsync state changes (directory renames, state files). On by default.
+    pub durable: bool,
+    /// Append one JSON line per delivery attempt to this file (also logged at target
+    /// `qmail::delivery`).
+    pub delivery_log: Option<PathBuf>,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// SMTP timeouts.
+    pub timeouts: TimeoutConfig,
+    /// DSNs.
+    pub dsn: DsnConfig,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            spools: Vec::new(),
+            relays: Vec::new(),
+            workers: 8,
+            ehlo_name: None,
+            lease_secs: 60,
+            rescan_ms: 5000,
+            priority_step_secs: 60,
+            idle_close_ms: 5000,
+            shutdown_grace_secs: 30,
+            sent_retention_secs: 0,
+            durable: true,
+            delivery_log: None,
+            retry: RetryConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            dsn: DsnConfig::default(),
+        }
+    }
+}
+
+impl DispatchConfig {
+    /// Resolves every relay, checks the values and fills derived defaults.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming the field at fault.
+    pub fn resolve(mut self) -> Result<DispatchConfig> {
+        if self.spools.is_empty() {
+            return Err(Error::new(ErrorKind::NoSpoolConfigured, "no spool configured").with_field("spools"));
+        }
+        if self.workers == 0 {
+            return Err(invalid("workers", "workers must be at least 1"));
+        }
+        if self.lease_secs < 2 {
+            return Err(invalid("lease_secs", "lease_secs must be at least 2"));
+        }
+        if !(0.0..=1.0).contains(&self.retry.jitter) {
+            return Err(invalid("retry.jitter", "jitter must be within 0..=1"));
+        }
+        self.relays = self.relays.into_iter().map(RelayConfig::resolve).collect::<Result<_>>()?;
+        if self.ehlo_name.as_deref().unwrap_or("").is_empty() {
+            self.ehlo_name = Some(
+                hostname::get().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into()),
+            );
+        }
+        if self.rescan_ms == 0 {
+            self.rescan_ms = 5000;
+        }
+        Ok(self)
+    }
+
+    /// The EHLO name after [`DispatchConfig::resolve`].
+    pub fn ehlo(&self) -> &str {
+        self.ehlo_name.as_deref().unwrap_or("localhost")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        let r = RelayConfig::from_url("smtp://u%40x:p%3Aw@mx.example:587?tls=required&weight=3&priority=1")
+            .and_then(RelayConfig::resolve)
+            .unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.tls, r.weight, r.priority), ("mx.example", 587, Some(TlsMode::Required), 3, 1));
+        assert_eq!((r.username.as_deref(), r.password.as_deref()), (Some("u@x"), Some("p:w")));
+        let r = RelayConfig::from_url("smtps://mx.example").and_then(RelayConfig::resolve).unwrap();
+        assert_eq!((r.port, r.tls), (465, Some(TlsMode::Implicit)));
+        // credentials make TLS required by default
+        let r = RelayConfig::from_url("smtp://u:p@mx.example:25").and_then(RelayConfig::resolve).unwrap();
+        assert_eq!(r.tls, Some(TlsMode::Required));
+        let r = RelayConfig::from_url("smtp://[::1]:2525?tls=none").and_then(RelayConfig::resolve).unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.tls), ("::1", 2525, Some(TlsMode::None)));
+        assert!(RelayConfig::from_url("http://x").is_err());
+        assert!(RelayConfig::from_url("smtp://x:25?tls=maybe").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let t = TimeoutConfig::default();
+        assert!(t.data_end_secs >= 600, "RFC 5321 §4.5.3.2.6");
+        let r = RetryConfig::default();
+        assert_eq!((r.first_secs, r.max_secs, r.lifetime_secs), (300, 4000, 432000));
+    }
+}

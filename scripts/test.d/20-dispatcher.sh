@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The dispatcher's suites: the engine against real SMTP servers (qmail-core/tests/dispatch_*.rs,
+# also run by 10-rust.sh as part of qmail-core) and the qmail-dispatcher binary
+# (dispatcher-bin/tests: commands, two processes on one spool, SIGKILL and restart, latency).
+# The SMTP servers are aiosmtpd (tests/smtp/smtp_server.py) from .venv, made by
+# scripts/setup-python-env; TLS tests make their certificates with the openssl CLI; the Q-07
+# Postfix test starts a private instance with scripts/postfix-instance (installs postfix).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -x .venv/bin/python ] || scripts/setup-python-env
+if ! command -v openssl >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+cargo test -p qmail-dispatcher --all-targets
