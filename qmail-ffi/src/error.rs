@@ -2,7 +2,7 @@
 //!
 //! Every fallible function returns a [`qmail_result`]. The numbers are grouped by where the
 //! fault is: 1xxx the spool, 2xxx the message, 9xxx the call itself. A number is never reused
-//! for another meaning; a retired one stays here, commented as reserved. [`map_error`] is the
+//! for another meaning; a retired one stays here, commented as reserved. `map_error` is the
 //! one place a `qmail_core::ErrorKind` becomes a number.
 //!
 //! The text of the last error of the calling thread (naming the field at fault, e.g.
