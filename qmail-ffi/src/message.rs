@@ -40,6 +40,15 @@ pub const QMAIL_PRIORITY_LOW: i32 = 4;
 /// X-Priority 5, Importance low.
 pub const QMAIL_PRIORITY_LOWEST: i32 = 5;
 
+// cbindgen needs literals; these keep them equal to the core's numbers.
+const _: () = assert!(
+    QMAIL_PRIORITY_HIGHEST == Priority::Highest as i32
+        && QMAIL_PRIORITY_HIGH == Priority::High as i32
+        && QMAIL_PRIORITY_NORMAL == Priority::Normal as i32
+        && QMAIL_PRIORITY_LOW == Priority::Low as i32
+        && QMAIL_PRIORITY_LOWEST == Priority::Lowest as i32
+);
+
 /// The body of a setter that takes one string: `msg` checked, then the string (NULL, UTF-8),
 /// then the core setter.
 fn set_str(
