@@ -132,7 +132,9 @@ fn types(py: Python<'_>) -> PyResult<&Vec<Py<PyType>>> {
                 let i = CLASSES
                     .iter()
                     .position(|c| c.name == parent)
-                    .expect("parent is defined first");
+                    .ok_or_else(|| {
+                        pyo3::exceptions::PyRuntimeError::new_err(format!("qmail: exception class {parent} must be defined before its subclasses"))
+                    })?;
                 bases.push(made[i].bind(py).clone());
             }
             match def.builtin {
