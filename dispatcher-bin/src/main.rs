@@ -18,7 +18,11 @@ use qmail_core::dispatch::{Dispatcher, admin, smtp::RelayEndpoint};
 use settings::{LogFormat, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(name = "qmail-dispatcher", version, about = "Relays the messages of qmail spools over SMTP")]
+#[command(
+    name = "qmail-dispatcher",
+    version,
+    about = "Relays the messages of qmail spools over SMTP"
+)]
 struct Cli {
     /// TOML configuration file (see docs/dispatcher.md).
     #[arg(long, global = true, env = "QMAIL_DISPATCHER_CONFIG")]
@@ -89,7 +93,9 @@ fn init_logging(format: LogFormat) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => b.json().flatten_event(true).try_init(),
         LogFormat::Human => b.try_init(),
@@ -126,14 +132,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string(&sum)?);
             } else {
-                println!("delivered {}, deferred {}, failed {}, corrupt {}", sum.delivered, sum.deferred, sum.failed, sum.corrupt);
+                println!(
+                    "delivered {}, deferred {}, failed {}, corrupt {}",
+                    sum.delivered, sum.deferred, sum.failed, sum.corrupt
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            let all: Vec<admin::SpoolStatus> = s.dispatch.spools.iter().map(|p| admin::status(p)).collect();
+            let all: Vec<admin::SpoolStatus> =
+                s.dispatch.spools.iter().map(|p| admin::status(p)).collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "spools": all }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "spools": all }))?
+                );
             } else {
                 for st in &all {
                     println!("spool {}", st.spool.display());
@@ -172,9 +185,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             eprintln!("qmail-dispatcher: no message {id} in any spool");
             Ok(ExitCode::FAILURE)
         }
-        Command::Retry { ids } => move_ids(&s.dispatch.spools, &ids, "due now", |sp, ids| admin::retry(sp, ids, &admin_id)),
+        Command::Retry { ids } => move_ids(&s.dispatch.spools, &ids, "due now", |sp, ids| {
+            admin::retry(sp, ids, &admin_id)
+        }),
         Command::RequeueFailed { ids } => {
-            move_ids(&s.dispatch.spools, &ids, "requeued", |sp, ids| admin::requeue_failed(sp, ids, &admin_id))
+            move_ids(&s.dispatch.spools, &ids, "requeued", |sp, ids| {
+                admin::requeue_failed(sp, ids, &admin_id)
+            })
         }
         Command::CheckConfig => {
             for r in &s.dispatch.relays {
@@ -185,7 +202,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 s.dispatch.spools.len(),
                 s.dispatch.relays.len(),
                 s.dispatch.workers,
-                if s.dispatch.relays.is_empty() { "; no relay: messages go to SPOOL/outbox/" } else { "" }
+                if s.dispatch.relays.is_empty() {
+                    "; no relay: messages go to SPOOL/outbox/"
+                } else {
+                    ""
+                }
             );
             for r in &s.dispatch.relays {
                 println!(
@@ -194,7 +215,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     r.priority,
                     r.weight,
                     r.tls_mode(),
-                    if r.dangerous_accept_invalid_certs { " DANGEROUS: certificates not verified" } else { "" }
+                    if r.dangerous_accept_invalid_certs {
+                        " DANGEROUS: certificates not verified"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -213,7 +238,14 @@ fn age(secs: i64) -> String {
 
 fn print_view(v: &admin::MessageView) {
     println!("id          {}", v.id);
-    println!("state       {}{}", v.state, v.owner.as_ref().map(|o| format!(" (claimed by {o})")).unwrap_or_default());
+    println!(
+        "state       {}{}",
+        v.state,
+        v.owner
+            .as_ref()
+            .map(|o| format!(" (claimed by {o})"))
+            .unwrap_or_default()
+    );
     println!("file        {}", v.path.display());
     if let Some(e) = &v.error {
         println!("error       {e}");
@@ -244,7 +276,10 @@ fn print_view(v: &admin::MessageView) {
         }
         for a in &st.history {
             for r in &a.results {
-                println!("  #{} at {} ms via {}: <{}> {:?} {}", a.number, a.at_ms, a.relay, r.rcpt, r.status, r.reply);
+                println!(
+                    "  #{} at {} ms via {}: <{}> {:?} {}",
+                    a.number, a.at_ms, a.relay, r.rcpt, r.status, r.reply
+                );
             }
         }
     }
@@ -259,7 +294,14 @@ fn move_ids(
     let mut moved: Vec<String> = Vec::new();
     for sp in spools {
         // with explicit ids, each spool is asked only for the ones it holds
-        let mine: Vec<String> = if ids.is_empty() { Vec::new() } else { ids.iter().filter(|i| admin::locate(sp, i).is_some()).cloned().collect() };
+        let mine: Vec<String> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            ids.iter()
+                .filter(|i| admin::locate(sp, i).is_some())
+                .cloned()
+                .collect()
+        };
         if !ids.is_empty() && mine.is_empty() {
             continue;
         }
@@ -297,9 +339,15 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
             "qmail-dispatcher started"
         );
         match (&shown, s.metrics) {
-            (Some(sh), _) => *sh.lock().unwrap_or_else(|p| p.into_inner()) = (d.metrics(), s.dispatch.spools.clone()),
+            (Some(sh), _) => {
+                *sh.lock().unwrap_or_else(|p| p.into_inner()) =
+                    (d.metrics(), s.dispatch.spools.clone())
+            }
             (None, Some(addr)) => {
-                let sh: metrics_http::Shown = Arc::new(std::sync::Mutex::new((d.metrics(), s.dispatch.spools.clone())));
+                let sh: metrics_http::Shown = Arc::new(std::sync::Mutex::new((
+                    d.metrics(),
+                    s.dispatch.spools.clone(),
+                )));
                 metrics_http::serve(addr, Arc::clone(&sh))?;
                 shown = Some(sh);
             }
@@ -321,7 +369,13 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
         let sum = d.run(&stop).map_err(|e| anyhow::anyhow!("{e}"))?;
         stop.store(true, Ordering::SeqCst);
         let _ = relay_flags.join();
-        tracing::info!(delivered = sum.delivered, deferred = sum.deferred, failed = sum.failed, corrupt = sum.corrupt, "dispatcher stopped");
+        tracing::info!(
+            delivered = sum.delivered,
+            deferred = sum.deferred,
+            failed = sum.failed,
+            corrupt = sum.corrupt,
+            "dispatcher stopped"
+        );
         if term.load(Ordering::SeqCst) {
             return Ok(ExitCode::SUCCESS);
         }
@@ -331,7 +385,9 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
                 tracing::info!("SIGHUP: configuration reloaded");
                 s = new;
             }
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the old one"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the old one")
+            }
         }
     }
 }

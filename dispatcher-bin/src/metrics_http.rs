@@ -19,10 +19,16 @@ fn render(shown: &Shown) -> String {
     };
     let mut s = metrics.render();
     s.push_str("# HELP qmail_queue_messages Messages per spool and state.\n# TYPE qmail_queue_messages gauge\n");
-    let mut ages = String::from("# HELP qmail_queue_oldest_age_seconds Age of the oldest message per spool and state.\n# TYPE qmail_queue_oldest_age_seconds gauge\n");
+    let mut ages = String::from(
+        "# HELP qmail_queue_oldest_age_seconds Age of the oldest message per spool and state.\n# TYPE qmail_queue_oldest_age_seconds gauge\n",
+    );
     for sp in spools {
         let st = admin::status(&sp);
-        let name = sp.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+        let name = sp
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
         for (state, c) in [
             ("ready", &st.ready),
             ("scheduled", &st.scheduled),
@@ -31,9 +37,14 @@ fn render(shown: &Shown) -> String {
             ("failed", &st.failed),
             ("corrupt", &st.corrupt),
         ] {
-            s.push_str(&format!("qmail_queue_messages{{spool=\"{name}\",state=\"{state}\"}} {}\n", c.count));
+            s.push_str(&format!(
+                "qmail_queue_messages{{spool=\"{name}\",state=\"{state}\"}} {}\n",
+                c.count
+            ));
             if let Some(a) = c.oldest_age_secs {
-                ages.push_str(&format!("qmail_queue_oldest_age_seconds{{spool=\"{name}\",state=\"{state}\"}} {a}\n"));
+                ages.push_str(&format!(
+                    "qmail_queue_oldest_age_seconds{{spool=\"{name}\",state=\"{state}\"}} {a}\n"
+                ));
             }
         }
     }
@@ -43,7 +54,8 @@ fn render(shown: &Shown) -> String {
 
 /// Binds and serves in a background thread.
 pub fn serve(addr: SocketAddr, shown: Shown) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
     tracing::info!(%addr, "metrics endpoint listening");
     std::thread::Builder::new().name("qmail-metrics".into()).spawn(move || {
         for conn in listener.incoming() {

@@ -43,39 +43,69 @@ pub struct Overrides {
 pub fn load(o: &Overrides) -> Result<Settings> {
     let mut table = match &o.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the configuration {}", path.display()))?;
-            text.parse::<toml::Table>().with_context(|| format!("{} is not valid TOML", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+            text.parse::<toml::Table>()
+                .with_context(|| format!("{} is not valid TOML", path.display()))?
         }
         None => toml::Table::new(),
     };
     let log_format = match table.remove("log_format") {
-        Some(v) => v.try_into::<LogFormat>().context("log_format must be \"human\" or \"json\"")?,
+        Some(v) => v
+            .try_into::<LogFormat>()
+            .context("log_format must be \"human\" or \"json\"")?,
         None => LogFormat::Human,
     };
     let metrics = match table.remove("metrics") {
-        Some(toml::Value::String(s)) => Some(s.parse::<SocketAddr>().with_context(|| format!("metrics = {s:?} is not host:port"))?),
+        Some(toml::Value::String(s)) => Some(
+            s.parse::<SocketAddr>()
+                .with_context(|| format!("metrics = {s:?} is not host:port"))?,
+        ),
         Some(_) => bail!("metrics must be a string \"host:port\""),
         None => None,
     };
-    let mut dispatch: DispatchConfig = toml::Value::Table(table)
-        .try_into()
-        .with_context(|| format!("in {}", o.config.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "the configuration".into())))?;
+    let mut dispatch: DispatchConfig = toml::Value::Table(table).try_into().with_context(|| {
+        format!(
+            "in {}",
+            o.config
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the configuration".into())
+        )
+    })?;
     if !o.spools.is_empty() {
         dispatch.spools = o.spools.clone();
     }
     if dispatch.spools.is_empty()
         && let Ok(v) = std::env::var("QMAIL_SPOOL")
     {
-        dispatch.spools = v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect();
+        dispatch.spools = v
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect();
     }
     if !o.relays.is_empty() {
-        dispatch.relays = o.relays.iter().map(|u| RelayConfig { url: Some(u.clone()), ..RelayConfig::default() }).collect();
+        dispatch.relays = o
+            .relays
+            .iter()
+            .map(|u| RelayConfig {
+                url: Some(u.clone()),
+                ..RelayConfig::default()
+            })
+            .collect();
     }
     if let Some(w) = o.workers {
         dispatch.workers = w;
     }
-    let dispatch = dispatch.resolve().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    Ok(Settings { dispatch, log_format: o.log_format.unwrap_or(log_format), metrics: o.metrics.or(metrics) })
+    let dispatch = dispatch
+        .resolve()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(Settings {
+        dispatch,
+        log_format: o.log_format.unwrap_or(log_format),
+        metrics: o.metrics.or(metrics),
+    })
 }
 
 #[cfg(test)]
@@ -108,19 +138,39 @@ weight = 2
 "#,
         )
         .unwrap();
-        let s = load(&Overrides { config: Some(f.clone()), ..Default::default() }).unwrap();
+        let s = load(&Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(s.dispatch.workers, 3);
         assert_eq!(s.dispatch.retry.first_secs, 60);
         assert_eq!(s.dispatch.retry.max_secs, 4000);
         assert_eq!(s.dispatch.relays.len(), 2);
-        assert_eq!(s.dispatch.relays[1].tls, Some(qmail_core::dispatch::TlsMode::Required));
+        assert_eq!(
+            s.dispatch.relays[1].tls,
+            Some(qmail_core::dispatch::TlsMode::Required)
+        );
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.metrics.is_some());
-        let s = load(&Overrides { config: Some(f), spools: vec!["/tmp/b".into()], relays: vec!["smtps://x.example".into()], ..Default::default() }).unwrap();
+        let s = load(&Overrides {
+            config: Some(f),
+            spools: vec!["/tmp/b".into()],
+            relays: vec!["smtps://x.example".into()],
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(s.dispatch.spools, [PathBuf::from("/tmp/b")]);
         assert_eq!(s.dispatch.relays.len(), 1);
         std::fs::write(dir.join("bad.toml"), "spools = [\"/tmp/a\"]\nwokers = 3\n").unwrap();
-        assert!(load(&Overrides { config: Some(dir.join("bad.toml")), ..Default::default() }).is_err(), "unknown keys are errors");
+        assert!(
+            load(&Overrides {
+                config: Some(dir.join("bad.toml")),
+                ..Default::default()
+            })
+            .is_err(),
+            "unknown keys are errors"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

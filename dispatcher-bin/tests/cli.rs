@@ -16,13 +16,26 @@ use qmail_core::{Message, QueueId, Spool, SpoolOptions};
 const BIN: &str = env!("CARGO_BIN_EXE_qmail-dispatcher");
 
 fn spool_at(dir: &Path) -> Spool {
-    Spool::open_with(dir.join("spool"), SpoolOptions { durable: false, ..Default::default() }).unwrap()
+    Spool::open_with(
+        dir.join("spool"),
+        SpoolOptions {
+            durable: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn submit_n(spool: &Spool, from: usize, n: usize) -> Vec<QueueId> {
     (from..from + n)
         .map(|i| {
-            let m = Message::builder().from("noreply@example.com").to(format!("m{i}@example.org").as_str()).subject("bulk").text("hello").build().unwrap();
+            let m = Message::builder()
+                .from("noreply@example.com")
+                .to(format!("m{i}@example.org").as_str())
+                .subject("bulk")
+                .text("hello")
+                .build()
+                .unwrap();
             spool.submit(&m).unwrap()
         })
         .collect()
@@ -44,7 +57,11 @@ fn write_config(dir: &Path, name: &str, spool: &Path, relays: &[String], extra: 
 }
 
 fn cli(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("QMAIL_LOG", "warn").output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env("QMAIL_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 fn stdout(o: &Output) -> String {
@@ -52,11 +69,22 @@ fn stdout(o: &Output) -> String {
 }
 
 fn start_run(config: &Path) -> Child {
-    Command::new(BIN).arg("--config").arg(config).arg("run").env("QMAIL_LOG", "warn").stdin(Stdio::null()).spawn().unwrap()
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("QMAIL_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -83,7 +111,12 @@ fn per_rcpt(txs: &[Tx]) -> HashMap<String, usize> {
 
 #[test]
 fn commands_drain_status_show_retry_requeue_check_config() {
-    let srv = SmtpServer::start(&["--rcpt-reject", "m1@example.org:550", "--rcpt-reject", "m2@example.org:451"]);
+    let srv = SmtpServer::start(&[
+        "--rcpt-reject",
+        "m1@example.org:550",
+        "--rcpt-reject",
+        "m2@example.org:451",
+    ]);
     let d = tempfile::tempdir().unwrap();
     let spool = spool_at(d.path());
     let ids = submit_n(&spool, 0, 3);
@@ -100,22 +133,39 @@ fn commands_drain_status_show_retry_requeue_check_config() {
 
     let o = cli(&["--config", c, "drain"]);
     assert!(o.status.success());
-    assert_eq!(stdout(&o).trim(), "delivered 1, deferred 1, failed 1, corrupt 0");
+    assert_eq!(
+        stdout(&o).trim(),
+        "delivered 1, deferred 1, failed 1, corrupt 0"
+    );
     assert_eq!(srv.delivered().len(), 1);
 
     let o = cli(&["--config", c, "status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let sp = &v["spools"][0];
-    assert_eq!((sp["ready"]["count"].as_u64(), sp["deferred"]["count"].as_u64(), sp["failed"]["count"].as_u64()), (Some(0), Some(1), Some(1)));
+    assert_eq!(
+        (
+            sp["ready"]["count"].as_u64(),
+            sp["deferred"]["count"].as_u64(),
+            sp["failed"]["count"].as_u64()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
     assert!(sp["failed"]["oldest_age_secs"].is_i64());
     let o = cli(&["--config", c, "status"]);
-    assert!(stdout(&o).contains("deferred           1"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("deferred           1"),
+        "{}",
+        stdout(&o)
+    );
 
     // show: the failed one with its diagnosis
     let o = cli(&["--config", c, "show", ids[1].as_str()]);
     assert!(o.status.success());
     let text = stdout(&o);
-    assert!(text.contains("state       failed") && text.contains("550"), "{text}");
+    assert!(
+        text.contains("state       failed") && text.contains("550"),
+        "{text}"
+    );
     let o = cli(&["--config", c, "show", ids[1].as_str(), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["dispatch"]["failed"][0]["reply"]["code"], 550);
@@ -126,25 +176,65 @@ fn commands_drain_status_show_retry_requeue_check_config() {
     let o = cli(&["--config", c, "retry", ids[2].as_str()]);
     assert!(o.status.success(), "{o:?}");
     assert!(stdout(&o).contains("1 message(s) due now"));
-    assert_eq!(stdout(&cli(&["--config", c, "drain"])).trim(), "delivered 0, deferred 1, failed 0, corrupt 0");
-    let v: serde_json::Value = serde_json::from_str(&stdout(&cli(&["--config", c, "show", ids[2].as_str(), "--json"]))).unwrap();
+    assert_eq!(
+        stdout(&cli(&["--config", c, "drain"])).trim(),
+        "delivered 0, deferred 1, failed 0, corrupt 0"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&cli(&[
+        "--config",
+        c,
+        "show",
+        ids[2].as_str(),
+        "--json",
+    ])))
+    .unwrap();
     assert_eq!(v["dispatch"]["attempts"], 2);
-    assert!(!cli(&["--config", c, "retry", ids[0].as_str()]).status.success(), "delivered: not deferred");
+    assert!(
+        !cli(&["--config", c, "retry", ids[0].as_str()])
+            .status
+            .success(),
+        "delivered: not deferred"
+    );
 
     // requeue-failed: against an accepting relay it goes out
     let srv2 = SmtpServer::start(&[]);
     let o = cli(&["--config", c, "requeue-failed"]);
-    assert!(stdout(&o).contains("1 message(s) requeued"), "{}", stdout(&o));
-    let o = cli(&["--spool", spool.path().to_str().unwrap(), "--relay", &srv2.url("tls=none"), "drain", "--json"]);
+    assert!(
+        stdout(&o).contains("1 message(s) requeued"),
+        "{}",
+        stdout(&o)
+    );
+    let o = cli(&[
+        "--spool",
+        spool.path().to_str().unwrap(),
+        "--relay",
+        &srv2.url("tls=none"),
+        "drain",
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["delivered"], 1);
     assert_eq!(srv2.delivered()[0].rcpt_tos, ["m1@example.org"]);
 
     // a bad configuration is refused
-    std::fs::write(d.path().join("bad.toml"), "spools = [\"/tmp/x\"]\nworkerz = 1\n").unwrap();
-    let o = cli(&["--config", d.path().join("bad.toml").to_str().unwrap(), "check-config"]);
+    std::fs::write(
+        d.path().join("bad.toml"),
+        "spools = [\"/tmp/x\"]\nworkerz = 1\n",
+    )
+    .unwrap();
+    let o = cli(&[
+        "--config",
+        d.path().join("bad.toml").to_str().unwrap(),
+        "check-config",
+    ]);
     assert!(!o.status.success());
-    let o = cli(&["--spool", "/tmp/x", "--relay", "http://nope", "check-config"]);
+    let o = cli(&[
+        "--spool",
+        "/tmp/x",
+        "--relay",
+        "http://nope",
+        "check-config",
+    ]);
     assert!(!o.status.success());
 }
 
@@ -170,7 +260,13 @@ fn outbox_default_when_no_relay() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("no relay configured"), "{err}");
     for id in ids {
-        assert!(spool.path().join("outbox").join(format!("{id}.eml")).exists());
+        assert!(
+            spool
+                .path()
+                .join("outbox")
+                .join(format!("{id}.eml"))
+                .exists()
+        );
     }
 }
 
@@ -203,12 +299,22 @@ fn two_dispatchers_on_one_spool_none_missing_none_twice() {
     let counts = per_rcpt(&txs);
     assert_eq!(counts.len(), n, "none missing");
     assert!(counts.values().all(|&c| c == 1));
-    let la = std::fs::read_to_string(d.path().join("a.log")).unwrap().lines().count();
-    let lb = std::fs::read_to_string(d.path().join("b.log")).unwrap().lines().count();
+    let la = std::fs::read_to_string(d.path().join("a.log"))
+        .unwrap()
+        .lines()
+        .count();
+    let lb = std::fs::read_to_string(d.path().join("b.log"))
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(la + lb, n);
     assert!(la > 0 && lb > 0, "both dispatchers worked ({la} + {lb})");
     for dir in ["ready", "active", "deferred", "failed", "leases"] {
-        assert!(files(spool.path(), dir).is_empty(), "{dir}/: {:?}", files(spool.path(), dir));
+        assert!(
+            files(spool.path(), dir).is_empty(),
+            "{dir}/: {:?}",
+            files(spool.path(), dir)
+        );
     }
 }
 
@@ -221,7 +327,9 @@ fn q12c_sigkill_mid_run_and_restart_loses_nothing() {
     let n = 1000;
     submit_n(&spool, 0, n);
     let cfg = write_config(d.path(), "k", spool.path(), &[srv.url("tls=none")], "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("durable = false", "durable = true");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("durable = false", "durable = true");
     std::fs::write(&cfg, text).unwrap();
     let workers = 4;
     let mut kills = 0;
@@ -237,16 +345,26 @@ fn q12c_sigkill_mid_run_and_restart_loses_nothing() {
     }
     let before_final = srv.count();
     eprintln!("delivered before the final drain: {before_final} of {n}");
-    assert!(before_final < n, "the kills happened mid-run ({before_final} of {n} already sent)");
+    assert!(
+        before_final < n,
+        "the kills happened mid-run ({before_final} of {n} already sent)"
+    );
     let o = cli(&["--config", cfg.to_str().unwrap(), "drain"]);
     assert!(o.status.success(), "{o:?}");
     let txs = srv.delivered();
     let counts = per_rcpt(&txs);
     assert_eq!(counts.len(), n, "every message delivered at least once");
     let dups: usize = counts.values().map(|c| c - 1).sum();
-    assert!(dups <= kills * workers, "duplicates ({dups}) at most the messages in flight at each kill");
+    assert!(
+        dups <= kills * workers,
+        "duplicates ({dups}) at most the messages in flight at each kill"
+    );
     for dir in ["ready", "active", "deferred", "failed"] {
-        assert!(files(spool.path(), dir).is_empty(), "{dir}/ after the final drain: {:?}", files(spool.path(), dir));
+        assert!(
+            files(spool.path(), dir).is_empty(),
+            "{dir}/ after the final drain: {:?}",
+            files(spool.path(), dir)
+        );
     }
 }
 
@@ -255,15 +373,32 @@ fn idle_submit_reaches_the_relay_within_50_ms() {
     let srv = SmtpServer::start(&[]);
     let d = tempfile::tempdir().unwrap();
     let spool = spool_at(d.path());
-    let cfg = write_config(d.path(), "l", spool.path(), &[srv.url("tls=none")], "idle_close_ms = 60000");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("rescan_ms = 300", "rescan_ms = 60000");
+    let cfg = write_config(
+        d.path(),
+        "l",
+        spool.path(),
+        &[srv.url("tls=none")],
+        "idle_close_ms = 60000",
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("rescan_ms = 300", "rescan_ms = 60000");
     std::fs::write(&cfg, text).unwrap();
     let mut p = start_run(&cfg);
     std::thread::sleep(Duration::from_millis(500));
     let mut lat = Vec::new();
     for i in 0..21 {
-        let m = Message::builder().from("noreply@example.com").to(format!("l{i}@example.org").as_str()).subject("latency").text("x").build().unwrap();
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let m = Message::builder()
+            .from("noreply@example.com")
+            .to(format!("l{i}@example.org").as_str())
+            .subject("latency")
+            .text("x")
+            .build()
+            .unwrap();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
         spool.submit(&m).unwrap();
         let txs = srv.wait_delivered(i + 1, Duration::from_secs(10));
         assert_eq!(txs.len(), i + 1);
@@ -274,8 +409,15 @@ fn idle_submit_reaches_the_relay_within_50_ms() {
     assert!(wait_exit(&mut p, Duration::from_secs(10)).success());
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p50 = lat[lat.len() / 2];
-    eprintln!("idle submit → accepted by the relay: p50 {:.1} ms", p50 * 1000.0);
-    assert!(p50 <= 0.050, "idle submit → accepted by the relay: p50 {:.1} ms (all: {lat:?})", p50 * 1000.0);
+    eprintln!(
+        "idle submit → accepted by the relay: p50 {:.1} ms",
+        p50 * 1000.0
+    );
+    assert!(
+        p50 <= 0.050,
+        "idle submit → accepted by the relay: p50 {:.1} ms (all: {lat:?})",
+        p50 * 1000.0
+    );
 }
 
 #[test]
@@ -290,15 +432,27 @@ fn sigterm_finishes_in_flight_and_sighup_reloads() {
     // SIGHUP with a new relay: in-flight work finishes, then the new configuration is used
     std::thread::sleep(Duration::from_millis(300));
     let other = SmtpServer::start(&[]);
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(&slow.url("tls=none"), &other.url("tls=none"));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&slow.url("tls=none"), &other.url("tls=none"));
     std::fs::write(&cfg, text).unwrap();
     signal(&p, "HUP");
-    assert_eq!(slow.wait_delivered(1, Duration::from_secs(10)).len(), 1, "the in-flight message was finished");
+    assert_eq!(
+        slow.wait_delivered(1, Duration::from_secs(10)).len(),
+        1,
+        "the in-flight message was finished"
+    );
     std::thread::sleep(Duration::from_millis(300));
     submit_n(&spool, 1, 1);
-    assert_eq!(other.wait_delivered(1, Duration::from_secs(10)).len(), 1, "after SIGHUP the new relay is used");
+    assert_eq!(
+        other.wait_delivered(1, Duration::from_secs(10)).len(),
+        1,
+        "after SIGHUP the new relay is used"
+    );
     // SIGTERM during a slow transaction: it is finished, the process exits 0, lease released
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(&other.url("tls=none"), &slow.url("tls=none"));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&other.url("tls=none"), &slow.url("tls=none"));
     std::fs::write(&cfg, text).unwrap();
     signal(&p, "HUP");
     std::thread::sleep(Duration::from_millis(500));
@@ -306,7 +460,11 @@ fn sigterm_finishes_in_flight_and_sighup_reloads() {
     std::thread::sleep(Duration::from_millis(400));
     signal(&p, "TERM");
     assert!(wait_exit(&mut p, Duration::from_secs(15)).success());
-    assert_eq!(slow.delivered().len(), 2, "the transaction in flight at SIGTERM completed");
+    assert_eq!(
+        slow.delivered().len(),
+        2,
+        "the transaction in flight at SIGTERM completed"
+    );
     assert!(files(spool.path(), "active").is_empty());
     assert!(files(spool.path(), "leases").is_empty(), "lease released");
 }
@@ -316,10 +474,20 @@ fn metrics_endpoint_serves_prometheus_text() {
     let srv = SmtpServer::start(&[]);
     let d = tempfile::tempdir().unwrap();
     let spool = spool_at(d.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = write_config(d.path(), "m", spool.path(), &[srv.url("tls=none")], "");
     let mut p = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap(), "--metrics", &format!("127.0.0.1:{port}"), "run"])
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+            "run",
+        ])
         .env("QMAIL_LOG", "warn")
         .spawn()
         .unwrap();

@@ -27,7 +27,12 @@ fn floor(dir: &Path, bytes: &[u8], durable: bool) {
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join("tmp").join(format!("f{n}"));
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .unwrap();
     f.write_all(bytes).unwrap();
     if durable {
         f.sync_all().unwrap();
@@ -43,19 +48,29 @@ fn floor(dir: &Path, bytes: &[u8], durable: bool) {
 fn bench(c: &mut Criterion) {
     let msg = message();
     // on the project's disk (not a tmpfs /tmp, where fsync is free); QMAIL_BENCH_DIR overrides
-    let base: String = std::env::var("QMAIL_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-spools").into());
+    let base: String = std::env::var("QMAIL_BENCH_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-spools").into());
     fs::create_dir_all(&base).unwrap();
     let root = tempfile::tempdir_in(&base).unwrap();
     let size = {
         let s = Spool::open(root.path().join("probe")).unwrap();
         let id = s.submit(&msg).unwrap();
-        fs::metadata(s.path().join("ready").join(id.as_str())).unwrap().len() as usize
+        fs::metadata(s.path().join("ready").join(id.as_str()))
+            .unwrap()
+            .len() as usize
     };
     let bytes = vec![b'x'; size];
     for durable in [true, false] {
         let label = if durable { "durable" } else { "non-durable" };
         let mut g = c.benchmark_group(format!("submit_2KiB_{label}"));
-        let spool = Spool::open_with(root.path().join(label), SpoolOptions { durable, file_mode: 0o600 }).unwrap();
+        let spool = Spool::open_with(
+            root.path().join(label),
+            SpoolOptions {
+                durable,
+                file_mode: 0o600,
+            },
+        )
+        .unwrap();
         g.bench_function("qmail_submit", |b| b.iter(|| spool.submit(&msg).unwrap()));
         let fdir = root.path().join(format!("floor-{label}"));
         fs::create_dir_all(fdir.join("tmp")).unwrap();

@@ -12,12 +12,24 @@ use std::time::Instant;
 fn rss_anon_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("RssAnon:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("RssAnon:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mib: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1024);
+    let mib: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1024);
     let dir = std::env::args().nth(2).unwrap_or_else(|| "target".into());
     let work = tempfile::tempdir_in(dir)?;
     let path = work.path().join("big.bin");
@@ -35,7 +47,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             f.write_all(&block)?;
         }
     }
-    let spool = qmail_core::Spool::open_with(work.path().join("spool"), qmail_core::SpoolOptions { durable: true, file_mode: 0o600 })?;
+    let spool = qmail_core::Spool::open_with(
+        work.path().join("spool"),
+        qmail_core::SpoolOptions {
+            durable: true,
+            file_mode: 0o600,
+        },
+    )?;
     let msg = qmail_core::Message::builder()
         .from("a@example.com")
         .to("b@example.org")

@@ -16,7 +16,11 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rounds: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(2000);
     let text = "Thank you for your order. Your parcel leaves our warehouse today.\n".repeat(30);
     let msg = qmail_core::Message::builder()
         .from("Shop <noreply@example.com>")
@@ -24,11 +28,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .subject("Your order 12345")
         .text(&text[..1800])
         .build()?;
-    let base = std::env::var("QMAIL_BENCH_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-spools").into());
+    let base = std::env::var("QMAIL_BENCH_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-spools").into());
     fs::create_dir_all(&base)?;
     for durable in [true, false] {
         let dir = tempfile::tempdir_in(&base)?;
-        let spool = qmail_core::Spool::open_with(dir.path().join("spool"), qmail_core::SpoolOptions { durable, file_mode: 0o600 })?;
+        let spool = qmail_core::Spool::open_with(
+            dir.path().join("spool"),
+            qmail_core::SpoolOptions {
+                durable,
+                file_mode: 0o600,
+            },
+        )?;
         let id = spool.submit(&msg)?;
         let size = fs::metadata(spool.path().join("ready").join(id.as_str()))?.len() as usize;
         let bytes = vec![b'x'; size];
@@ -42,7 +53,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             q.push(t.elapsed().as_secs_f64() * 1e6);
             let t = Instant::now();
             let name = format!("{}.{i}.floor", id.as_str());
-            let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(ftmp.join(&name))?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(ftmp.join(&name))?;
             file.write_all(&bytes)?;
             if durable {
                 file.sync_all()?;

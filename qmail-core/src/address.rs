@@ -39,13 +39,19 @@ impl EmailAddress {
         if s.is_empty() {
             return Err(invalid("address is empty"));
         }
-        let at = s.rfind('@').ok_or_else(|| invalid(format!("'{s}' has no '@'")))?;
+        let at = s
+            .rfind('@')
+            .ok_or_else(|| invalid(format!("'{s}' has no '@'")))?;
         let (local, domain) = (&s[..at], &s[at + 1..]);
         check_local_part(local)?;
         let domain = normalise_domain(domain)?;
         let inner = lettre::Address::new(local, &domain)
             .map_err(|e| invalid(format!("'{s}' is not a valid address: {e}")))?;
-        Ok(EmailAddress { local: local.to_owned(), domain, inner })
+        Ok(EmailAddress {
+            local: local.to_owned(),
+            domain,
+            inner,
+        })
     }
 
     /// The local part, as given (may be a quoted-string, may be UTF-8).
@@ -94,11 +100,18 @@ impl Mailbox {
             Some(n) => {
                 check_display_name(n)?;
                 let n = n.trim();
-                if n.is_empty() { None } else { Some(n.to_owned()) }
+                if n.is_empty() {
+                    None
+                } else {
+                    Some(n.to_owned())
+                }
             }
             None => None,
         };
-        Ok(Mailbox { name, address: EmailAddress::parse(address)? })
+        Ok(Mailbox {
+            name,
+            address: EmailAddress::parse(address)?,
+        })
     }
 
     /// Parses `Name <user@example.com>`, `"Last, First" <user@example.com>`, `<user@example.com>`
@@ -117,7 +130,9 @@ impl Mailbox {
             }
             return Mailbox::new(None, t);
         }
-        let open = t.rfind('<').ok_or_else(|| invalid(format!("'{t}' has '>' without '<'")))?;
+        let open = t
+            .rfind('<')
+            .ok_or_else(|| invalid(format!("'{t}' has '>' without '<'")))?;
         let addr = &t[open + 1..t.len() - 1];
         if addr.contains(['<', '>']) {
             return Err(invalid(format!("'{t}' has nested '<' or '>'")));
@@ -177,7 +192,10 @@ impl ReversePath {
         if t.is_empty() || t == "<>" {
             return Ok(ReversePath::Null);
         }
-        let inner = t.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(t);
+        let inner = t
+            .strip_prefix('<')
+            .and_then(|x| x.strip_suffix('>'))
+            .unwrap_or(t);
         Ok(ReversePath::Address(EmailAddress::parse(inner)?))
     }
 
@@ -239,7 +257,10 @@ fn parse_phrase(p: &str) -> Result<Option<String>> {
         }
         return Ok(Some(out));
     }
-    if let Some(c) = p.chars().find(|&c| !(is_atext(c) || c == ' ' || c == '\t' || c == '.')) {
+    if let Some(c) = p
+        .chars()
+        .find(|&c| !(is_atext(c) || c == ' ' || c == '\t' || c == '.'))
+    {
         return Err(invalid(format!(
             "display name '{p}' has '{c}': quote it or pass the name separately"
         )));
@@ -259,7 +280,9 @@ fn check_local_part(local: &str) -> Result<()> {
     }
     if let Some(q) = local.strip_prefix('"') {
         // quoted-string: qtext or quoted-pair, printable ASCII (or UTF-8 with SMTPUTF8).
-        let body = q.strip_suffix('"').ok_or_else(|| invalid("unterminated quoted local part"))?;
+        let body = q
+            .strip_suffix('"')
+            .ok_or_else(|| invalid("unterminated quoted local part"))?;
         let mut chars = body.chars();
         while let Some(c) = chars.next() {
             match c {
@@ -276,7 +299,9 @@ fn check_local_part(local: &str) -> Result<()> {
     }
     for atom in local.split('.') {
         if atom.is_empty() {
-            return Err(invalid(format!("local part '{local}' has an empty dot-atom part")));
+            return Err(invalid(format!(
+                "local part '{local}' has an empty dot-atom part"
+            )));
         }
         if let Some(c) = atom.chars().find(|&c| !is_atext(c)) {
             return Err(invalid(format!("local part '{local}' has '{c}'; quote it")));
@@ -300,7 +325,9 @@ fn normalise_domain(domain: &str) -> Result<String> {
             inner.parse::<std::net::Ipv4Addr>().is_ok()
         };
         if !ok {
-            return Err(invalid(format!("address literal '{domain}' is not an IP address")));
+            return Err(invalid(format!(
+                "address literal '{domain}' is not an IP address"
+            )));
         }
         return Ok(domain.to_owned());
     }
@@ -311,16 +338,22 @@ fn normalise_domain(domain: &str) -> Result<String> {
             .map_err(|_| invalid(format!("domain '{domain}' cannot be converted to IDNA")))?
     };
     if ascii.len() > MAX_DOMAIN {
-        return Err(invalid(format!("domain is longer than {MAX_DOMAIN} octets")));
+        return Err(invalid(format!(
+            "domain is longer than {MAX_DOMAIN} octets"
+        )));
     }
     for label in ascii.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(invalid(format!("domain '{domain}' has an invalid label '{label}'")));
+            return Err(invalid(format!(
+                "domain '{domain}' has an invalid label '{label}'"
+            )));
         }
     }
     Ok(ascii)
@@ -383,6 +416,9 @@ mod tests {
     fn null_reverse_path() {
         assert_eq!(ReversePath::parse("<>").unwrap(), ReversePath::Null);
         assert_eq!(ReversePath::parse("").unwrap(), ReversePath::Null);
-        assert!(matches!(ReversePath::parse("<b@example.com>").unwrap(), ReversePath::Address(_)));
+        assert!(matches!(
+            ReversePath::parse("<b@example.com>").unwrap(),
+            ReversePath::Address(_)
+        ));
     }
 }

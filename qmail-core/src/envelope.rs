@@ -25,7 +25,10 @@ impl Envelope {
     /// A description of the first bad address.
     pub fn check_wire_safe(&self) -> Result<(), String> {
         fn bad(a: &str) -> Option<String> {
-            if let Some(c) = a.chars().find(|c| matches!(c, '\r' | '\n' | '\0' | '<' | '>')) {
+            if let Some(c) = a
+                .chars()
+                .find(|c| matches!(c, '\r' | '\n' | '\0' | '<' | '>'))
+            {
                 return Some(format!("{c:?}"));
             }
             let mut quoted = false;

@@ -85,7 +85,12 @@ pub struct Error {
 impl Error {
     /// A new error of `kind` with a human message (lowercase, specific).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, field: None, message: message.into(), source: None }
+        Error {
+            kind,
+            field: None,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// The same error, naming the field at fault (`"reply_to"`, `"headers.X-Trace"`).

@@ -39,12 +39,24 @@ impl Initiator {
     ///
     /// # Errors
     /// [`ErrorKind::NoSpoolConfigured`] for an empty list.
-    pub fn new(spools: impl IntoIterator<Item = impl Into<PathBuf>>, options: SpoolOptions) -> Result<Initiator> {
-        let spools: Vec<PathBuf> = spools.into_iter().map(Into::into).filter(|p: &PathBuf| !p.as_os_str().is_empty()).collect();
+    pub fn new(
+        spools: impl IntoIterator<Item = impl Into<PathBuf>>,
+        options: SpoolOptions,
+    ) -> Result<Initiator> {
+        let spools: Vec<PathBuf> = spools
+            .into_iter()
+            .map(Into::into)
+            .filter(|p: &PathBuf| !p.as_os_str().is_empty())
+            .collect();
         if spools.is_empty() {
             return Err(no_spool());
         }
-        Ok(Initiator { spools, options, next: AtomicUsize::new(0), open: Mutex::new(HashMap::new()) })
+        Ok(Initiator {
+            spools,
+            options,
+            next: AtomicUsize::new(0),
+            open: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Parses a path list (`QMAIL_SPOOL` syntax) into an initiator.
@@ -70,7 +82,11 @@ impl Initiator {
         Ok(s)
     }
 
-    fn spread(&self, named: Option<&Path>, submit: impl Fn(&Spool) -> Result<QueueId>) -> Result<QueueId> {
+    fn spread(
+        &self,
+        named: Option<&Path>,
+        submit: impl Fn(&Spool) -> Result<QueueId>,
+    ) -> Result<QueueId> {
         if let Some(p) = named {
             return submit(&self.spool(p)?);
         }
@@ -145,7 +161,10 @@ pub fn default_initiator() -> Result<Arc<Initiator>> {
         return Ok(i.clone());
     }
     let list = std::env::var_os(SPOOL_ENV).ok_or_else(no_spool)?;
-    let init = Arc::new(Initiator::new(std::env::split_paths(&list), SpoolOptions::default())?);
+    let init = Arc::new(Initiator::new(
+        std::env::split_paths(&list),
+        SpoolOptions::default(),
+    )?);
     let mut w = DEFAULT.write().unwrap_or_else(|p| p.into_inner());
     Ok(w.get_or_insert(init).clone())
 }

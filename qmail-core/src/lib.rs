@@ -44,11 +44,13 @@ pub mod raw;
 mod render;
 pub mod spool;
 
-pub use dispatch::{DispatchConfig, Dispatcher, RelayConfig};
 pub use address::{EmailAddress, Mailbox, ReversePath};
+pub use dispatch::{DispatchConfig, Dispatcher, RelayConfig};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};
-pub use initiator::{Initiator, default_initiator, set_default_spool, set_default_spool_with, submit};
+pub use initiator::{
+    Initiator, default_initiator, set_default_spool, set_default_spool_with, submit,
+};
 pub use message::{AddressInput, Attachment, AttachmentSource, Message, MessageBuilder, Priority};
 pub use raw::RawMessage;
 pub use spool::{MessageId, QueueId, QueueState, Spool, SpoolFile, SpoolHeader, SpoolOptions};
@@ -58,7 +60,10 @@ pub(crate) fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     if getrandom::fill(&mut buf).is_err() {
         // no OS randomness: fall back to time and a counter (still unique per process)
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         for (i, b) in buf.iter_mut().enumerate() {
             *b = (t >> ((i % 16) * 8)) as u8;
         }

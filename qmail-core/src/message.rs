@@ -191,12 +191,18 @@ const RESERVED: &[(&str, &str)] = &[
     ("subject", "subject"),
     ("mime-version", "nothing: it is generated"),
     ("content-type", "text/html/attachments"),
-    ("content-transfer-encoding", "nothing: it is chosen per part"),
+    (
+        "content-transfer-encoding",
+        "nothing: it is chosen per part",
+    ),
     ("content-disposition", "attachments"),
     ("x-priority", "priority"),
     ("importance", "priority"),
     ("disposition-notification-to", "read_receipt_to"),
-    ("return-path", "envelope_from (Return-Path is added at final delivery)"),
+    (
+        "return-path",
+        "envelope_from (Return-Path is added at final delivery)",
+    ),
 ];
 
 /// Builds a [`Message`]. Setters taking `&mut self` return the error at once (for bindings that
@@ -382,7 +388,8 @@ impl MessageBuilder {
     /// # Errors
     /// [`ErrorKind::InvalidAddress`] naming `envelope_from`.
     pub fn set_envelope_from(&mut self, s: &str) -> Result<&mut Self> {
-        self.envelope_from = Some(ReversePath::parse(s).map_err(|e| e.with_field("envelope_from"))?);
+        self.envelope_from =
+            Some(ReversePath::parse(s).map_err(|e| e.with_field("envelope_from"))?);
         Ok(self)
     }
     /// Holds the message until this time, in Unix seconds (scheduled send).
@@ -391,8 +398,11 @@ impl MessageBuilder {
     /// [`ErrorKind::InvalidArgument`] naming `not_before` for a negative time.
     pub fn set_not_before(&mut self, unix_secs: i64) -> Result<&mut Self> {
         if unix_secs < 0 {
-            return Err(Error::new(ErrorKind::InvalidArgument, "must be a Unix time in seconds, ≥ 0")
-                .with_field("not_before"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "must be a Unix time in seconds, ≥ 0",
+            )
+            .with_field("not_before"));
         }
         self.not_before = Some(unix_secs);
         Ok(self)
@@ -404,7 +414,9 @@ impl MessageBuilder {
     pub fn set_spool(&mut self, path: impl AsRef<Path>) -> Result<&mut Self> {
         let p = path.as_ref();
         if p.as_os_str().is_empty() {
-            return Err(Error::new(ErrorKind::InvalidArgument, "spool path is empty").with_field("spool"));
+            return Err(
+                Error::new(ErrorKind::InvalidArgument, "spool path is empty").with_field("spool"),
+            );
         }
         self.spool = Some(p.to_owned());
         Ok(self)
@@ -422,7 +434,8 @@ impl MessageBuilder {
         content_type: Option<&str>,
     ) -> Result<&mut Self> {
         let field = format!("attachments[{}]", self.attachments.len());
-        let att = file_attachment(path.as_ref(), filename, content_type, None).map_err(|e| e.with_field(field))?;
+        let att = file_attachment(path.as_ref(), filename, content_type, None)
+            .map_err(|e| e.with_field(field))?;
         self.attachments.push(att);
         Ok(self)
     }
@@ -438,7 +451,8 @@ impl MessageBuilder {
         content_type: Option<&str>,
     ) -> Result<&mut Self> {
         let field = format!("attachments[{}]", self.attachments.len());
-        let att = bytes_attachment(data.into(), filename, content_type, None).map_err(|e| e.with_field(field))?;
+        let att = bytes_attachment(data.into(), filename, content_type, None)
+            .map_err(|e| e.with_field(field))?;
         self.attachments.push(att);
         Ok(self)
     }
@@ -455,7 +469,8 @@ impl MessageBuilder {
         content_type: Option<&str>,
     ) -> Result<&mut Self> {
         let field = format!("inline[{}]", self.inline.len());
-        let att = file_attachment(path.as_ref(), None, content_type, Some(content_id)).map_err(|e| e.with_field(field))?;
+        let att = file_attachment(path.as_ref(), None, content_type, Some(content_id))
+            .map_err(|e| e.with_field(field))?;
         self.inline.push(att);
         Ok(self)
     }
@@ -470,7 +485,8 @@ impl MessageBuilder {
         content_type: Option<&str>,
     ) -> Result<&mut Self> {
         let field = format!("inline[{}]", self.inline.len());
-        let att = bytes_attachment(data.into(), None, content_type, Some(content_id)).map_err(|e| e.with_field(field))?;
+        let att = bytes_attachment(data.into(), None, content_type, Some(content_id))
+            .map_err(|e| e.with_field(field))?;
         self.inline.push(att);
         Ok(self)
     }
@@ -524,20 +540,28 @@ impl MessageBuilder {
         if let Some(e) = &self.error {
             return Err(clone_error(e));
         }
-        let from = self
-            .from
-            .clone()
-            .ok_or_else(|| Error::new(ErrorKind::InvalidMessage, "a From address is required").with_field("from"))?;
+        let from = self.from.clone().ok_or_else(|| {
+            Error::new(ErrorKind::InvalidMessage, "a From address is required").with_field("from")
+        })?;
         if self.to.is_empty() && self.cc.is_empty() && self.bcc.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidMessage, "at least one recipient (to, cc or bcc) is required")
-                .with_field("to"));
+            return Err(Error::new(
+                ErrorKind::InvalidMessage,
+                "at least one recipient (to, cc or bcc) is required",
+            )
+            .with_field("to"));
         }
         if let Some(html) = &self.html {
             for cid in cid_references(html) {
-                if !self.inline.iter().any(|a| a.content_id.as_deref() == Some(cid.as_str())) {
+                if !self
+                    .inline
+                    .iter()
+                    .any(|a| a.content_id.as_deref() == Some(cid.as_str()))
+                {
                     return Err(Error::new(
                         ErrorKind::InvalidMessage,
-                        format!("the HTML references cid:{cid} but no inline part has that Content-ID"),
+                        format!(
+                            "the HTML references cid:{cid} but no inline part has that Content-ID"
+                        ),
                     )
                     .with_field("html"));
                 }
@@ -563,7 +587,9 @@ impl MessageBuilder {
             .chain(&self.read_receipt_to)
             .any(|m| m.address().needs_smtputf8())
             || matches!(&reverse_path, ReversePath::Address(a) if a.needs_smtputf8());
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let message_id = match &self.message_id {
             Some(id) => id.clone(),
             None => generate_message_id(from.address().domain()),
@@ -612,33 +638,52 @@ fn clone_error(e: &Error) -> Error {
 
 fn body_value(field: &'static str, s: &str) -> Result<String> {
     if s.contains('\0') {
-        return Err(Error::new(ErrorKind::InvalidMessage, "body contains a NUL byte").with_field(field));
+        return Err(
+            Error::new(ErrorKind::InvalidMessage, "body contains a NUL byte").with_field(field),
+        );
     }
     Ok(s.to_owned())
 }
 
 fn check_content_type(ct: &str) -> Result<()> {
     let ok = ct.split_once('/').is_some_and(|(t, s)| {
-        let tok = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+        let tok = |x: &str| {
+            !x.is_empty()
+                && x.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+        };
         tok(t) && tok(s)
     });
     if !ok {
-        return Err(Error::new(ErrorKind::InvalidArgument, format!("content type {ct:?} is not type/subtype (RFC 2045 §5.1)")));
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("content type {ct:?} is not type/subtype (RFC 2045 §5.1)"),
+        ));
     }
     Ok(())
 }
 
 fn check_filename(name: &str) -> Result<()> {
     if name.is_empty() || name.chars().any(|c| c.is_control()) {
-        return Err(Error::new(ErrorKind::InvalidArgument, format!("file name {name:?} is empty or has control characters")));
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("file name {name:?} is empty or has control characters"),
+        ));
     }
     Ok(())
 }
 
 fn check_content_id(cid: &str) -> Result<()> {
     let cid = cid.trim_start_matches('<').trim_end_matches('>');
-    if cid.is_empty() || !cid.bytes().all(|b| b.is_ascii_graphic() && !b"<>\"()[]\\,;:".contains(&b)) {
-        return Err(Error::new(ErrorKind::InvalidHeader, format!("Content-ID {cid:?} must be printable ASCII without specials (RFC 2392)")));
+    if cid.is_empty()
+        || !cid
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"<>\"()[]\\,;:".contains(&b))
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidHeader,
+            format!("Content-ID {cid:?} must be printable ASCII without specials (RFC 2392)"),
+        ));
     }
     Ok(())
 }
@@ -656,10 +701,24 @@ fn resolve_type(filename: Option<&str>, content_type: Option<&str>) -> Result<St
     }
 }
 
-fn file_attachment(path: &Path, filename: Option<&str>, content_type: Option<&str>, cid: Option<&str>) -> Result<Attachment> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(ErrorKind::Attachment, format_args!("cannot read {}", path.display()), e))?;
+fn file_attachment(
+    path: &Path,
+    filename: Option<&str>,
+    content_type: Option<&str>,
+    cid: Option<&str>,
+) -> Result<Attachment> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::io(
+            ErrorKind::Attachment,
+            format_args!("cannot read {}", path.display()),
+            e,
+        )
+    })?;
     if !meta.is_file() {
-        return Err(Error::new(ErrorKind::Attachment, format!("{} is not a regular file", path.display())));
+        return Err(Error::new(
+            ErrorKind::Attachment,
+            format!("{} is not a regular file", path.display()),
+        ));
     }
     let default_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let filename = filename.map(str::to_owned).or(default_name);
@@ -677,7 +736,12 @@ fn file_attachment(path: &Path, filename: Option<&str>, content_type: Option<&st
     })
 }
 
-fn bytes_attachment(data: Arc<[u8]>, filename: Option<&str>, content_type: Option<&str>, cid: Option<&str>) -> Result<Attachment> {
+fn bytes_attachment(
+    data: Arc<[u8]>,
+    filename: Option<&str>,
+    content_type: Option<&str>,
+    cid: Option<&str>,
+) -> Result<Attachment> {
     if let Some(f) = filename {
         check_filename(f)?;
     }
@@ -705,7 +769,9 @@ pub fn cid_references(html: &str) -> Vec<String> {
             .find(|c: char| c.is_whitespace() || "\"')>".contains(c))
             .map_or(html.len(), |e| start + e);
         from = end.max(start);
-        if !matches!(prev, Some('"' | '\'' | '(' | '=') | None) && !prev.is_some_and(char::is_whitespace) {
+        if !matches!(prev, Some('"' | '\'' | '(' | '=') | None)
+            && !prev.is_some_and(char::is_whitespace)
+        {
             continue;
         }
         let raw = &html[start..end];
@@ -726,12 +792,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -742,11 +809,16 @@ fn percent_decode(s: &str) -> String {
 fn check_message_id(v: &str) -> Result<()> {
     let inner = v.strip_prefix('<').and_then(|x| x.strip_suffix('>'));
     let ok = inner.is_some_and(|i| {
-        i.split_once('@').is_some_and(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains('@'))
-            && i.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+        i.split_once('@')
+            .is_some_and(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains('@'))
+            && i.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
     });
     if !ok {
-        return Err(Error::new(ErrorKind::InvalidHeader, format!("{v:?} is not a msg-id <left@right> (RFC 5322 §3.6.4)")));
+        return Err(Error::new(
+            ErrorKind::InvalidHeader,
+            format!("{v:?} is not a msg-id <left@right> (RFC 5322 §3.6.4)"),
+        ));
     }
     Ok(())
 }
@@ -761,8 +833,14 @@ pub fn format_date(unix_secs: i64) -> String {
 
 /// A fresh, globally unique Message-ID `<time.random@domain>` (RFC 5322 §3.6.4).
 pub fn generate_message_id(domain: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let domain = if domain.starts_with('[') { "qmail.invalid" } else { domain };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let domain = if domain.starts_with('[') {
+        "qmail.invalid"
+    } else {
+        domain
+    };
     format!("<{}.{}@{}>", now.as_micros(), crate::random_hex(12), domain)
 }
 

@@ -67,7 +67,10 @@ fn split_list(v: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    out.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// The addresses of an address-list header value (RFC 5322 §3.4), groups flattened.
@@ -96,12 +99,18 @@ impl RawMessage {
     /// [`ErrorKind::InvalidMessage`] naming `message` (no header/body separator, a NUL, a line
     /// over 998 octets, no From, no recipient); [`ErrorKind::InvalidHeader`] for a bad field
     /// name; [`ErrorKind::InvalidAddress`] naming `envelope_from` / `recipients` / the field.
-    pub fn parse(bytes: &[u8], envelope_from: Option<&str>, recipients: Option<&[String]>) -> Result<RawMessage> {
+    pub fn parse(
+        bytes: &[u8],
+        envelope_from: Option<&str>,
+        recipients: Option<&[String]>,
+    ) -> Result<RawMessage> {
         if bytes.contains(&0) {
             return Err(invalid("the message contains a NUL byte"));
         }
         let crlf = normalise_line_breaks(bytes);
-        let split = find(&crlf, b"\r\n\r\n").map(|i| i + 2).or_else(|| crlf.ends_with(b"\r\n").then_some(crlf.len()));
+        let split = find(&crlf, b"\r\n\r\n")
+            .map(|i| i + 2)
+            .or_else(|| crlf.ends_with(b"\r\n").then_some(crlf.len()));
         let Some(head_end) = split else {
             return Err(invalid("no empty line ends the header section"));
         };
@@ -110,7 +119,10 @@ impl RawMessage {
         let body = rest.strip_prefix(b"\r\n").unwrap_or(rest);
         for line in crlf.split(|&b| b == b'\n') {
             if line.len() > MAX_LINE + 1 {
-                return Err(invalid(format!("a line is {} octets; at most {MAX_LINE} (RFC 5322 §2.1.1)", line.len() - 1)));
+                return Err(invalid(format!(
+                    "a line is {} octets; at most {MAX_LINE} (RFC 5322 §2.1.1)",
+                    line.len() - 1
+                )));
             }
         }
         // fields: (name, raw bytes including continuation lines)
@@ -122,20 +134,36 @@ impl RawMessage {
             if line[0] == b' ' || line[0] == b'\t' {
                 match fields.last_mut() {
                     Some((_, raw)) => raw.extend_from_slice(line),
-                    None => return Err(invalid("the header section starts with a continuation line")),
+                    None => {
+                        return Err(invalid(
+                            "the header section starts with a continuation line",
+                        ));
+                    }
                 }
                 continue;
             }
-            let colon = line.iter().position(|&b| b == b':').ok_or_else(|| invalid("a header line has no ':'"))?;
-            let name = std::str::from_utf8(&line[..colon]).map_err(|_| invalid("a field name is not ASCII"))?;
-            crate::mime::header::check_name(name).map_err(|e| e.with_field(format!("headers.{}", name.escape_debug())))?;
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .ok_or_else(|| invalid("a header line has no ':'"))?;
+            let name = std::str::from_utf8(&line[..colon])
+                .map_err(|_| invalid("a field name is not ASCII"))?;
+            crate::mime::header::check_name(name)
+                .map_err(|e| e.with_field(format!("headers.{}", name.escape_debug())))?;
             fields.push((name.to_owned(), line.to_vec()));
         }
         let value = |name: &str| -> Option<String> {
-            fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, raw)| unfold(raw))
+            fields
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, raw)| unfold(raw))
         };
         let values = |name: &str| -> Vec<String> {
-            fields.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, raw)| unfold(raw)).collect()
+            fields
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, raw)| unfold(raw))
+                .collect()
         };
         let from = value("from").ok_or_else(|| invalid("the message has no From field"))?;
         let from_addr = parse_address_list(&from)
@@ -147,7 +175,10 @@ impl RawMessage {
             Some(s) => ReversePath::parse(s).map_err(|e| e.with_field("envelope_from"))?,
             None => {
                 let sender = match value("sender") {
-                    Some(s) => parse_address_list(&s).map_err(|e| e.with_field("sender"))?.into_iter().next(),
+                    Some(s) => parse_address_list(&s)
+                        .map_err(|e| e.with_field("sender"))?
+                        .into_iter()
+                        .next(),
                     None => None,
                 };
                 ReversePath::Address(sender.unwrap_or_else(|| from_addr.clone()))
@@ -188,7 +219,9 @@ impl RawMessage {
             }
         };
         if value("date").is_none() {
-            out.extend_from_slice(format!("Date: {}\r\n", format_date(crate::spool::now_secs())).as_bytes());
+            out.extend_from_slice(
+                format!("Date: {}\r\n", format_date(crate::spool::now_secs())).as_bytes(),
+            );
         }
         for (name, raw) in &fields {
             if !name.eq_ignore_ascii_case("bcc") {
@@ -200,8 +233,18 @@ impl RawMessage {
         let smtputf8 = !head.is_ascii()
             || rcpt.iter().any(EmailAddress::needs_smtputf8)
             || matches!(&reverse, ReversePath::Address(a) if a.needs_smtputf8());
-        let envelope = Envelope { mail_from: reverse.as_envelope(), rcpt_to, smtputf8, eightbitmime: !body.is_ascii() };
-        Ok(RawMessage { bytes: out, envelope, message_id, not_before: None })
+        let envelope = Envelope {
+            mail_from: reverse.as_envelope(),
+            rcpt_to,
+            smtputf8,
+            eightbitmime: !body.is_ascii(),
+        };
+        Ok(RawMessage {
+            bytes: out,
+            envelope,
+            message_id,
+            not_before: None,
+        })
     }
 
     /// Holds the message until this Unix time (seconds).
@@ -245,13 +288,24 @@ mod tests {
     fn strips_bcc_and_fills_in() {
         let raw = b"From: A <a@example.com>\nTo: b@example.org, \"C, D\" <c@example.org>\nBcc: x@example.net,\n y@example.net\nSubject: hi\n\nbody\n";
         let m = RawMessage::parse(raw, None, None).unwrap();
-        assert_eq!(m.envelope().rcpt_to, ["b@example.org", "c@example.org", "x@example.net", "y@example.net"]);
+        assert_eq!(
+            m.envelope().rcpt_to,
+            [
+                "b@example.org",
+                "c@example.org",
+                "x@example.net",
+                "y@example.net"
+            ]
+        );
         assert_eq!(m.envelope().mail_from, "a@example.com");
         let s = String::from_utf8(m.bytes().to_vec()).unwrap();
         assert!(!s.to_ascii_lowercase().contains("bcc") && !s.contains("y@example.net"));
         assert!(s.contains("Message-ID: <") && s.contains("Date: "));
         assert!(s.ends_with("\r\n\r\nbody\r\n"));
-        assert!(!s.contains("\r\n\r\n\r\n"), "exactly one empty line separates header and body");
+        assert!(
+            !s.contains("\r\n\r\n\r\n"),
+            "exactly one empty line separates header and body"
+        );
     }
 
     #[test]

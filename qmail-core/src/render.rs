@@ -19,9 +19,22 @@ use crate::mime::rfc2231::encode_param;
 use crate::mime::transfer::{self, Encoding};
 
 enum Node<'a> {
-    Text { subtype: &'static str, body: Vec<u8>, encoding: Encoding },
-    Part { att: &'a Attachment, inline: bool, field: String },
-    Multi { subtype: &'static str, boundary: String, params: Vec<String>, children: Vec<Node<'a>> },
+    Text {
+        subtype: &'static str,
+        body: Vec<u8>,
+        encoding: Encoding,
+    },
+    Part {
+        att: &'a Attachment,
+        inline: bool,
+        field: String,
+    },
+    Multi {
+        subtype: &'static str,
+        boundary: String,
+        params: Vec<String>,
+        children: Vec<Node<'a>>,
+    },
 }
 
 impl Node<'_> {
@@ -35,9 +48,15 @@ impl Node<'_> {
 
     fn headers(&self, out: &mut Vec<u8>) {
         match self {
-            Node::Text { subtype, encoding, .. } => {
-                out.extend_from_slice(format!("Content-Type: text/{subtype}; charset=utf-8\r\n").as_bytes());
-                out.extend_from_slice(format!("Content-Transfer-Encoding: {}\r\n", encoding.as_str()).as_bytes());
+            Node::Text {
+                subtype, encoding, ..
+            } => {
+                out.extend_from_slice(
+                    format!("Content-Type: text/{subtype}; charset=utf-8\r\n").as_bytes(),
+                );
+                out.extend_from_slice(
+                    format!("Content-Transfer-Encoding: {}\r\n", encoding.as_str()).as_bytes(),
+                );
             }
             Node::Part { att, inline, .. } => {
                 let mut ct = vec![att.content_type.clone()];
@@ -53,7 +72,12 @@ impl Node<'_> {
                     out.extend_from_slice(format!("Content-ID: <{cid}>\r\n").as_bytes());
                 }
             }
-            Node::Multi { subtype, boundary, params, .. } => {
+            Node::Multi {
+                subtype,
+                boundary,
+                params,
+                ..
+            } => {
                 let mut ct = vec![format!("multipart/{subtype}")];
                 ct.extend(params.iter().cloned());
                 ct.push(format!("boundary=\"{boundary}\""));
@@ -71,20 +95,32 @@ impl Node<'_> {
                 }
             }
             Node::Part { att, field, .. } => match &att.source {
-                AttachmentSource::Bytes(b) => transfer::base64_lines(b, &mut WriteDyn(out)).map_err(io_err)?,
+                AttachmentSource::Bytes(b) => {
+                    transfer::base64_lines(b, &mut WriteDyn(out)).map_err(io_err)?
+                }
                 AttachmentSource::Path(p) => {
                     let mut f = File::open(p).map_err(|e| {
-                        Error::io(ErrorKind::Attachment, format_args!("cannot open {}", p.display()), e)
-                            .with_field(field.clone())
+                        Error::io(
+                            ErrorKind::Attachment,
+                            format_args!("cannot open {}", p.display()),
+                            e,
+                        )
+                        .with_field(field.clone())
                     })?;
                     transfer::base64_stream(&mut f, &mut WriteDyn(out)).map_err(|e| match e {
-                        Ok(read) => Error::io(ErrorKind::Attachment, format_args!("cannot read {}", p.display()), read)
-                            .with_field(field.clone()),
+                        Ok(read) => Error::io(
+                            ErrorKind::Attachment,
+                            format_args!("cannot read {}", p.display()),
+                            read,
+                        )
+                        .with_field(field.clone()),
                         Err(write) => io_err(write),
                     })?;
                 }
             },
-            Node::Multi { boundary, children, .. } => {
+            Node::Multi {
+                boundary, children, ..
+            } => {
                 for child in children {
                     w(out, format!("--{boundary}\r\n").as_bytes())?;
                     let mut h = Vec::with_capacity(256);
@@ -133,7 +169,11 @@ fn text_node(subtype: &'static str, s: &str) -> Node<'static> {
         Encoding::SevenBit => crlf,
         _ => transfer::quoted_printable(&crlf),
     };
-    Node::Text { subtype, body, encoding }
+    Node::Text {
+        subtype,
+        body,
+        encoding,
+    }
 }
 
 fn mailbox_tokens(list: &[Mailbox]) -> Vec<String> {
@@ -181,7 +221,7 @@ fn fold_mixed(name: &str, toks: &[String], seps: &[&str], out: &mut Vec<u8>) {
     for (i, tok) in toks.iter().enumerate() {
         let lead = if i == 0 { " " } else { seps[i] };
         if i > 0 && line + lead.len() + tok.len() > crate::mime::FOLD_AT {
-            out.extend_from_slice(lead[..lead.len() - 1].as_bytes());
+            out.extend_from_slice(&lead.as_bytes()[..lead.len() - 1]);
             out.extend_from_slice(b"\r\n ");
             line = 1;
         } else {
@@ -199,9 +239,12 @@ impl Message {
         let text = self.text.as_deref().map(|t| text_node("plain", t));
         let html = self.html.as_deref().map(|h| text_node("html", h));
         let body = match (text, html) {
-            (Some(t), Some(h)) => {
-                Some(Node::Multi { subtype: "alternative", boundary: boundary(), params: vec![], children: vec![t, h] })
-            }
+            (Some(t), Some(h)) => Some(Node::Multi {
+                subtype: "alternative",
+                boundary: boundary(),
+                params: vec![],
+                children: vec![t, h],
+            }),
             (t, h) => t.or(h),
         };
         let body = if self.inline.is_empty() {
@@ -215,18 +258,33 @@ impl Message {
                 inline: true,
                 field: format!("inline[{i}]"),
             }));
-            Some(Node::Multi { subtype: "related", boundary: boundary(), params: vec![format!("type=\"{ty}\"")], children })
+            Some(Node::Multi {
+                subtype: "related",
+                boundary: boundary(),
+                params: vec![format!("type=\"{ty}\"")],
+                children,
+            })
         };
         if self.attachments.is_empty() {
             return body;
         }
         let mut children: Vec<Node<'_>> = body.into_iter().collect();
-        children.extend(self.attachments.iter().enumerate().map(|(i, a)| Node::Part {
-            att: a,
-            inline: false,
-            field: format!("attachments[{i}]"),
-        }));
-        Some(Node::Multi { subtype: "mixed", boundary: boundary(), params: vec![], children })
+        children.extend(
+            self.attachments
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Node::Part {
+                    att: a,
+                    inline: false,
+                    field: format!("attachments[{i}]"),
+                }),
+        );
+        Some(Node::Multi {
+            subtype: "mixed",
+            boundary: boundary(),
+            params: vec![],
+            children,
+        })
     }
 
     /// The header section's fields (without MIME headers), each folded and CRLF-terminated.
@@ -254,7 +312,13 @@ impl Message {
                 4 => ("Low", "low"),
                 _ => ("Lowest", "low"),
             };
-            out.extend_from_slice(format!("X-Priority: {} ({label})\r\nImportance: {importance}\r\n", p.number()).as_bytes());
+            out.extend_from_slice(
+                format!(
+                    "X-Priority: {} ({label})\r\nImportance: {importance}\r\n",
+                    p.number()
+                )
+                .as_bytes(),
+            );
         }
         if let Some(r) = &self.read_receipt_to {
             address_field("Disposition-Notification-To", std::slice::from_ref(r), out);
@@ -272,7 +336,10 @@ impl Message {
     /// [`ErrorKind::Attachment`] naming `attachments[N]` / `inline[N]` when a file cannot be
     /// read; [`ErrorKind::Io`] when `out` fails.
     pub fn render(&self, out: &mut impl Write) -> Result<u64> {
-        let mut counter = Counting { inner: out, count: 0 };
+        let mut counter = Counting {
+            inner: out,
+            count: 0,
+        };
         let mut head = Vec::with_capacity(1024);
         self.write_message_headers(&mut head);
         let tree = self.tree().unwrap_or_else(|| text_node("plain", ""));

@@ -36,7 +36,9 @@ fn q01_crlf_in_reply_to_name_or_address() {
             let e = build(&inp).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidAddress, "{field} {bad:?}");
             assert_eq!(e.field(), Some(field));
-            inp[field] = json!(format!("Support <help@example.com>{bad}Bcc: leak@example.org"));
+            inp[field] = json!(format!(
+                "Support <help@example.com>{bad}Bcc: leak@example.org"
+            ));
             assert!(build(&inp).is_err(), "{field} {bad:?} as one string");
         }
     }
@@ -48,9 +50,16 @@ fn q01_crlf_in_reply_to_name_or_address() {
     let bytes = m.to_bytes().unwrap();
     assert_wire_clean(&bytes);
     assert_header_folding(&bytes);
-    assert!(!field_names(&bytes).iter().any(|n| n.eq_ignore_ascii_case("bcc")));
+    assert!(
+        !field_names(&bytes)
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case("bcc"))
+    );
     assert!(!header_section(&bytes).contains("hidden@example.net"));
-    assert_eq!(m.envelope().rcpt_to, ["customer@example.org", "hidden@example.net"]);
+    assert_eq!(
+        m.envelope().rcpt_to,
+        ["customer@example.org", "hidden@example.net"]
+    );
     let m = build(&{
         let mut x = ok.clone();
         x["bcc"] = Value::Null;
@@ -76,7 +85,11 @@ fn q03_header_newlines_and_bad_names() {
     for v in ["\nx", "x\ry", "x\0", "\r\n"] {
         let mut i = only_header.clone();
         i["headers"] = json!({ "X-Campaign": v });
-        assert_eq!(build(&i).unwrap_err().kind(), ErrorKind::InvalidHeader, "{v:?}");
+        assert_eq!(
+            build(&i).unwrap_err().kind(),
+            ErrorKind::InvalidHeader,
+            "{v:?}"
+        );
         let mut i = only_header.clone();
         i["headers"] = json!({});
         i["subject"] = json!(v);
@@ -88,7 +101,11 @@ fn q03_header_newlines_and_bad_names() {
     assert_wire_clean(&bytes);
     let p = parse(&bytes);
     assert_eq!(p.subject(), Some(ins[1]["subject"].as_str().unwrap()));
-    assert!(!field_names(&bytes).iter().any(|n| n.eq_ignore_ascii_case("bcc")));
+    assert!(
+        !field_names(&bytes)
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case("bcc"))
+    );
     assert!(!header_section(&bytes).contains("=?UTF-8?Q?=0A?="));
     // inputs 3 and 4: bad field names refused
     for i in [2, 3] {
@@ -99,13 +116,28 @@ fn q03_header_newlines_and_bad_names() {
     for name in ["", "X:Y", "Ä-Header", "X Y", "X\tY", "X\u{7f}"] {
         let mut i = only_header.clone();
         i["headers"] = json!({ name: "v" });
-        assert_eq!(build(&i).unwrap_err().kind(), ErrorKind::InvalidHeader, "{name:?}");
+        assert_eq!(
+            build(&i).unwrap_err().kind(),
+            ErrorKind::InvalidHeader,
+            "{name:?}"
+        );
     }
     // fields with their own setter are refused as custom headers
-    for name in ["Bcc", "To", "From", "Subject", "Content-Type", "MIME-Version"] {
+    for name in [
+        "Bcc",
+        "To",
+        "From",
+        "Subject",
+        "Content-Type",
+        "MIME-Version",
+    ] {
         let mut i = only_header.clone();
         i["headers"] = json!({ name: "x@example.com" });
-        assert_eq!(build(&i).unwrap_err().kind(), ErrorKind::InvalidHeader, "{name}");
+        assert_eq!(
+            build(&i).unwrap_err().kind(),
+            ErrorKind::InvalidHeader,
+            "{name}"
+        );
     }
 }
 
@@ -116,11 +148,18 @@ fn q08_long_lines() {
     let bytes = m.to_bytes().unwrap();
     assert_wire_clean(&bytes);
     let text = String::from_utf8_lossy(&bytes);
-    assert!(!text.contains("Content-Transfer-Encoding: 7bit"), "long lines must not be 7bit");
+    assert!(
+        !text.contains("Content-Transfer-Encoding: 7bit"),
+        "long lines must not be 7bit"
+    );
     // every body line at most 76 characters
     let body = &text[header_section(&bytes).len()..];
     for l in body.split("\r\n") {
-        assert!(l.len() <= 76 || l.starts_with("Content-") || l.starts_with(' '), "{} chars", l.len());
+        assert!(
+            l.len() <= 76 || l.starts_with("Content-") || l.starts_with(' '),
+            "{} chars",
+            l.len()
+        );
     }
     let p = parse(&bytes);
     assert_eq!(p.body_text(0).unwrap().trim_end(), expand("b*2000"));
@@ -131,7 +170,11 @@ fn q08_long_lines() {
     let raw = p.header_raw("X-Trace").unwrap();
     let decoded: String = raw
         .split_whitespace()
-        .map(|w| w.strip_prefix("=?utf-8?q?").and_then(|w| w.strip_suffix("?=")).expect("encoded-word"))
+        .map(|w| {
+            w.strip_prefix("=?utf-8?q?")
+                .and_then(|w| w.strip_suffix("?="))
+                .expect("encoded-word")
+        })
         .collect();
     assert_eq!(decoded, "c".repeat(1200));
 }
@@ -160,7 +203,10 @@ fn q09_non_ascii_display_names() {
     assert_eq!(cc.len(), 2);
     assert_eq!(cc[0].name.as_deref(), Some("José \"Pepe\" Núñez"));
     assert_eq!(cc[0].address.as_deref(), Some("pepe@example.org"));
-    assert_eq!(cc[1].name.as_deref(), Some("Département Formation, Recherche et Support très long nom d’équipe"));
+    assert_eq!(
+        cc[1].name.as_deref(),
+        Some("Département Formation, Recherche et Support très long nom d’équipe")
+    );
     assert_eq!(cc[1].address.as_deref(), Some("team@example.org"));
     // ASCII names with specials are quoted, not encoded
     let m = Message::builder()
@@ -171,7 +217,10 @@ fn q09_non_ascii_display_names() {
     let bytes = m.to_bytes().unwrap();
     assert!(header_section(&bytes).contains("From: \"Shop, Inc. \\\"Best\\\"\" <a@example.com>"));
     let p = parse(&bytes);
-    assert_eq!(p.from().unwrap().first().unwrap().name.as_deref(), Some("Shop, Inc. \"Best\""));
+    assert_eq!(
+        p.from().unwrap().first().unwrap().name.as_deref(),
+        Some("Shop, Inc. \"Best\"")
+    );
 }
 
 #[test]
@@ -182,14 +231,33 @@ fn q10_non_ascii_file_names() {
     assert_wire_clean(&bytes);
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("filename*=utf-8''T%C3%B6%C3%B6%C3%B6st.pdf"));
-    assert!(text.contains("filename=plain-ascii.txt") || text.contains("filename=\"plain-ascii.txt\""));
-    for l in text.split("\r\n").filter(|l| l.starts_with("Content-Disposition")) {
+    assert!(
+        text.contains("filename=plain-ascii.txt") || text.contains("filename=\"plain-ascii.txt\"")
+    );
+    for l in text
+        .split("\r\n")
+        .filter(|l| l.starts_with("Content-Disposition"))
+    {
         assert!(l.starts_with("Content-Disposition: attachment;"), "{l}");
     }
-    assert!(!text.contains("filename*=utf-8''filename"), "parameter name encoded");
+    assert!(
+        !text.contains("filename*=utf-8''filename"),
+        "parameter name encoded"
+    );
     let p = parse(&bytes);
-    let names: Vec<String> = p.attachments().map(|a| a.attachment_name().unwrap_or_default().to_string()).collect();
-    assert_eq!(names, ["Töööst.pdf", "отчёт 2024.pdf", "résumé; \"final\".pdf", "plain-ascii.txt"]);
+    let names: Vec<String> = p
+        .attachments()
+        .map(|a| a.attachment_name().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Töööst.pdf",
+            "отчёт 2024.pdf",
+            "résumé; \"final\".pdf",
+            "plain-ascii.txt"
+        ]
+    );
     let contents: Vec<Vec<u8>> = p.attachments().map(|a| a.contents().to_vec()).collect();
     assert_eq!(contents[0], b"%PDF-1.4");
     assert_eq!(contents[3], b"abc");
@@ -202,29 +270,63 @@ fn q14_date_and_message_id_once() {
     let bytes = m.to_bytes().unwrap();
     let names = field_names(&bytes);
     for f in ["Date", "From", "Message-ID"] {
-        assert_eq!(names.iter().filter(|n| n.eq_ignore_ascii_case(f)).count(), 1, "{f}");
+        assert_eq!(
+            names.iter().filter(|n| n.eq_ignore_ascii_case(f)).count(),
+            1,
+            "{f}"
+        );
     }
     let id = m.message_id();
-    assert!(id.starts_with('<') && id.ends_with('>') && id.contains('@') && !id.contains(char::is_whitespace));
+    assert!(
+        id.starts_with('<')
+            && id.ends_with('>')
+            && id.contains('@')
+            && !id.contains(char::is_whitespace)
+    );
     assert!(chrono::DateTime::parse_from_rfc2822(m.date()).is_ok());
     // unique over 10,000 builds; rendering twice gives the same Date and Message-ID
     let mut seen = std::collections::HashSet::new();
     for _ in 0..10_000 {
         assert!(seen.insert(build(&ins[0]).unwrap().message_id().to_owned()));
     }
-    assert_eq!(header_section(&m.to_bytes().unwrap())[..60], header_section(&bytes)[..60]);
+    assert_eq!(
+        header_section(&m.to_bytes().unwrap())[..60],
+        header_section(&bytes)[..60]
+    );
     // input 2: the caller's values are used, once
     let m = build(&ins[1]).unwrap();
     let bytes = m.to_bytes().unwrap();
     let head = header_section(&bytes);
-    assert_eq!(head.matches("Message-ID: <fixed-1@example.com>\r\n").count(), 1);
-    assert_eq!(head.matches("Date: Tue, 01 Jul 2025 10:00:00 +0000\r\n").count(), 1);
-    assert_eq!(field_names(&bytes).iter().filter(|n| n.eq_ignore_ascii_case("date")).count(), 1);
+    assert_eq!(
+        head.matches("Message-ID: <fixed-1@example.com>\r\n")
+            .count(),
+        1
+    );
+    assert_eq!(
+        head.matches("Date: Tue, 01 Jul 2025 10:00:00 +0000\r\n")
+            .count(),
+        1
+    );
+    assert_eq!(
+        field_names(&bytes)
+            .iter()
+            .filter(|n| n.eq_ignore_ascii_case("date"))
+            .count(),
+        1
+    );
     // malformed caller values refused
-    for (k, v) in [("Message-ID", "fixed-1@example.com"), ("Message-ID", "<a b@c>"), ("Date", "yesterday")] {
+    for (k, v) in [
+        ("Message-ID", "fixed-1@example.com"),
+        ("Message-ID", "<a b@c>"),
+        ("Date", "yesterday"),
+    ] {
         let mut i = ins[0].clone();
         i["headers"] = json!({ k: v });
-        assert_eq!(build(&i).unwrap_err().kind(), ErrorKind::InvalidHeader, "{k}: {v}");
+        assert_eq!(
+            build(&i).unwrap_err().kind(),
+            ErrorKind::InvalidHeader,
+            "{k}: {v}"
+        );
     }
 }
 
@@ -241,7 +343,9 @@ fn q15_html_with_and_without_text() {
     assert_wire_clean(&bytes);
     let text = String::from_utf8_lossy(&bytes);
     assert!(header_section(&bytes).contains("multipart/alternative"));
-    let tp = text.find("Content-Type: text/plain; charset=utf-8").unwrap();
+    let tp = text
+        .find("Content-Type: text/plain; charset=utf-8")
+        .unwrap();
     let hp = text.find("Content-Type: text/html; charset=utf-8").unwrap();
     assert!(tp < hp);
     let p = parse(&bytes);
@@ -272,17 +376,42 @@ fn structure_related_and_mixed() {
     let p = parse(&bytes);
     assert_eq!(p.attachments().count(), 2);
     // a cid: reference without its inline part is an error naming html
-    let e = Message::builder().from("a@example.com").to("b@example.org").html("<img src=\"cid:nope\">").build().unwrap_err();
+    let e = Message::builder()
+        .from("a@example.com")
+        .to("b@example.org")
+        .html("<img src=\"cid:nope\">")
+        .build()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidMessage);
     assert_eq!(e.field(), Some("html"));
     // no From, no recipient
-    assert_eq!(Message::builder().to("b@example.org").build().unwrap_err().field(), Some("from"));
-    assert_eq!(Message::builder().from("a@example.com").build().unwrap_err().field(), Some("to"));
+    assert_eq!(
+        Message::builder()
+            .to("b@example.org")
+            .build()
+            .unwrap_err()
+            .field(),
+        Some("from")
+    );
+    assert_eq!(
+        Message::builder()
+            .from("a@example.com")
+            .build()
+            .unwrap_err()
+            .field(),
+        Some("to")
+    );
 }
 
 #[test]
 fn bcc_only_gets_undisclosed_recipients() {
-    let m = Message::builder().from("a@example.com").bcc("c@example.com").bcc("d@example.com").text("x").build().unwrap();
+    let m = Message::builder()
+        .from("a@example.com")
+        .bcc("c@example.com")
+        .bcc("d@example.com")
+        .text("x")
+        .build()
+        .unwrap();
     let bytes = m.to_bytes().unwrap();
     let head = header_section(&bytes);
     assert!(head.contains("To: undisclosed-recipients:;\r\n"));

@@ -24,7 +24,10 @@ fn spool_dir() -> (tempfile::TempDir, Spool) {
 fn submit(spool: &Spool, m: qmail_core::MessageBuilder) -> (QueueId, Vec<u8>) {
     let msg = m.build().unwrap();
     let id = spool.submit(&msg).unwrap();
-    let body = SpoolFile::open(&spool.path().join("ready").join(id.as_str())).unwrap().read_body().unwrap();
+    let body = SpoolFile::open(&spool.path().join("ready").join(id.as_str()))
+        .unwrap()
+        .read_body()
+        .unwrap();
     (id, body)
 }
 
@@ -34,7 +37,11 @@ fn submit_only(spool: &Spool, m: qmail_core::MessageBuilder) -> QueueId {
 }
 
 fn simple(to: &str, text: &str) -> qmail_core::MessageBuilder {
-    Message::builder().from("noreply@example.com").to(to).subject("test").text(text)
+    Message::builder()
+        .from("noreply@example.com")
+        .to(to)
+        .subject("test")
+        .text(text)
 }
 
 fn drain(cfg: &DispatchConfig) -> qmail_core::dispatch::Summary {
@@ -42,17 +49,35 @@ fn drain(cfg: &DispatchConfig) -> qmail_core::dispatch::Summary {
 }
 
 fn state(spool: &Spool, id: &QueueId) -> MessageState {
-    MessageState::load(spool.path(), id.as_str()).unwrap().expect("a state file")
+    MessageState::load(spool.path(), id.as_str())
+        .unwrap()
+        .expect("a state file")
 }
 
 fn assert_empty_queue(spool: &Spool) {
-    for d in ["ready", "active", "deferred", "scheduled", "failed", "corrupt", "state"] {
-        assert!(files(spool.path(), d).is_empty(), "{d}/ is not empty: {:?}", files(spool.path(), d));
+    for d in [
+        "ready",
+        "active",
+        "deferred",
+        "scheduled",
+        "failed",
+        "corrupt",
+        "state",
+    ] {
+        assert!(
+            files(spool.path(), d).is_empty(),
+            "{d}/ is not empty: {:?}",
+            files(spool.path(), d)
+        );
     }
 }
 
 fn delivery_log(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -78,9 +103,19 @@ fn exact_bytes_delivered_and_spool_emptied() {
     assert_eq!(tx[0].rcpt_tos, ["customer@example.org", "cc@example.org"]);
     assert_eq!(tx[0].ehlo, "dispatcher.test");
     assert_wire_clean(&tx[0].wire);
-    assert_eq!(unstuff(&tx[0].wire), body, "unstuffed wire == spool message");
-    assert_eq!(tx[0].data, body, "the server's un-stuffed DATA == spool message");
-    assert!(tx[0].wire.windows(3).any(|w| w == b"\n.."), "stuffing was exercised");
+    assert_eq!(
+        unstuff(&tx[0].wire),
+        body,
+        "unstuffed wire == spool message"
+    );
+    assert_eq!(
+        tx[0].data, body,
+        "the server's un-stuffed DATA == spool message"
+    );
+    assert!(
+        tx[0].wire.windows(3).any(|w| w == b"\n.."),
+        "stuffing was exercised"
+    );
     assert_empty_queue(&spool);
 }
 
@@ -97,32 +132,64 @@ fn embedded_default_writes_the_outbox() {
 
 #[test]
 fn partial_recipients_then_retry_sends_rcpt_only_for_the_deferred() {
-    let srv = SmtpServer::start(&["--rcpt-reject", "bad@example.org:550", "--rcpt-reject", "later@example.org:450"]);
+    let srv = SmtpServer::start(&[
+        "--rcpt-reject",
+        "bad@example.org:550",
+        "--rcpt-reject",
+        "later@example.org:450",
+    ]);
     let (_d, spool) = spool_dir();
-    let m = Message::builder().from("noreply@example.com").to("ok@example.org").to("bad@example.org").to("later@example.org").subject("s").text("t");
+    let m = Message::builder()
+        .from("noreply@example.com")
+        .to("ok@example.org")
+        .to("bad@example.org")
+        .to("later@example.org")
+        .subject("s")
+        .text("t");
     let (id, body) = submit(&spool, m);
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
     let s = drain(&cfg);
     assert_eq!((s.delivered, s.deferred, s.failed), (0, 1, 0));
     let tx = srv.delivered();
     assert_eq!(tx.len(), 1);
-    assert_eq!(tx[0].rcpt_tos, ["ok@example.org"], "the message still goes to the accepted recipient");
+    assert_eq!(
+        tx[0].rcpt_tos,
+        ["ok@example.org"],
+        "the message still goes to the accepted recipient"
+    );
     assert_eq!(tx[0].data, body);
     assert_eq!(files(spool.path(), "deferred"), [id.to_string()]);
     let st = state(&spool, &id);
     assert_eq!(st.delivered, ["ok@example.org"]);
     assert_eq!(st.failed.len(), 1);
-    assert_eq!((st.failed[0].rcpt.as_str(), st.failed[0].reply.code), ("bad@example.org", Some(550)));
-    assert_eq!(st.remaining.as_deref(), Some(&["later@example.org".to_string()][..]));
+    assert_eq!(
+        (st.failed[0].rcpt.as_str(), st.failed[0].reply.code),
+        ("bad@example.org", Some(550))
+    );
+    assert_eq!(
+        st.remaining.as_deref(),
+        Some(&["later@example.org".to_string()][..])
+    );
     assert_eq!(st.attempts, 1);
     let res = &st.history[0].results;
-    assert_eq!(res.iter().map(|r| r.status).collect::<Vec<_>>(), [RcptStatus::Delivered, RcptStatus::Failed, RcptStatus::Deferred]);
+    assert_eq!(
+        res.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [
+            RcptStatus::Delivered,
+            RcptStatus::Failed,
+            RcptStatus::Deferred
+        ]
+    );
 
     // the retry, to a relay that accepts everyone, sends RCPT only for the deferred one
     let srv2 = SmtpServer::start(&[]);
     let cfg2 = config(spool.path(), &[srv2.url("tls=none")]);
     let s = drain(&cfg2);
-    assert_eq!((s.delivered, s.failed), (0, 1), "done, with one recipient failed for good");
+    assert_eq!(
+        (s.delivered, s.failed),
+        (0, 1),
+        "done, with one recipient failed for good"
+    );
     let tx2 = srv2.delivered();
     assert_eq!(tx2.len(), 1);
     assert_eq!(tx2[0].rcpt_tos, ["later@example.org"]);
@@ -130,30 +197,59 @@ fn partial_recipients_then_retry_sends_rcpt_only_for_the_deferred() {
     assert_eq!(files(spool.path(), "failed"), [id.to_string()]);
     let st = state(&spool, &id);
     assert_eq!(st.attempts, 2);
-    assert!(st.diagnosis().contains("<bad@example.org>: 550"), "{}", st.diagnosis());
+    assert!(
+        st.diagnosis().contains("<bad@example.org>: 550"),
+        "{}",
+        st.diagnosis()
+    );
     assert_eq!(st.delivered, ["ok@example.org", "later@example.org"]);
 }
 
 #[test]
 fn partial_recipients_without_pipelining() {
     // the same per-recipient outcomes when commands go one by one
-    let srv = SmtpServer::start(&["--no-pipelining", "--rcpt-reject", "bad@example.org:550", "--rcpt-reject", "later@example.org:450"]);
+    let srv = SmtpServer::start(&[
+        "--no-pipelining",
+        "--rcpt-reject",
+        "bad@example.org:550",
+        "--rcpt-reject",
+        "later@example.org:450",
+    ]);
     let (_d, spool) = spool_dir();
-    let m = Message::builder().from("noreply@example.com").to("ok@example.org").to("bad@example.org").to("later@example.org").subject("s").text("t");
+    let m = Message::builder()
+        .from("noreply@example.com")
+        .to("ok@example.org")
+        .to("bad@example.org")
+        .to("later@example.org")
+        .subject("s")
+        .text("t");
     let (id, body) = submit(&spool, m);
     let mut cfg = config(spool.path(), &[srv.url("tls=none")]);
     cfg.workers = 1;
     assert_eq!(drain(&cfg).deferred, 1);
     let tx = srv.delivered();
-    assert_eq!((tx[0].rcpt_tos.as_slice(), &tx[0].data), (&["ok@example.org".to_string()][..], &body));
+    assert_eq!(
+        (tx[0].rcpt_tos.as_slice(), &tx[0].data),
+        (&["ok@example.org".to_string()][..], &body)
+    );
     let st = state(&spool, &id);
     let res = &st.history[0].results;
-    assert_eq!(res.iter().map(|r| r.status).collect::<Vec<_>>(), [RcptStatus::Delivered, RcptStatus::Failed, RcptStatus::Deferred]);
+    assert_eq!(
+        res.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [
+            RcptStatus::Delivered,
+            RcptStatus::Failed,
+            RcptStatus::Deferred
+        ]
+    );
     // a refused MAIL sends no RCPT at all
     let srv2 = SmtpServer::start(&["--no-pipelining", "--mail-fail", "1:550"]);
     let (_d2, spool2) = spool_dir();
     submit(&spool2, simple("x@example.org", "t"));
-    assert_eq!(drain(&config(spool2.path(), &[srv2.url("tls=none")])).failed, 1);
+    assert_eq!(
+        drain(&config(spool2.path(), &[srv2.url("tls=none")])).failed,
+        1
+    );
     let lines = &srv2.wait_sessions(1, T)[0].lines;
     assert!(!lines.iter().any(|l| l.starts_with("RCPT")), "{lines:?}");
 }
@@ -163,7 +259,15 @@ fn pipelined_commands_go_in_one_write() {
     let srv = SmtpServer::start(&["--rcpt-reject", "bad@example.org:550"]);
     let (_d, spool) = spool_dir();
     for i in 0..3 {
-        submit(&spool, Message::builder().from("noreply@example.com").to(format!("a{i}@example.org").as_str()).to("bad@example.org").subject("s").text("t"));
+        submit(
+            &spool,
+            Message::builder()
+                .from("noreply@example.com")
+                .to(format!("a{i}@example.org").as_str())
+                .to("bad@example.org")
+                .subject("s")
+                .text("t"),
+        );
     }
     let mut cfg = config(spool.path(), &[srv.url("tls=none")]);
     cfg.workers = 1;
@@ -173,7 +277,14 @@ fn pipelined_commands_go_in_one_write() {
     let sess = &srv.wait_sessions(1, T)[0];
     // the client wrote RSET, MAIL and both RCPTs before reading a reply: one read got them all
     let want = b"RSET\r\nMAIL FROM:<noreply@example.com>\r\nRCPT TO:<a1@example.org>\r\nRCPT TO:<bad@example.org>\r\n";
-    assert!(sess.chunks.iter().any(|c| c == want), "{:?}", sess.chunks.iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>());
+    assert!(
+        sess.chunks.iter().any(|c| c == want),
+        "{:?}",
+        sess.chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(c))
+            .collect::<Vec<_>>()
+    );
     // and without PIPELINING, never more than one command per write
     let srv2 = SmtpServer::start(&["--no-pipelining"]);
     let (_d2, spool2) = spool_dir();
@@ -184,7 +295,11 @@ fn pipelined_commands_go_in_one_write() {
     assert_eq!(drain(&cfg2).delivered, 2);
     for c in &srv2.wait_sessions(1, T)[0].chunks {
         let n = c.windows(2).filter(|w| w == b"\r\n").count();
-        assert!(n == 1 || c.starts_with(b"Date:") || c.ends_with(b".\r\n"), "one command per write: {:?}", String::from_utf8_lossy(c));
+        assert!(
+            n == 1 || c.starts_with(b"Date:") || c.ends_with(b".\r\n"),
+            "one command per write: {:?}",
+            String::from_utf8_lossy(c)
+        );
     }
 }
 
@@ -216,7 +331,10 @@ fn retry_then_success_with_attempt_log() {
         assert!(l["duration_ms"].is_u64());
         assert!(l["relay"].as_str().unwrap().starts_with("127.0.0.1:"));
     }
-    assert_eq!((lines[0]["code"].as_u64(), lines[2]["code"].as_u64()), (Some(451), Some(250)));
+    assert_eq!(
+        (lines[0]["code"].as_u64(), lines[2]["code"].as_u64()),
+        (Some(451), Some(250))
+    );
 }
 
 #[test]
@@ -228,17 +346,31 @@ fn backoff_grows_between_retries() {
     cfg.retry.first_secs = 300;
     drain(&cfg);
     let st = state(&spool, &id);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    assert!((295..=305).contains(&(st.next_due - now)), "first retry after 300 s, got {}", st.next_due - now);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (295..=305).contains(&(st.next_due - now)),
+        "first retry after 300 s, got {}",
+        st.next_due - now
+    );
     // not due: a drain leaves it alone
     assert_eq!(drain(&cfg).deferred, 0);
     assert_eq!(srv.transactions().len(), 0);
     // `retry` makes it due now
-    assert_eq!(admin::retry(spool.path(), &[], "test").unwrap(), [id.to_string()]);
+    assert_eq!(
+        admin::retry(spool.path(), &[], "test").unwrap(),
+        [id.to_string()]
+    );
     drain(&cfg);
     let st = state(&spool, &id);
     assert_eq!(st.attempts, 2);
-    assert!((590..=610).contains(&(st.next_due - now)), "second retry after 600 s, got {}", st.next_due - now);
+    assert!(
+        (590..=610).contains(&(st.next_due - now)),
+        "second retry after 600 s, got {}",
+        st.next_due - now
+    );
 }
 
 #[test]
@@ -251,7 +383,11 @@ fn permanent_failure_keeps_its_diagnosis_and_requeue_failed() {
     assert_eq!(files(spool.path(), "failed"), [id.to_string()]);
     let st = state(&spool, &id);
     assert_eq!(st.failed[0].reply.code, Some(550));
-    assert!(st.failed[0].reply.text.contains("mail from refused"), "{:?}", st.failed[0].reply);
+    assert!(
+        st.failed[0].reply.text.contains("mail from refused"),
+        "{:?}",
+        st.failed[0].reply
+    );
     assert_eq!(st.history.len(), 1);
     assert!(st.history[0].relay.starts_with("127.0.0.1:"));
     assert!(st.history[0].at_ms > 0);
@@ -259,7 +395,10 @@ fn permanent_failure_keeps_its_diagnosis_and_requeue_failed() {
     assert_eq!(v.state, "failed");
     assert_eq!(v.dispatch.unwrap().failed[0].reply.code, Some(550));
     // requeue-failed: retried (the server now accepts), counter kept
-    assert_eq!(admin::requeue_failed(spool.path(), &[], "test").unwrap(), [id.to_string()]);
+    assert_eq!(
+        admin::requeue_failed(spool.path(), &[], "test").unwrap(),
+        [id.to_string()]
+    );
     assert_eq!(drain(&cfg).delivered, 1);
     assert_eq!(srv.delivered()[0].data, body);
     assert_empty_queue(&spool);
@@ -274,7 +413,11 @@ fn queue_lifetime_exceeded_fails() {
     cfg.retry.lifetime_secs = 0;
     assert_eq!(drain(&cfg).failed, 1);
     let st = state(&spool, &id);
-    assert!(st.diagnosis().contains("queue lifetime"), "{}", st.diagnosis());
+    assert!(
+        st.diagnosis().contains("queue lifetime"),
+        "{}",
+        st.diagnosis()
+    );
     assert!(st.diagnosis().contains("451"), "{}", st.diagnosis());
 }
 
@@ -300,11 +443,23 @@ fn dsn_goes_to_the_sender_from_null_path() {
     drain(&cfg);
     let tx = srv.delivered();
     assert_eq!(tx.len(), 1);
-    assert_eq!(tx[0].mail_from, "<>", "aiosmtpd reports the null path as <>");
-    assert!(srv.wait_sessions(2, T).iter().any(|s| s.lines.iter().any(|l| l == "MAIL FROM:<>")));
+    assert_eq!(
+        tx[0].mail_from, "<>",
+        "aiosmtpd reports the null path as <>"
+    );
+    assert!(
+        srv.wait_sessions(2, T)
+            .iter()
+            .any(|s| s.lines.iter().any(|l| l == "MAIL FROM:<>"))
+    );
     // a message from <> never gets a DSN
     let before = files(spool.path(), "ready").len();
-    let m = Message::builder().from("noreply@example.com").envelope_from("<>").to("bad@example.org").subject("s").text("t");
+    let m = Message::builder()
+        .from("noreply@example.com")
+        .envelope_from("<>")
+        .to("bad@example.org")
+        .subject("s")
+        .text("t");
     submit(&spool, m);
     drain(&cfg);
     assert_eq!(files(spool.path(), "ready").len(), before);
@@ -314,8 +469,14 @@ fn dsn_goes_to_the_sender_from_null_path() {
 fn not_before_waits_until_due() {
     let srv = SmtpServer::start(&[]);
     let (_d, spool) = spool_dir();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let msg = simple("a@example.org", "later").not_before(now + 2).build().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let msg = simple("a@example.org", "later")
+        .not_before(now + 2)
+        .build()
+        .unwrap();
     let id = spool.submit(&msg).unwrap();
     assert_eq!(files(spool.path(), "scheduled"), [id.to_string()]);
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
@@ -342,7 +503,10 @@ fn q07_raw_spool_body_with_bare_lf_is_refused_never_sent() {
         b"Subject: x\r\n\r\nbody ends with a bare CR\r",
         b"Subject: x\r\n\r\nnul\0byte\r\n",
     ];
-    let ids: Vec<QueueId> = payloads.iter().map(|p| write_raw_spool(spool.path(), "noreply@example.com", &["a@example.org"], p)).collect();
+    let ids: Vec<QueueId> = payloads
+        .iter()
+        .map(|p| write_raw_spool(spool.path(), "noreply@example.com", &["a@example.org"], p))
+        .collect();
     // a good message in the same queue still goes out
     let (_, good) = submit(&spool, simple("good@example.org", "fine"));
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
@@ -353,14 +517,24 @@ fn q07_raw_spool_body_with_bare_lf_is_refused_never_sent() {
     assert_eq!(tx[0].data, good);
     for sess in srv.sessions() {
         let raw = String::from_utf8_lossy(&sess.raw);
-        assert!(!raw.contains("leak@example.org"), "smuggled bytes on the wire: {raw:?}");
-        assert_eq!(raw.matches("MAIL FROM").count(), 1, "only the good message opened a transaction");
+        assert!(
+            !raw.contains("leak@example.org"),
+            "smuggled bytes on the wire: {raw:?}"
+        );
+        assert_eq!(
+            raw.matches("MAIL FROM").count(),
+            1,
+            "only the good message opened a transaction"
+        );
     }
     for id in &ids {
         assert!(files(spool.path(), "failed").contains(&id.to_string()));
         let st = state(&spool, id);
         let why = st.reason.clone().unwrap_or_default();
-        assert!(why.contains("bare LF") || why.contains("bare CR") || why.contains("NUL"), "{why}");
+        assert!(
+            why.contains("bare LF") || why.contains("bare CR") || why.contains("NUL"),
+            "{why}"
+        );
         assert_eq!(st.history[0].relay, "local");
     }
 }
@@ -370,14 +544,26 @@ fn q02_envelope_with_crlf_or_brackets_is_refused_no_mail_from() {
     let srv = SmtpServer::start(&[]);
     let (_d, spool) = spool_dir();
     let bad: [(&str, &str); 6] = [
-        ("bounce@example.com>\r\nRCPT TO:<leak@example.org", "customer@example.org"),
-        ("bounce@example.com\nRCPT TO:<leak@example.org", "customer@example.org"),
+        (
+            "bounce@example.com>\r\nRCPT TO:<leak@example.org",
+            "customer@example.org",
+        ),
+        (
+            "bounce@example.com\nRCPT TO:<leak@example.org",
+            "customer@example.org",
+        ),
         ("bounce@example.com\r", "customer@example.org"),
-        ("noreply@example.com", "customer@example.org>\r\nRCPT TO:<leak@example.org"),
+        (
+            "noreply@example.com",
+            "customer@example.org>\r\nRCPT TO:<leak@example.org",
+        ),
         ("noreply@example.com", "<leak@example.org"),
         ("noreply@example.com", "cust omer@example.org"),
     ];
-    let ids: Vec<QueueId> = bad.iter().map(|(f, r)| write_raw_spool(spool.path(), f, &[r], b"Subject: x\r\n\r\nx\r\n")).collect();
+    let ids: Vec<QueueId> = bad
+        .iter()
+        .map(|(f, r)| write_raw_spool(spool.path(), f, &[r], b"Subject: x\r\n\r\nx\r\n"))
+        .collect();
     let (_, good) = submit(&spool, simple("good@example.org", "fine"));
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
     let s = drain(&cfg);
@@ -385,11 +571,18 @@ fn q02_envelope_with_crlf_or_brackets_is_refused_no_mail_from() {
     assert_eq!(srv.delivered()[0].data, good);
     for sess in srv.sessions() {
         let raw = String::from_utf8_lossy(&sess.raw);
-        assert!(!raw.contains("leak@example.org") && !raw.contains("bounce@"), "{raw:?}");
+        assert!(
+            !raw.contains("leak@example.org") && !raw.contains("bounce@"),
+            "{raw:?}"
+        );
     }
     for id in &ids {
         let st = state(&spool, id);
-        assert!(st.reason.as_deref().unwrap_or("").contains("bad envelope"), "{:?}", st.reason);
+        assert!(
+            st.reason.as_deref().unwrap_or("").contains("bad envelope"),
+            "{:?}",
+            st.reason
+        );
         assert!(files(spool.path(), "failed").contains(&id.to_string()));
     }
 }
@@ -399,12 +592,26 @@ fn corrupt_files_are_quarantined_and_the_dispatcher_goes_on() {
     let srv = SmtpServer::start(&[]);
     let (_d, spool) = spool_dir();
     let garbage = QueueId::generate();
-    std::fs::write(spool.path().join("ready").join(garbage.as_str()), b"this is not a spool file at all, just text").unwrap();
+    std::fs::write(
+        spool.path().join("ready").join(garbage.as_str()),
+        b"this is not a spool file at all, just text",
+    )
+    .unwrap();
     // a valid file cut short (no trailer)
-    let cut = write_raw_spool(spool.path(), "a@example.com", &["b@example.org"], b"Subject: x\r\n\r\nx\r\n");
+    let cut = write_raw_spool(
+        spool.path(),
+        "a@example.com",
+        &["b@example.org"],
+        b"Subject: x\r\n\r\nx\r\n",
+    );
     let p = spool.path().join("ready").join(cut.as_str());
     let len = std::fs::metadata(&p).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 10).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
     let (_, good) = submit(&spool, simple("good@example.org", "fine"));
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
     let s = drain(&cfg);
@@ -432,8 +639,16 @@ fn q04_option_like_address_goes_through_verbatim() {
     assert_eq!(tx[0].rcpt_tos, ["-X/tmp/q04.log@example.com"]);
     assert_eq!(tx[0].data, body);
     let lines = &srv.wait_sessions(1, T)[0].lines;
-    assert!(lines.iter().any(|l| l == "RCPT TO:<-X/tmp/q04.log@example.com>"), "{lines:?}");
-    assert!(!Path::new("/tmp/q04.log").exists(), "no program was run with the address as an option");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "RCPT TO:<-X/tmp/q04.log@example.com>"),
+        "{lines:?}"
+    );
+    assert!(
+        !Path::new("/tmp/q04.log").exists(),
+        "no program was run with the address as an option"
+    );
 }
 
 fn command_lines(s: &SessionRec) -> Vec<String> {
@@ -466,7 +681,17 @@ fn q05_dot_lines_are_stuffed_never_end_data_early() {
     ];
     let bodies: Vec<Vec<u8>> = texts
         .iter()
-        .map(|t| submit(&spool, Message::builder().from("noreply@example.com").to("customer@example.org").subject("dot test").text(t)).1)
+        .map(|t| {
+            submit(
+                &spool,
+                Message::builder()
+                    .from("noreply@example.com")
+                    .to("customer@example.org")
+                    .subject("dot test")
+                    .text(t),
+            )
+            .1
+        })
         .collect();
     let mut cfg = config(spool.path(), &[srv.url("tls=none")]);
     cfg.workers = 1;
@@ -479,23 +704,40 @@ fn q05_dot_lines_are_stuffed_never_end_data_early() {
         assert_wire_clean(&t.wire);
         let lines: Vec<&[u8]> = t.wire.split(|&b| b == b'\n').collect();
         let dots = lines.iter().filter(|l| **l == b".\r").count();
-        assert_eq!(dots, 1, "the only wire line that is exactly '.' is the terminator");
-        assert!(bodies.contains(&unstuff(&t.wire)), "unstuffed wire == spool bytes");
+        assert_eq!(
+            dots, 1,
+            "the only wire line that is exactly '.' is the terminator"
+        );
+        assert!(
+            bodies.contains(&unstuff(&t.wire)),
+            "unstuffed wire == spool bytes"
+        );
         // every spool line starting with '.' got exactly one more dot
         let spool_body = unstuff(&t.wire);
-        let dot_lines = spool_body.split(|&b| b == b'\n').filter(|l| l.starts_with(b".")).count();
+        let dot_lines = spool_body
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"."))
+            .count();
         let stuffed = lines.iter().filter(|l| l.starts_with(b"..")).count();
         assert_eq!(dot_lines, stuffed);
     }
     let sess = srv.wait_sessions(1, T);
     let cmds: Vec<String> = sess.iter().flat_map(command_lines).collect();
-    assert_eq!(cmds.iter().filter(|l| l.starts_with("MAIL FROM")).count(), 3);
+    assert_eq!(
+        cmds.iter().filter(|l| l.starts_with("MAIL FROM")).count(),
+        3
+    );
     assert_eq!(cmds.iter().filter(|l| l.starts_with("RCPT TO")).count(), 3);
     assert_eq!(cmds.iter().filter(|l| *l == "DATA").count(), 3);
-    assert!(!cmds.iter().any(|l| l.contains("leak@example.org")), "{cmds:?}");
+    assert!(
+        !cmds.iter().any(|l| l.contains("leak@example.org")),
+        "{cmds:?}"
+    );
     // decoded text == input with CRLF line ends
     for (t, text) in tx.iter().zip(texts) {
-        let parsed = mail_parser::MessageParser::default().parse(&t.data).unwrap();
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&t.data)
+            .unwrap();
         let got = parsed.body_text(0).unwrap();
         assert_eq!(got.trim_end_matches("\r\n"), text.trim_end_matches("\r\n"));
     }
@@ -508,15 +750,47 @@ fn q06_dot_stuffing_applied_exactly_once() {
     let texts = ["hello\n.\nhello", ".foo\n.", "..\n...\n.hidden line"];
     let mut sent = Vec::new();
     for t in texts {
-        sent.push((t, false, submit(&spool, Message::builder().from("noreply@example.com").to("customer@example.org").subject("s").text(t)).1));
+        sent.push((
+            t,
+            false,
+            submit(
+                &spool,
+                Message::builder()
+                    .from("noreply@example.com")
+                    .to("customer@example.org")
+                    .subject("s")
+                    .text(t),
+            )
+            .1,
+        ));
     }
     let html = "<style>\n.a{color:red}\n</style>\n.";
-    sent.push((html, true, submit(&spool, Message::builder().from("noreply@example.com").to("customer@example.org").subject("s").html(html)).1));
+    sent.push((
+        html,
+        true,
+        submit(
+            &spool,
+            Message::builder()
+                .from("noreply@example.com")
+                .to("customer@example.org")
+                .subject("s")
+                .html(html),
+        )
+        .1,
+    ));
     for (text, is_html, body) in &sent {
         // the spool is never dot-stuffed: it decodes to the input as it is
         let parsed = mail_parser::MessageParser::default().parse(body).unwrap();
-        let got = if *is_html { parsed.body_html(0).unwrap() } else { parsed.body_text(0).unwrap() };
-        assert_eq!(got.trim_end_matches("\r\n"), text.replace('\n', "\r\n"), "the spool file is not stuffed");
+        let got = if *is_html {
+            parsed.body_html(0).unwrap()
+        } else {
+            parsed.body_text(0).unwrap()
+        };
+        assert_eq!(
+            got.trim_end_matches("\r\n"),
+            text.replace('\n', "\r\n"),
+            "the spool file is not stuffed"
+        );
     }
     let mut cfg = config(spool.path(), &[srv.url("tls=none")]);
     cfg.workers = 1;
@@ -525,12 +799,25 @@ fn q06_dot_stuffing_applied_exactly_once() {
     assert_eq!(tx.len(), 4);
     for t in &tx {
         assert_wire_clean(&t.wire);
-        let (text, is_html, body) = sent.iter().find(|(_, _, b)| *b == unstuff(&t.wire)).expect("unstuffed wire == a spool message");
+        let (text, is_html, body) = sent
+            .iter()
+            .find(|(_, _, b)| *b == unstuff(&t.wire))
+            .expect("unstuffed wire == a spool message");
         assert_eq!(&t.data, body);
-        let parsed = mail_parser::MessageParser::default().parse(&t.data).unwrap();
-        let got = if *is_html { parsed.body_html(0).unwrap() } else { parsed.body_text(0).unwrap() };
+        let parsed = mail_parser::MessageParser::default()
+            .parse(&t.data)
+            .unwrap();
+        let got = if *is_html {
+            parsed.body_html(0).unwrap()
+        } else {
+            parsed.body_text(0).unwrap()
+        };
         let want = text.replace('\n', "\r\n");
-        assert_eq!(got.trim_end_matches("\r\n"), want, "decodes to the input with CRLF line ends");
+        assert_eq!(
+            got.trim_end_matches("\r\n"),
+            want,
+            "decodes to the input with CRLF line ends"
+        );
     }
 }
 
@@ -555,20 +842,36 @@ fn q07_built_message_with_bare_line_breaks_goes_out_clean() {
     assert_wire_clean(wire);
     for bad in [&b"\n.\n"[..], b"\r.\r", b"\n.\r\n"] {
         // "\n.\r\n" is fine only as part of "\r\n.\r\n"
-        let n = wire.windows(bad.len()).enumerate().filter(|(i, w)| *w == bad && !(bad[0] == b'\n' && *i > 0 && wire[i - 1] == b'\r')).count();
+        let n = wire
+            .windows(bad.len())
+            .enumerate()
+            .filter(|(i, w)| *w == bad && !(bad[0] == b'\n' && *i > 0 && wire[i - 1] == b'\r'))
+            .count();
         assert_eq!(n, 0, "{bad:?} on the wire");
     }
     assert_eq!(unstuff(wire), body);
     // folded headers: continuation lines start with WSP, after CRLF
     let head_end = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&body[..head_end]);
-    let subject_lines: Vec<&str> = head.split("\r\n").skip_while(|l| !l.starts_with("Subject:")).take_while(|l| l.starts_with("Subject:") || l.starts_with(' ') || l.starts_with('\t')).collect();
+    let subject_lines: Vec<&str> = head
+        .split("\r\n")
+        .skip_while(|l| !l.starts_with("Subject:"))
+        .take_while(|l| l.starts_with("Subject:") || l.starts_with(' ') || l.starts_with('\t'))
+        .collect();
     assert!(subject_lines.len() > 1, "the subject is folded: {head}");
     // the text decodes to the input with every line break as CRLF, or exactly (QP/base64)
-    let parsed = mail_parser::MessageParser::default().parse(&tx[0].data).unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&tx[0].data)
+        .unwrap();
     let got = parsed.body_text(0).unwrap().into_owned();
-    let normalised = text.replace("\r\n", "\n").replace('\r', "\n").replace('\n', "\r\n");
-    assert!(got.trim_end_matches("\r\n") == normalised.trim_end_matches("\r\n") || got == text, "decoded {got:?}");
+    let normalised = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\n', "\r\n");
+    assert!(
+        got.trim_end_matches("\r\n") == normalised.trim_end_matches("\r\n") || got == text,
+        "decoded {got:?}"
+    );
     // Postfix with smtpd_forbid_bare_newline = reject: left out here (scripts/postfix-instance
     // does not exist yet); the wire checks above are the same rule.
 }
@@ -577,7 +880,11 @@ fn q07_built_message_with_bare_line_breaks_goes_out_clean() {
 /// `...9c@example.com`).
 fn mentions(text: &str, addr: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    t.match_indices(addr).any(|(i, _)| i == 0 || !t.as_bytes()[i - 1].is_ascii_alphanumeric() && !b"._-+".contains(&t.as_bytes()[i - 1]))
+    t.match_indices(addr).any(|(i, _)| {
+        i == 0
+            || !t.as_bytes()[i - 1].is_ascii_alphanumeric()
+                && !b"._-+".contains(&t.as_bytes()[i - 1])
+    })
 }
 
 #[test]
@@ -587,7 +894,14 @@ fn q11_bcc_never_reaches_the_recipients_first_attempt_and_retries() {
     let (_d, spool) = spool_dir();
     submit(
         &spool,
-        Message::builder().from("noreply@example.com").to("a@example.org").cc("b@example.org").bcc("c@example.com").bcc("d@example.com").subject("bcc test").text("x"),
+        Message::builder()
+            .from("noreply@example.com")
+            .to("a@example.org")
+            .cc("b@example.org")
+            .bcc("c@example.com")
+            .bcc("d@example.com")
+            .subject("bcc test")
+            .text("x"),
     );
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
     assert_eq!(drain(&cfg).deferred, 1);
@@ -597,25 +911,53 @@ fn q11_bcc_never_reaches_the_recipients_first_attempt_and_retries() {
     for t in &all {
         let mut r = t.rcpt_tos.clone();
         r.sort();
-        assert_eq!(r, ["a@example.org", "b@example.org", "c@example.com", "d@example.com"]);
+        assert_eq!(
+            r,
+            [
+                "a@example.org",
+                "b@example.org",
+                "c@example.com",
+                "d@example.com"
+            ]
+        );
         let head_end = t.data.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
         let head = String::from_utf8_lossy(&t.data[..head_end]).to_ascii_lowercase();
-        assert!(!head.contains("\nbcc:") && !head.starts_with("bcc:"), "{head}");
-        assert!(!mentions(&head, "c@example.com") && !mentions(&head, "d@example.com"), "{head}");
+        assert!(
+            !head.contains("\nbcc:") && !head.starts_with("bcc:"),
+            "{head}"
+        );
+        assert!(
+            !mentions(&head, "c@example.com") && !mentions(&head, "d@example.com"),
+            "{head}"
+        );
     }
     assert_eq!(all[0].data, all[1].data);
 
     let srv2 = SmtpServer::start(&[]);
     let (_d2, spool2) = spool_dir();
-    submit(&spool2, Message::builder().from("noreply@example.com").bcc("c@example.com").bcc("d@example.com").subject("bcc only").text("x"));
-    assert_eq!(drain(&config(spool2.path(), &[srv2.url("tls=none")])).delivered, 1);
+    submit(
+        &spool2,
+        Message::builder()
+            .from("noreply@example.com")
+            .bcc("c@example.com")
+            .bcc("d@example.com")
+            .subject("bcc only")
+            .text("x"),
+    );
+    assert_eq!(
+        drain(&config(spool2.path(), &[srv2.url("tls=none")])).delivered,
+        1
+    );
     let t = &srv2.delivered()[0];
     let mut r = t.rcpt_tos.clone();
     r.sort();
     assert_eq!(r, ["c@example.com", "d@example.com"]);
     let head_end = t.data.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&t.data[..head_end]);
-    assert!(!mentions(&head, "c@example.com") && !mentions(&head, "d@example.com"), "{head}");
+    assert!(
+        !mentions(&head, "c@example.com") && !mentions(&head, "d@example.com"),
+        "{head}"
+    );
     assert!(!head.to_ascii_lowercase().contains("bcc:"));
     if head.contains("\nTo:") || head.starts_with("To:") {
         assert!(head.contains("To: undisclosed-recipients:;"), "{head}");
@@ -650,17 +992,35 @@ fn q12b_no_reply_after_data_retries_with_identical_bytes() {
     let log = spool.path().join("delivery.log");
     let mut cfg = config(spool.path(), &[srv.url("tls=none")]);
     cfg.delivery_log = Some(log.clone());
-    assert_eq!(drain(&cfg).deferred, 1, "no reply to end-of-data: deferred, not failed");
+    assert_eq!(
+        drain(&cfg).deferred,
+        1,
+        "no reply to end-of-data: deferred, not failed"
+    );
     let st = state(&spool, &id);
     assert_eq!(st.attempts, 1);
-    assert!(st.history[0].results[0].reply.text.contains("end-of-data"), "{:?}", st.history[0].results[0].reply);
+    assert!(
+        st.history[0].results[0].reply.text.contains("end-of-data"),
+        "{:?}",
+        st.history[0].results[0].reply
+    );
     assert_eq!(drain(&cfg).delivered, 1);
     let all = srv.transactions();
     assert_eq!(all.len(), 2);
-    assert_eq!(all[0].data, all[1].data, "byte-identical retry (same Message-ID and Date)");
+    assert_eq!(
+        all[0].data, all[1].data,
+        "byte-identical retry (same Message-ID and Date)"
+    );
     assert_eq!(all[1].data, body);
     let lines = delivery_log(&log);
-    assert_eq!(lines.iter().map(|l| l["attempt"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2], "the counter never resets");
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["attempt"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2],
+        "the counter never resets"
+    );
 }
 
 #[test]
@@ -695,8 +1055,14 @@ fn failover_when_the_first_relay_is_down() {
         submit(&spool, simple(&format!("a{i}@example.org"), "x"));
     }
     let relays = [
-        format!("smtp://127.0.0.1:{}?tls=none&priority=0&cooldown_secs=60", closed_port()),
-        format!("smtp://127.0.0.1:{}?tls=none&priority=1&cooldown_secs=60", busy.port),
+        format!(
+            "smtp://127.0.0.1:{}?tls=none&priority=0&cooldown_secs=60",
+            closed_port()
+        ),
+        format!(
+            "smtp://127.0.0.1:{}?tls=none&priority=1&cooldown_secs=60",
+            busy.port
+        ),
         srv.url("tls=none&priority=2"),
     ];
     let mut cfg = config(spool.path(), &relays);
@@ -725,12 +1091,18 @@ fn spread_by_weight_among_equal_priorities() {
     for i in 0..n {
         submit(&spool, simple(&format!("a{i}@example.org"), "x"));
     }
-    let cfg = config(spool.path(), &[a.url("tls=none&weight=3"), b.url("tls=none&weight=1")]);
+    let cfg = config(
+        spool.path(),
+        &[a.url("tls=none&weight=3"), b.url("tls=none&weight=1")],
+    );
     assert_eq!(drain(&cfg).delivered, n);
     let (na, nb) = (a.delivered().len(), b.delivered().len());
     assert_eq!(na + nb, n as usize);
     let share = na as f64 / n as f64;
-    assert!((0.62..=0.88).contains(&share), "weight 3:1 should give ~75 %, got {na}:{nb}");
+    assert!(
+        (0.62..=0.88).contains(&share),
+        "weight 3:1 should give ~75 %, got {na}:{nb}"
+    );
 }
 
 #[test]
@@ -740,14 +1112,25 @@ fn connections_are_reused_with_rset_and_limited_per_connection() {
     for i in 0..5 {
         submit(&spool, simple(&format!("a{i}@example.org"), "x"));
     }
-    let mut cfg = config(spool.path(), &[srv.url("tls=none&max_messages_per_connection=2")]);
+    let mut cfg = config(
+        spool.path(),
+        &[srv.url("tls=none&max_messages_per_connection=2")],
+    );
     cfg.workers = 1;
     assert_eq!(drain(&cfg).delivered, 5);
     let sess = srv.wait_sessions(3, T);
-    assert_eq!(sess.iter().map(|s| s.transactions).collect::<Vec<_>>(), [2, 2, 1]);
+    assert_eq!(
+        sess.iter().map(|s| s.transactions).collect::<Vec<_>>(),
+        [2, 2, 1]
+    );
     for s in &sess {
         let rsets = s.lines.iter().filter(|l| *l == "RSET").count() as u64;
-        assert_eq!(rsets, s.transactions - 1, "RSET between transactions: {:?}", s.lines);
+        assert_eq!(
+            rsets,
+            s.transactions - 1,
+            "RSET between transactions: {:?}",
+            s.lines
+        );
         assert!(s.lines.iter().any(|l| l == "QUIT"));
     }
 }
@@ -803,7 +1186,10 @@ fn run_mode_wakes_on_submit_quickly() {
     let took = t0.elapsed();
     stop.store(true, Ordering::SeqCst);
     runner.join().unwrap();
-    assert!(took < Duration::from_secs(2), "woken by the notification, not the 60 s rescan ({took:?})");
+    assert!(
+        took < Duration::from_secs(2),
+        "woken by the notification, not the 60 s rescan ({took:?})"
+    );
 }
 
 #[test]
@@ -811,7 +1197,15 @@ fn large_message_streams_in_chunks_with_stuffing_across_chunk_boundaries() {
     let srv = SmtpServer::start(&[]);
     let (_d, spool) = spool_dir();
     // ~600 KiB of lines, many starting with '.', so chunk boundaries fall everywhere
-    let text: String = (0..40_000).map(|i| if i % 3 == 0 { format!(".{i}\n") } else { format!("line {i}\n") }).collect();
+    let text: String = (0..40_000)
+        .map(|i| {
+            if i % 3 == 0 {
+                format!(".{i}\n")
+            } else {
+                format!("line {i}\n")
+            }
+        })
+        .collect();
     let (_, body) = submit(&spool, simple("a@example.org", &text));
     assert!(body.len() as u64 > qmail_core::dispatch::smtp::SMALL_BODY * 4);
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
@@ -828,7 +1222,12 @@ fn eight_bit_body_goes_with_body_8bitmime() {
     let (_d, spool) = spool_dir();
     // Latin-1 bytes: not UTF-8, so the one-write path is not used
     let body: &[u8] = b"Subject: caf\xe9\r\n\r\ncaf\xe9\r\n.\xe9\r\n";
-    write_raw_spool(spool.path(), "noreply@example.com", &["a@example.org"], body);
+    write_raw_spool(
+        spool.path(),
+        "noreply@example.com",
+        &["a@example.org"],
+        body,
+    );
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
     assert_eq!(drain(&cfg).delivered, 1);
     let tx = srv.delivered();
@@ -856,8 +1255,15 @@ fn retry_command_while_running_makes_a_deferred_message_go_now() {
         assert!(t0.elapsed() < T);
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(admin::retry(spool.path(), &[id.to_string()], "test").unwrap(), [id.to_string()]);
-    assert_eq!(srv.wait_delivered(1, Duration::from_secs(5)).len(), 1, "delivered at once, not in an hour");
+    assert_eq!(
+        admin::retry(spool.path(), &[id.to_string()], "test").unwrap(),
+        [id.to_string()]
+    );
+    assert_eq!(
+        srv.wait_delivered(1, Duration::from_secs(5)).len(),
+        1,
+        "delivered at once, not in an hour"
+    );
     stop.store(true, Ordering::SeqCst);
     let s = runner.join().unwrap();
     assert_eq!((s.delivered, s.deferred), (1, 1));
@@ -869,14 +1275,27 @@ fn higher_priority_first_in_a_deep_queue() {
     let srv = SmtpServer::start(&[]);
     let (_d, spool) = spool_dir();
     for i in 0..30 {
-        submit(&spool, simple(&format!("low{i}@example.org"), "x").priority(qmail_core::Priority::Lowest));
+        submit(
+            &spool,
+            simple(&format!("low{i}@example.org"), "x").priority(qmail_core::Priority::Lowest),
+        );
     }
     for i in 0..5 {
-        submit(&spool, simple(&format!("high{i}@example.org"), "x").priority(qmail_core::Priority::Highest));
+        submit(
+            &spool,
+            simple(&format!("high{i}@example.org"), "x").priority(qmail_core::Priority::Highest),
+        );
     }
     let mut cfg = config(spool.path(), &[srv.url("tls=none")]);
     cfg.workers = 1;
     assert_eq!(drain(&cfg).delivered, 35);
-    let order: Vec<String> = srv.delivered().iter().map(|t| t.rcpt_tos[0].clone()).collect();
-    assert!(order[..5].iter().all(|r| r.starts_with("high")), "{order:?}");
+    let order: Vec<String> = srv
+        .delivered()
+        .iter()
+        .map(|t| t.rcpt_tos[0].clone())
+        .collect();
+    assert!(
+        order[..5].iter().all(|r| r.starts_with("high")),
+        "{order:?}"
+    );
 }

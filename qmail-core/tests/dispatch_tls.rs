@@ -25,36 +25,60 @@ fn env() -> Env {
 }
 
 fn submit(spool: &Spool) -> (QueueId, Vec<u8>) {
-    let msg = Message::builder().from("noreply@example.com").to("customer@example.org").subject("tls").text("over TLS").build().unwrap();
+    let msg = Message::builder()
+        .from("noreply@example.com")
+        .to("customer@example.org")
+        .subject("tls")
+        .text("over TLS")
+        .build()
+        .unwrap();
     let id = spool.submit(&msg).unwrap();
-    let body = SpoolFile::open(&spool.path().join("ready").join(id.as_str())).unwrap().read_body().unwrap();
+    let body = SpoolFile::open(&spool.path().join("ready").join(id.as_str()))
+        .unwrap()
+        .read_body()
+        .unwrap();
     (id, body)
 }
 
 fn cfg_with(spool: &Path, relay: RelayConfig) -> DispatchConfig {
     let mut c = config(spool, &[]);
-    c.relays = vec![RelayConfig { cooldown_secs: 0, ..relay }];
+    c.relays = vec![RelayConfig {
+        cooldown_secs: 0,
+        ..relay
+    }];
     c
 }
 
 fn relay(url: &str) -> RelayConfig {
-    RelayConfig { url: Some(url.to_owned()), ..Default::default() }
+    RelayConfig {
+        url: Some(url.to_owned()),
+        ..Default::default()
+    }
 }
 
 fn localhost_cert(dir: &Path) -> (String, String) {
     let (c, k) = make_cert(dir, "localhost", "DNS:localhost,IP:127.0.0.1");
-    (c.to_string_lossy().into_owned(), k.to_string_lossy().into_owned())
+    (
+        c.to_string_lossy().into_owned(),
+        k.to_string_lossy().into_owned(),
+    )
 }
 
 fn last_reply_opt(spool: &Spool, id: &QueueId) -> String {
     match MessageState::load(spool.path(), id.as_str()).unwrap() {
-        Some(st) => st.history.last().map(|a| a.results[0].reply.to_string()).unwrap_or_default(),
+        Some(st) => st
+            .history
+            .last()
+            .map(|a| a.results[0].reply.to_string())
+            .unwrap_or_default(),
         None => String::new(),
     }
 }
 
 fn last_reply(spool: &Spool, id: &QueueId) -> String {
-    let st = MessageState::load(spool.path(), id.as_str()).unwrap().expect("state");
+    let st = MessageState::load(spool.path(), id.as_str())
+        .unwrap()
+        .expect("state");
     st.history.last().unwrap().results[0].reply.to_string()
 }
 
@@ -65,10 +89,17 @@ fn self_signed_certificate_refused_by_default() {
     let srv = SmtpServer::start(&["--tls-cert", &cert, "--tls-key", &key]);
     let (id, _) = submit(&e.spool);
     for mode in ["required", "opportunistic"] {
-        let cfg = cfg_with(e.spool.path(), relay(&format!("smtp://localhost:{}?tls={mode}", srv.port)));
+        let cfg = cfg_with(
+            e.spool.path(),
+            relay(&format!("smtp://localhost:{}?tls={mode}", srv.port)),
+        );
         let s = Dispatcher::drain(cfg).unwrap();
         assert_eq!((s.delivered, s.deferred), (0, 1), "tls={mode}");
-        assert!(last_reply(&e.spool, &id).contains("STARTTLS failed"), "{}", last_reply(&e.spool, &id));
+        assert!(
+            last_reply(&e.spool, &id).contains("STARTTLS failed"),
+            "{}",
+            last_reply(&e.spool, &id)
+        );
         qmail_core::dispatch::admin::retry(e.spool.path(), &[], "t").unwrap();
     }
     assert!(srv.transactions().is_empty());
@@ -85,12 +116,24 @@ fn self_signed_accepted_with_the_test_only_option_or_its_ca() {
     let srv = SmtpServer::start(&["--tls-cert", &cert, "--tls-key", &key]);
     // the loudly named test-only switch
     let (id, body) = submit(&e.spool);
-    let cfg = cfg_with(e.spool.path(), relay(&format!("smtp://localhost:{}?tls=required&dangerous_accept_invalid_certs=true", srv.port)));
+    let cfg = cfg_with(
+        e.spool.path(),
+        relay(&format!(
+            "smtp://localhost:{}?tls=required&dangerous_accept_invalid_certs=true",
+            srv.port
+        )),
+    );
     let s = Dispatcher::drain(cfg).unwrap();
     assert_eq!(s.delivered, 1, "{}", last_reply_opt(&e.spool, &id));
     // or trusting the certificate as a CA, with full verification (host name included)
     let (_, body2) = submit(&e.spool);
-    let cfg = cfg_with(e.spool.path(), RelayConfig { ca_file: Some(cert.clone().into()), ..relay(&format!("smtp://localhost:{}?tls=required", srv.port)) });
+    let cfg = cfg_with(
+        e.spool.path(),
+        RelayConfig {
+            ca_file: Some(cert.clone().into()),
+            ..relay(&format!("smtp://localhost:{}?tls=required", srv.port))
+        },
+    );
     assert_eq!(Dispatcher::drain(cfg).unwrap().delivered, 1);
     let tx = srv.delivered();
     assert_eq!(tx.len(), 2);
@@ -99,9 +142,19 @@ fn self_signed_accepted_with_the_test_only_option_or_its_ca() {
     assert_eq!(tx[1].data, body2);
     for s in srv.wait_sessions(2, std::time::Duration::from_secs(10)) {
         let plain = String::from_utf8_lossy(&s.plain);
-        assert!(!plain.contains("MAIL FROM") && !plain.contains("DATA"), "nothing of the mail before TLS: {plain}");
-        let tls_at = s.lines.iter().position(|l| l == "STARTTLS").expect("STARTTLS");
-        assert!(s.lines[tls_at..].iter().any(|l| l.starts_with("EHLO")), "EHLO again after STARTTLS");
+        assert!(
+            !plain.contains("MAIL FROM") && !plain.contains("DATA"),
+            "nothing of the mail before TLS: {plain}"
+        );
+        let tls_at = s
+            .lines
+            .iter()
+            .position(|l| l == "STARTTLS")
+            .expect("STARTTLS");
+        assert!(
+            s.lines[tls_at..].iter().any(|l| l.starts_with("EHLO")),
+            "EHLO again after STARTTLS"
+        );
     }
 }
 
@@ -111,32 +164,80 @@ fn implicit_tls_smtps() {
     let (cert, key) = localhost_cert(e.dir.path());
     let srv = SmtpServer::start(&["--tls-cert", &cert, "--tls-key", &key, "--implicit-tls"]);
     let (_, body) = submit(&e.spool);
-    let r = RelayConfig { ca_file: Some(cert.clone().into()), ..relay(&format!("smtps://localhost:{}", srv.port)) };
-    assert_eq!(Dispatcher::drain(cfg_with(e.spool.path(), r)).unwrap().delivered, 1);
+    let r = RelayConfig {
+        ca_file: Some(cert.clone().into()),
+        ..relay(&format!("smtps://localhost:{}", srv.port))
+    };
+    assert_eq!(
+        Dispatcher::drain(cfg_with(e.spool.path(), r))
+            .unwrap()
+            .delivered,
+        1
+    );
     assert_eq!(srv.delivered()[0].data, body);
     // and refused without trusting it
     submit(&e.spool);
     let r = relay(&format!("smtps://localhost:{}", srv.port));
-    assert_eq!(Dispatcher::drain(cfg_with(e.spool.path(), r)).unwrap().deferred, 1);
+    assert_eq!(
+        Dispatcher::drain(cfg_with(e.spool.path(), r))
+            .unwrap()
+            .deferred,
+        1
+    );
 }
 
 #[test]
 fn auth_plain_over_starttls() {
     let e = env();
     let (cert, key) = localhost_cert(e.dir.path());
-    let srv = SmtpServer::start(&["--tls-cert", &cert, "--tls-key", &key, "--auth-user", USER, "--auth-pass", PASS]);
+    let srv = SmtpServer::start(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--auth-user",
+        USER,
+        "--auth-pass",
+        PASS,
+    ]);
     let (_, body) = submit(&e.spool);
-    let r = RelayConfig { ca_file: Some(cert.clone().into()), ..relay(&format!("smtp://u%40example.com:{PASS}@localhost:{}", srv.port)) };
-    assert_eq!(Dispatcher::drain(cfg_with(e.spool.path(), r)).unwrap().delivered, 1);
+    let r = RelayConfig {
+        ca_file: Some(cert.clone().into()),
+        ..relay(&format!(
+            "smtp://u%40example.com:{PASS}@localhost:{}",
+            srv.port
+        ))
+    };
+    assert_eq!(
+        Dispatcher::drain(cfg_with(e.spool.path(), r))
+            .unwrap()
+            .delivered,
+        1
+    );
     let tx = srv.delivered();
     assert_eq!(tx[0].auth.as_deref(), Some(USER));
     assert!(tx[0].tls);
     assert_eq!(tx[0].data, body);
     // a wrong password: deferred, nothing sent
     let (id, _) = submit(&e.spool);
-    let r = RelayConfig { ca_file: Some(cert.into()), ..relay(&format!("smtp://u%40example.com:wrong@localhost:{}", srv.port)) };
-    assert_eq!(Dispatcher::drain(cfg_with(e.spool.path(), r)).unwrap().deferred, 1);
-    assert!(last_reply(&e.spool, &id).contains("AUTH failed"), "{}", last_reply(&e.spool, &id));
+    let r = RelayConfig {
+        ca_file: Some(cert.into()),
+        ..relay(&format!(
+            "smtp://u%40example.com:wrong@localhost:{}",
+            srv.port
+        ))
+    };
+    assert_eq!(
+        Dispatcher::drain(cfg_with(e.spool.path(), r))
+            .unwrap()
+            .deferred,
+        1
+    );
+    assert!(
+        last_reply(&e.spool, &id).contains("AUTH failed"),
+        "{}",
+        last_reply(&e.spool, &id)
+    );
     assert_eq!(srv.delivered().len(), 1);
 }
 
@@ -157,20 +258,51 @@ fn q13_starttls_stripped_never_falls_back_to_cleartext() {
     let e = env();
     let (cert, key) = localhost_cert(e.dir.path());
     let (ocert, okey) = make_cert(e.dir.path(), "other.example", "DNS:other.example");
-    let (ocert, okey) = (ocert.to_string_lossy().into_owned(), okey.to_string_lossy().into_owned());
+    let (ocert, okey) = (
+        ocert.to_string_lossy().into_owned(),
+        okey.to_string_lossy().into_owned(),
+    );
     let auth = ["--auth-user", USER, "--auth-pass", PASS];
     let servers = [
-        ("EHLO without STARTTLS", [&auth[..], &[]].concat(), None, "does not offer STARTTLS"),
-        ("STARTTLS answered 454", [&auth[..], &["--tls-cert", &cert, "--tls-key", &key, "--starttls-454"]].concat(), Some(cert.clone()), "454"),
-        ("certificate for another host name", [&auth[..], &["--tls-cert", &ocert, "--tls-key", &okey]].concat(), Some(ocert.clone()), "STARTTLS failed"),
+        (
+            "EHLO without STARTTLS",
+            [&auth[..], &[]].concat(),
+            None,
+            "does not offer STARTTLS",
+        ),
+        (
+            "STARTTLS answered 454",
+            [
+                &auth[..],
+                &["--tls-cert", &cert, "--tls-key", &key, "--starttls-454"],
+            ]
+            .concat(),
+            Some(cert.clone()),
+            "454",
+        ),
+        (
+            "certificate for another host name",
+            [&auth[..], &["--tls-cert", &ocert, "--tls-key", &okey]].concat(),
+            Some(ocert.clone()),
+            "STARTTLS failed",
+        ),
     ];
     for (what, args, ca, err) in servers {
         let srv = SmtpServer::start(&args.iter().map(|s| s.as_ref()).collect::<Vec<&str>>());
         let (id, _) = submit(&e.spool);
         // no tls= in the URL: credentials make TLS required by default
-        let r = RelayConfig { ca_file: ca.map(Into::into), ..relay(&format!("smtp://u%40example.com:{PASS}@localhost:{}", srv.port)) };
+        let r = RelayConfig {
+            ca_file: ca.map(Into::into),
+            ..relay(&format!(
+                "smtp://u%40example.com:{PASS}@localhost:{}",
+                srv.port
+            ))
+        };
         let cfg = cfg_with(e.spool.path(), r);
-        assert_eq!(cfg.clone().resolve().unwrap().relays[0].tls, Some(TlsMode::Required));
+        assert_eq!(
+            cfg.clone().resolve().unwrap().relays[0].tls,
+            Some(TlsMode::Required)
+        );
         let s = Dispatcher::drain(cfg).unwrap();
         assert_eq!((s.delivered, s.deferred), (0, 1), "{what}");
         let reply = last_reply(&e.spool, &id);
@@ -181,10 +313,16 @@ fn q13_starttls_stripped_never_falls_back_to_cleartext() {
         for s in sess {
             let plain = String::from_utf8_lossy(&s.plain);
             for cmd in ["AUTH", "MAIL", "RCPT", "DATA"] {
-                assert!(!plain.to_ascii_uppercase().contains(cmd), "{what}: {cmd} sent in cleartext: {plain}");
+                assert!(
+                    !plain.to_ascii_uppercase().contains(cmd),
+                    "{what}: {cmd} sent in cleartext: {plain}"
+                );
             }
             for secret in secrets() {
-                assert!(!plain.contains(&secret), "{what}: the password (or its base64) in cleartext");
+                assert!(
+                    !plain.contains(&secret),
+                    "{what}: the password (or its base64) in cleartext"
+                );
             }
         }
         // leave the spool empty for the next server
@@ -198,37 +336,88 @@ fn q13_post_tls_capabilities_only() {
     let e = env();
     let (cert, key) = localhost_cert(e.dir.path());
     let srv = SmtpServer::start(&[
-        "--tls-cert", &cert, "--tls-key", &key, "--auth-user", USER, "--auth-pass", PASS, "--auth-pre", "PLAIN", "--auth-post", "LOGIN",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--auth-user",
+        USER,
+        "--auth-pass",
+        PASS,
+        "--auth-pre",
+        "PLAIN",
+        "--auth-post",
+        "LOGIN",
     ]);
     let (_, body) = submit(&e.spool);
-    let r = RelayConfig { ca_file: Some(cert.into()), ..relay(&format!("smtp://u%40example.com:{PASS}@localhost:{}", srv.port)) };
-    assert_eq!(Dispatcher::drain(cfg_with(e.spool.path(), r)).unwrap().delivered, 1);
+    let r = RelayConfig {
+        ca_file: Some(cert.into()),
+        ..relay(&format!(
+            "smtp://u%40example.com:{PASS}@localhost:{}",
+            srv.port
+        ))
+    };
+    assert_eq!(
+        Dispatcher::drain(cfg_with(e.spool.path(), r))
+            .unwrap()
+            .delivered,
+        1
+    );
     let tx = srv.delivered();
     assert_eq!((tx[0].auth.as_deref(), tx[0].tls), (Some(USER), true));
     assert_eq!(tx[0].data, body);
     let s = &srv.wait_sessions(1, std::time::Duration::from_secs(10))[0];
-    let tls_at = s.lines.iter().position(|l| l == "STARTTLS").expect("STARTTLS");
-    assert!(s.lines[tls_at..].iter().any(|l| l.starts_with("EHLO")), "EHLO again after TLS");
-    assert!(s.lines.iter().any(|l| l.starts_with("AUTH LOGIN")), "{:?}", s.lines);
-    assert!(!s.lines.iter().any(|l| l.starts_with("AUTH PLAIN")), "{:?}", s.lines);
+    let tls_at = s
+        .lines
+        .iter()
+        .position(|l| l == "STARTTLS")
+        .expect("STARTTLS");
+    assert!(
+        s.lines[tls_at..].iter().any(|l| l.starts_with("EHLO")),
+        "EHLO again after TLS"
+    );
+    assert!(
+        s.lines.iter().any(|l| l.starts_with("AUTH LOGIN")),
+        "{:?}",
+        s.lines
+    );
+    assert!(
+        !s.lines.iter().any(|l| l.starts_with("AUTH PLAIN")),
+        "{:?}",
+        s.lines
+    );
     let plain = String::from_utf8_lossy(&s.plain);
     assert!(!plain.contains("AUTH"));
 }
 
 #[test]
 fn verification_is_on_by_default_and_tls_required_with_credentials() {
-    let r = RelayConfig::from_url("smtp://u:p@mx.example:587").unwrap().resolve().unwrap();
+    let r = RelayConfig::from_url("smtp://u:p@mx.example:587")
+        .unwrap()
+        .resolve()
+        .unwrap();
     assert_eq!(r.tls, Some(TlsMode::Required));
     assert!(!r.dangerous_accept_invalid_certs);
-    let r = RelayConfig::from_url("smtp://mx.example:25").unwrap().resolve().unwrap();
+    let r = RelayConfig::from_url("smtp://mx.example:25")
+        .unwrap()
+        .resolve()
+        .unwrap();
     assert_eq!(r.tls, Some(TlsMode::Opportunistic));
     assert!(!RelayConfig::default().dangerous_accept_invalid_certs);
     // AUTH is never sent in cleartext unless tls=none is explicit
     let e = env();
     let srv = SmtpServer::start(&["--auth-user", USER, "--auth-pass", PASS]);
     let (id, _) = submit(&e.spool);
-    let r = relay(&format!("smtp://u%40example.com:{PASS}@localhost:{}?tls=opportunistic", srv.port));
-    assert_eq!(Dispatcher::drain(cfg_with(e.spool.path(), r)).unwrap().deferred, 1);
+    let r = relay(&format!(
+        "smtp://u%40example.com:{PASS}@localhost:{}?tls=opportunistic",
+        srv.port
+    ));
+    assert_eq!(
+        Dispatcher::drain(cfg_with(e.spool.path(), r))
+            .unwrap()
+            .deferred,
+        1
+    );
     assert!(last_reply(&e.spool, &id).contains("cleartext"));
     for s in srv.wait_sessions(1, std::time::Duration::from_secs(10)) {
         for secret in secrets() {

@@ -6,11 +6,18 @@ use std::fs;
 use qmail_core::{ErrorKind, Initiator, Message, QueueState, Spool, SpoolOptions};
 
 fn msg() -> Message {
-    Message::builder().from("a@example.com").to("b@example.org").text("x").build().unwrap()
+    Message::builder()
+        .from("a@example.com")
+        .to("b@example.org")
+        .text("x")
+        .build()
+        .unwrap()
 }
 
 fn count(dir: &std::path::Path) -> usize {
-    fs::read_dir(Spool::open(dir).unwrap().state_dir(QueueState::Ready)).unwrap().count()
+    fs::read_dir(Spool::open(dir).unwrap().state_dir(QueueState::Ready))
+        .unwrap()
+        .count()
 }
 
 #[test]
@@ -41,16 +48,32 @@ fn spreads_skips_and_defaults() {
 
     // a message naming its spool goes there only
     let c = t.path().join("c");
-    let named = Message::builder().from("a@example.com").to("b@example.org").spool(&c).build().unwrap();
-    Initiator::new([&a], SpoolOptions::default()).unwrap().submit(&named).unwrap();
+    let named = Message::builder()
+        .from("a@example.com")
+        .to("b@example.org")
+        .spool(&c)
+        .build()
+        .unwrap();
+    Initiator::new([&a], SpoolOptions::default())
+        .unwrap()
+        .submit(&named)
+        .unwrap();
     assert_eq!(count(&c), 1);
 
     // no default and no QMAIL_SPOOL: a clear error
-    assert!(std::env::var_os("QMAIL_SPOOL").is_none(), "run the tests without QMAIL_SPOOL set");
+    assert!(
+        std::env::var_os("QMAIL_SPOOL").is_none(),
+        "run the tests without QMAIL_SPOOL set"
+    );
     let e = qmail_core::submit(&msg()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NoSpoolConfigured);
     assert!(e.to_string().contains("QMAIL_SPOOL"));
-    assert_eq!(Initiator::new(Vec::<std::path::PathBuf>::new(), SpoolOptions::default()).unwrap_err().kind(), ErrorKind::NoSpoolConfigured);
+    assert_eq!(
+        Initiator::new(Vec::<std::path::PathBuf>::new(), SpoolOptions::default())
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NoSpoolConfigured
+    );
 
     // the default from a path list
     let list = std::env::join_paths([&dead, &b]).unwrap();

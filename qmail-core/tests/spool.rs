@@ -24,7 +24,10 @@ fn msg(i: usize) -> Message {
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -39,11 +42,17 @@ fn submit_writes_a_verified_file_into_ready() {
     let m = msg(1);
     let id = spool.submit(&m).unwrap();
     let path = spool.state_dir(QueueState::Ready).join(id.as_str());
-    assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert!(files(&spool.state_dir(QueueState::Tmp)).is_empty());
     let f = SpoolFile::open(&path).unwrap();
     assert_eq!(f.header.envelope.mail_from, "noreply@example.com");
-    assert_eq!(f.header.envelope.rcpt_to, ["customer1@example.org", "audit@example.com"]);
+    assert_eq!(
+        f.header.envelope.rcpt_to,
+        ["customer1@example.org", "audit@example.com"]
+    );
     assert_eq!(f.header.message_id, m.message_id());
     assert_eq!(f.header.priority, 3);
     let body = f.read_body().unwrap();
@@ -55,16 +64,40 @@ fn submit_writes_a_verified_file_into_ready() {
 #[test]
 fn options_mode_non_durable_and_scheduled() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open_with(dir.path(), SpoolOptions { durable: false, file_mode: 0o640 }).unwrap();
+    let spool = Spool::open_with(
+        dir.path(),
+        SpoolOptions {
+            durable: false,
+            file_mode: 0o640,
+        },
+    )
+    .unwrap();
     let id = spool.submit(&msg(2)).unwrap();
     let p = spool.state_dir(QueueState::Ready).join(id.as_str());
-    assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
     let later = chrono::Utc::now().timestamp() + 3600;
-    let m = Message::builder().from("a@example.com").to("b@example.org").not_before(later).build().unwrap();
+    let m = Message::builder()
+        .from("a@example.com")
+        .to("b@example.org")
+        .not_before(later)
+        .build()
+        .unwrap();
     let id = spool.submit(&m).unwrap();
     let p = spool.state_dir(QueueState::Scheduled).join(id.as_str());
     assert_eq!(SpoolFile::open(&p).unwrap().header.not_before, Some(later));
-    assert!(Spool::open_with(dir.path(), SpoolOptions { durable: true, file_mode: 0o1777 }).is_err());
+    assert!(
+        Spool::open_with(
+            dir.path(),
+            SpoolOptions {
+                durable: true,
+                file_mode: 0o1777
+            }
+        )
+        .is_err()
+    );
 }
 
 fn golden_header() -> SpoolHeader {
@@ -82,7 +115,8 @@ fn golden_header() -> SpoolHeader {
     }
 }
 
-const GOLDEN_BODY: &[u8] = b"From: a@example.com\r\nTo: a@example.org\r\nSubject: golden\r\n\r\nhello\r\n";
+const GOLDEN_BODY: &[u8] =
+    b"From: a@example.com\r\nTo: a@example.org\r\nSubject: golden\r\n\r\nhello\r\n";
 
 #[test]
 fn format_v1_golden_file_is_stable() {
@@ -96,13 +130,19 @@ fn format_v1_golden_file_is_stable() {
         fs::write(&golden, &bytes).unwrap();
     }
     let committed = fs::read(&golden).expect("tests/data/spool-v1.qmail (QMAIL_BLESS=1 writes it)");
-    assert_eq!(bytes, committed, "the writer no longer produces format v1 byte for byte");
+    assert_eq!(
+        bytes, committed,
+        "the writer no longer produces format v1 byte for byte"
+    );
     let f = SpoolFile::open(&golden).unwrap();
     assert_eq!(f.version, 1);
     assert_eq!(f.header, golden_header());
     assert_eq!(f.read_body().unwrap(), GOLDEN_BODY);
     assert_eq!(&committed[..8], b"QMAILSPL");
-    assert_eq!(&committed[committed.len() - 16..committed.len() - 8], b"QMAILEND");
+    assert_eq!(
+        &committed[committed.len() - 16..committed.len() - 8],
+        b"QMAILEND"
+    );
 }
 
 #[test]
@@ -142,7 +182,9 @@ fn damaged_files_are_corrupt() {
 fn file_attachments_stream_and_a_vanished_file_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path().join("spool")).unwrap();
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let att = dir.path().join("report.bin");
     fs::write(&att, &data).unwrap();
     let m = Message::builder()
@@ -153,11 +195,17 @@ fn file_attachments_stream_and_a_vanished_file_leaves_nothing() {
         .build()
         .unwrap();
     let id = spool.submit(&m).unwrap();
-    let body = SpoolFile::open(&spool.state_dir(QueueState::Ready).join(id.as_str())).unwrap().read_body().unwrap();
+    let body = SpoolFile::open(&spool.state_dir(QueueState::Ready).join(id.as_str()))
+        .unwrap()
+        .read_body()
+        .unwrap();
     assert_wire_clean(&body);
     let p = parse(&body);
     let a = p.attachments().next().unwrap();
-    assert_eq!(mail_parser::MimeHeaders::attachment_name(a), Some("report.bin"));
+    assert_eq!(
+        mail_parser::MimeHeaders::attachment_name(a),
+        Some("report.bin")
+    );
     assert_eq!(a.contents(), &data[..]);
     // the file disappears between build and submit: Attachment error, nothing committed
     fs::remove_file(&att).unwrap();
@@ -167,8 +215,16 @@ fn file_attachments_stream_and_a_vanished_file_leaves_nothing() {
     assert_eq!(files(&spool.state_dir(QueueState::Ready)).len(), 1);
     assert!(files(&spool.state_dir(QueueState::Tmp)).is_empty());
     // missing at build time
-    let e = Message::builder().from("a@example.com").to("b@example.org").attach(&att, None, None).build().unwrap_err();
-    assert_eq!((e.kind(), e.field()), (ErrorKind::Attachment, Some("attachments[0]")));
+    let e = Message::builder()
+        .from("a@example.com")
+        .to("b@example.org")
+        .attach(&att, None, None)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::Attachment, Some("attachments[0]"))
+    );
 }
 
 /// Checks every file in ready/ while submitters run: each one must be complete.
@@ -177,7 +233,8 @@ fn watch_ready(dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u
         let mut checked = 0;
         while !stop.load(Ordering::Relaxed) {
             for p in files(&dir) {
-                let f = SpoolFile::open(&p).unwrap_or_else(|e| panic!("half-written file visible: {}: {e}", p.display()));
+                let f = SpoolFile::open(&p)
+                    .unwrap_or_else(|e| panic!("half-written file visible: {}: {e}", p.display()));
                 assert!(f.body_len > 0);
                 checked += 1;
             }
@@ -189,20 +246,34 @@ fn watch_ready(dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u
 #[test]
 fn concurrent_threads_never_expose_a_partial_file() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open_with(dir.path(), SpoolOptions { durable: false, file_mode: 0o600 }).unwrap();
+    let spool = Spool::open_with(
+        dir.path(),
+        SpoolOptions {
+            durable: false,
+            file_mode: 0o600,
+        },
+    )
+    .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_ready(spool.state_dir(QueueState::Ready), stop.clone());
     let ids: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..8)
             .map(|t| {
                 let spool = spool.clone();
-                s.spawn(move || (0..150).map(|i| spool.submit(&msg(t * 1000 + i)).unwrap().to_string()).collect::<Vec<_>>())
+                s.spawn(move || {
+                    (0..150)
+                        .map(|i| spool.submit(&msg(t * 1000 + i)).unwrap().to_string())
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     stop.store(true, Ordering::Relaxed);
-    assert!(watcher.join().unwrap() > 0, "the watcher saw files while submitting");
+    assert!(
+        watcher.join().unwrap() > 0,
+        "the watcher saw files while submitting"
+    );
     let unique: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), 8 * 150);
     let on_disk: std::collections::HashSet<String> = files(&spool.state_dir(QueueState::Ready))
@@ -216,7 +287,9 @@ fn concurrent_threads_never_expose_a_partial_file() {
 /// Child side of the multi-process test: submits N messages to QMAIL_TEST_CHILD_SPOOL.
 #[test]
 fn child_submitter() {
-    let Some(dir) = std::env::var_os("QMAIL_TEST_CHILD_SPOOL") else { return };
+    let Some(dir) = std::env::var_os("QMAIL_TEST_CHILD_SPOOL") else {
+        return;
+    };
     let spool = Spool::open(dir).unwrap();
     for i in 0..100 {
         let id = spool.submit(&msg(i)).unwrap();
@@ -234,7 +307,12 @@ fn concurrent_processes_share_one_spool() {
     let children: Vec<_> = (0..4)
         .map(|_| {
             std::process::Command::new(&exe)
-                .args(["--exact", "child_submitter", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "child_submitter",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("QMAIL_TEST_CHILD_SPOOL", dir.path())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -245,7 +323,11 @@ fn concurrent_processes_share_one_spool() {
     for c in children {
         let out = c.wait_with_output().unwrap();
         assert!(out.status.success());
-        ids.extend(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_once("ID ").map(|(_, id)| id.to_owned())));
+        ids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once("ID ").map(|(_, id)| id.to_owned())),
+        );
     }
     stop.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
@@ -260,7 +342,11 @@ fn full_disk_gives_a_clear_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     fs::create_dir(&mnt).unwrap();
-    let is_root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     if !is_root {
         eprintln!("SKIP full_disk: needs root to mount a small tmpfs");
         return;

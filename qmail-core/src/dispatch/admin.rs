@@ -107,7 +107,13 @@ pub struct MessageView {
 
 /// Finds a message in any state of the spool.
 pub fn locate(spool: &Path, id: &str) -> Option<(QueueState, PathBuf, Option<String>)> {
-    for st in [QueueState::Ready, QueueState::Scheduled, QueueState::Deferred, QueueState::Failed, QueueState::Corrupt] {
+    for st in [
+        QueueState::Ready,
+        QueueState::Scheduled,
+        QueueState::Deferred,
+        QueueState::Failed,
+        QueueState::Corrupt,
+    ] {
         let p = spool.join(st.dir_name()).join(id);
         if p.exists() {
             return Some((st, p, None));
@@ -131,7 +137,12 @@ pub fn locate(spool: &Path, id: &str) -> Option<(QueueState, PathBuf, Option<Str
 /// `NotFound` when no state holds it.
 pub fn show(spool: &Path, id: &str) -> io::Result<MessageView> {
     QueueId::parse(id).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let (st, path, owner) = locate(spool, id).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no message {id} in {}", spool.display())))?;
+    let (st, path, owner) = locate(spool, id).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no message {id} in {}", spool.display()),
+        )
+    })?;
     let mut v = MessageView {
         id: id.to_owned(),
         state: st.dir_name().to_owned(),
@@ -167,7 +178,12 @@ fn ids_in(spool: &Path, st: QueueState, ids: &[String]) -> Vec<String> {
         return ids.to_vec();
     }
     fs::read_dir(spool.join(st.dir_name()))
-        .map(|rd| rd.flatten().filter_map(|e| e.file_name().into_string().ok()).filter(|n| QueueId::parse(n).is_ok()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| QueueId::parse(n).is_ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -216,7 +232,11 @@ pub fn requeue_failed(spool: &Path, ids: &[String], instance: &str) -> io::Resul
         let mut remaining = st.remaining.take().unwrap_or_default();
         remaining.extend(st.failed.drain(..).map(|f| f.rcpt));
         // a message refused as a whole (bad envelope, smuggling) has no per-recipient list
-        st.remaining = if remaining.is_empty() { None } else { Some(remaining) };
+        st.remaining = if remaining.is_empty() {
+            None
+        } else {
+            Some(remaining)
+        };
         st.reason = None;
         st.next_due = 0;
         st.requeued_at = Some(now_secs());

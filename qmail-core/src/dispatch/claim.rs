@@ -25,7 +25,9 @@ pub const LEASE_DIR: &str = "leases";
 pub const OWNER_SEP: char = '+';
 
 fn host_tag() -> String {
-    let h = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let h = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let short: String = h
         .split('.')
         .next()
@@ -34,12 +36,21 @@ fn host_tag() -> String {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(32)
         .collect();
-    if short.is_empty() { "host".to_owned() } else { short }
+    if short.is_empty() {
+        "host".to_owned()
+    } else {
+        short
+    }
 }
 
 /// A new instance id for this process: `HOST-PID-RANDOM` (host without dashes).
 pub fn new_instance_id() -> String {
-    format!("{}-{}-{}", host_tag(), std::process::id(), crate::random_hex(4))
+    format!(
+        "{}-{}-{}",
+        host_tag(),
+        std::process::id(),
+        crate::random_hex(4)
+    )
 }
 
 /// The host and pid of an instance id.
@@ -66,9 +77,16 @@ pub fn split_claim_name(name: &str) -> Option<(&str, &str)> {
 ///
 /// # Errors
 /// Other I/O errors.
-pub fn claim(spool: &Path, id: &str, from: QueueState, instance: &str) -> io::Result<Option<PathBuf>> {
+pub fn claim(
+    spool: &Path,
+    id: &str,
+    from: QueueState,
+    instance: &str,
+) -> io::Result<Option<PathBuf>> {
     let src = spool.join(from.dir_name()).join(id);
-    let dst = spool.join(QueueState::Active.dir_name()).join(claim_name(id, instance));
+    let dst = spool
+        .join(QueueState::Active.dir_name())
+        .join(claim_name(id, instance));
     match fs::rename(&src, &dst) {
         Ok(()) => Ok(Some(dst)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -91,8 +109,17 @@ impl Lease {
         let dir = spool.join(LEASE_DIR);
         fs::create_dir_all(&dir)?;
         let path = dir.join(instance);
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
-        writeln!(f, "instance={instance}\npid={}\nstarted={}", std::process::id(), crate::spool::now_secs())?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        writeln!(
+            f,
+            "instance={instance}\npid={}\nstarted={}",
+            std::process::id(),
+            crate::spool::now_secs()
+        )?;
         f.sync_all()?;
         Ok(Lease { path })
     }
@@ -126,7 +153,10 @@ pub fn owner_expired(spool: &Path, owner: &str, lease: Duration, my_host: &str) 
         return true;
     }
     match fs::metadata(spool.join(LEASE_DIR).join(owner)).and_then(|m| m.modified()) {
-        Ok(t) => SystemTime::now().duration_since(t).map(|age| age > lease).unwrap_or(false),
+        Ok(t) => SystemTime::now()
+            .duration_since(t)
+            .map(|age| age > lease)
+            .unwrap_or(false),
         Err(_) => {
             // no lease file: give a claim made a moment ago (lease written first, so this is
             // an owner that released or never existed) the benefit of one lease period
@@ -155,11 +185,15 @@ pub fn reclaim_expired(spool: &Path, instance: &str, lease: Duration) -> io::Res
         let Ok(ent) = ent else { continue };
         let name = ent.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some((id, owner)) = split_claim_name(name) else { continue };
+        let Some((id, owner)) = split_claim_name(name) else {
+            continue;
+        };
         if owner == instance {
             continue;
         }
-        let expired = *checked.entry(owner.to_owned()).or_insert_with(|| owner_expired(spool, owner, lease, &host));
+        let expired = *checked
+            .entry(owner.to_owned())
+            .or_insert_with(|| owner_expired(spool, owner, lease, &host));
         if expired && fs::rename(ent.path(), ready.join(id)).is_ok() {
             back.push(id.to_owned());
         }
@@ -170,7 +204,10 @@ pub fn reclaim_expired(spool: &Path, instance: &str, lease: Duration) -> io::Res
             let name = ent.file_name().to_string_lossy().into_owned();
             if name != instance
                 && let Ok(m) = ent.metadata().and_then(|m| m.modified())
-                && SystemTime::now().duration_since(m).map(|a| a > lease * 10).unwrap_or(false)
+                && SystemTime::now()
+                    .duration_since(m)
+                    .map(|a| a > lease * 10)
+                    .unwrap_or(false)
             {
                 let _ = fs::remove_file(ent.path());
             }
@@ -202,6 +239,9 @@ mod tests {
         let (h, p) = parse_instance(&inst).unwrap();
         assert_eq!((h, p), (my_host().as_str(), std::process::id()));
         let n = claim_name("1.2.3.4.ab.web1", &inst);
-        assert_eq!(split_claim_name(&n), Some(("1.2.3.4.ab.web1", inst.as_str())));
+        assert_eq!(
+            split_claim_name(&n),
+            Some(("1.2.3.4.ab.web1", inst.as_str()))
+        );
     }
 }

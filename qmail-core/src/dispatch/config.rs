@@ -38,7 +38,10 @@ impl TlsMode {
             "opportunistic" => Ok(TlsMode::Opportunistic),
             "none" => Ok(TlsMode::None),
             "implicit" => Ok(TlsMode::Implicit),
-            _ => Err(invalid("tls", format!("tls={s:?} is not required, opportunistic, none or implicit"))),
+            _ => Err(invalid(
+                "tls",
+                format!("tls={s:?} is not required, opportunistic, none or implicit"),
+            )),
         }
     }
 }
@@ -111,15 +114,21 @@ fn percent_decode(s: &str) -> Result<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| invalid("relay", "bad %-escape in the relay URL"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| invalid("relay", "bad %-escape in the relay URL"))?);
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| invalid("relay", "bad %-escape in the relay URL"))?;
+            out.push(
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| invalid("relay", "bad %-escape in the relay URL"))?,
+            );
             i += 3;
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| invalid("relay", "the relay URL is not UTF-8 after %-decoding"))
+    String::from_utf8(out)
+        .map_err(|_| invalid("relay", "the relay URL is not UTF-8 after %-decoding"))
 }
 
 impl RelayConfig {
@@ -131,18 +140,30 @@ impl RelayConfig {
     /// # Errors
     /// [`ErrorKind::InvalidArgument`] naming `relay`.
     pub fn from_url(url: &str) -> Result<RelayConfig> {
-        let mut r = RelayConfig { url: Some(url.to_owned()), ..RelayConfig::default() };
+        let mut r = RelayConfig {
+            url: Some(url.to_owned()),
+            ..RelayConfig::default()
+        };
         r.apply_url()?;
         Ok(r)
     }
 
     fn apply_url(&mut self) -> Result<()> {
-        let Some(url) = self.url.clone() else { return Ok(()) };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("relay", format!("{url:?} is not smtp://... or smtps://...")))?;
+        let Some(url) = self.url.clone() else {
+            return Ok(());
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| invalid("relay", format!("{url:?} is not smtp://... or smtps://...")))?;
         let implicit = match scheme {
             "smtp" => false,
             "smtps" => true,
-            _ => return Err(invalid("relay", format!("scheme {scheme:?} is not smtp or smtps"))),
+            _ => {
+                return Err(invalid(
+                    "relay",
+                    format!("scheme {scheme:?} is not smtp or smtps"),
+                ));
+            }
         };
         let (authority, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
@@ -159,7 +180,9 @@ impl RelayConfig {
             self.password = Some(percent_decode(pass)?);
         }
         let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, p) = h.split_once(']').ok_or_else(|| invalid("relay", "unclosed [ in the relay URL"))?;
+            let (h, p) = h
+                .split_once(']')
+                .ok_or_else(|| invalid("relay", "unclosed [ in the relay URL"))?;
             (h.to_owned(), p.strip_prefix(':'))
         } else {
             match hostport.rsplit_once(':') {
@@ -172,7 +195,9 @@ impl RelayConfig {
         }
         self.host = host;
         self.port = match port {
-            Some(p) => p.parse().map_err(|_| invalid("relay", format!("port {p:?} is not a number")))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| invalid("relay", format!("port {p:?} is not a number")))?,
             None if implicit => 465,
             None => 25,
         };
@@ -182,7 +207,10 @@ impl RelayConfig {
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(v)?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")));
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")))
+            };
             match k {
                 "tls" if !implicit => self.tls = Some(TlsMode::parse(&v)?),
                 "tls" => return Err(invalid("relay", "smtps:// is implicit TLS; leave out tls=")),
@@ -191,14 +219,22 @@ impl RelayConfig {
                 "max_connections" => self.max_connections = num(&v)? as usize,
                 "max_messages_per_connection" => self.max_messages_per_connection = num(&v)? as u32,
                 "max_messages_per_second" => {
-                    self.max_messages_per_second =
-                        v.parse().map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")))?
+                    self.max_messages_per_second = v
+                        .parse()
+                        .map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")))?
                 }
                 "cooldown_secs" => self.cooldown_secs = num(&v)?,
                 "name" => self.name = v,
                 "ca_file" => self.ca_file = Some(PathBuf::from(v)),
-                "dangerous_accept_invalid_certs" => self.dangerous_accept_invalid_certs = v == "true" || v == "1",
-                _ => return Err(invalid("relay", format!("unknown relay URL parameter {k:?}"))),
+                "dangerous_accept_invalid_certs" => {
+                    self.dangerous_accept_invalid_certs = v == "true" || v == "1"
+                }
+                _ => {
+                    return Err(invalid(
+                        "relay",
+                        format!("unknown relay URL parameter {k:?}"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -214,15 +250,27 @@ impl RelayConfig {
             return Err(invalid("relay", "a relay needs a host (or a url)"));
         }
         if let Some(f) = &self.password_file {
-            let s = std::fs::read_to_string(f)
-                .map_err(|e| invalid("relay", format!("cannot read password_file {}: {e}", f.display())))?;
+            let s = std::fs::read_to_string(f).map_err(|e| {
+                invalid(
+                    "relay",
+                    format!("cannot read password_file {}: {e}", f.display()),
+                )
+            })?;
             self.password = Some(s.lines().next().unwrap_or("").to_owned());
         }
         if self.port == 0 {
-            self.port = if self.tls == Some(TlsMode::Implicit) { 465 } else { 25 };
+            self.port = if self.tls == Some(TlsMode::Implicit) {
+                465
+            } else {
+                25
+            };
         }
         if self.tls.is_none() {
-            self.tls = Some(if self.username.is_some() { TlsMode::Required } else { TlsMode::Opportunistic });
+            self.tls = Some(if self.username.is_some() {
+                TlsMode::Required
+            } else {
+                TlsMode::Opportunistic
+            });
         }
         if self.name.is_empty() {
             self.name = format!("{}:{}", self.host, self.port);
@@ -255,7 +303,12 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { first_secs: 300, max_secs: 4000, lifetime_secs: 5 * 86400, jitter: 0.2 }
+        RetryConfig {
+            first_secs: 300,
+            max_secs: 4000,
+            lifetime_secs: 5 * 86400,
+            jitter: 0.2,
+        }
     }
 }
 
@@ -274,7 +327,11 @@ pub struct TimeoutConfig {
 
 impl Default for TimeoutConfig {
     fn default() -> Self {
-        TimeoutConfig { connect_secs: 30, command_secs: 300, data_end_secs: 600 }
+        TimeoutConfig {
+            connect_secs: 30,
+            command_secs: 300,
+            data_end_secs: 600,
+        }
     }
 }
 
@@ -371,7 +428,10 @@ impl DispatchConfig {
     /// [`ErrorKind::InvalidArgument`] naming the field at fault.
     pub fn resolve(mut self) -> Result<DispatchConfig> {
         if self.spools.is_empty() {
-            return Err(Error::new(ErrorKind::NoSpoolConfigured, "no spool configured").with_field("spools"));
+            return Err(
+                Error::new(ErrorKind::NoSpoolConfigured, "no spool configured")
+                    .with_field("spools"),
+            );
         }
         if self.workers == 0 {
             return Err(invalid("workers", "workers must be at least 1"));
@@ -382,10 +442,18 @@ impl DispatchConfig {
         if !(0.0..=1.0).contains(&self.retry.jitter) {
             return Err(invalid("retry.jitter", "jitter must be within 0..=1"));
         }
-        self.relays = self.relays.into_iter().map(RelayConfig::resolve).collect::<Result<_>>()?;
+        self.relays = self
+            .relays
+            .into_iter()
+            .map(RelayConfig::resolve)
+            .collect::<Result<_>>()?;
         if self.ehlo_name.as_deref().unwrap_or("").is_empty() {
             self.ehlo_name = Some(
-                hostname::get().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into()),
+                hostname::get()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "localhost".into()),
             );
         }
         if self.rescan_ms == 0 {
@@ -406,18 +474,35 @@ mod tests {
 
     #[test]
     fn relay_urls() {
-        let r = RelayConfig::from_url("smtp://u%40x:p%3Aw@mx.example:587?tls=required&weight=3&priority=1")
+        let r = RelayConfig::from_url(
+            "smtp://u%40x:p%3Aw@mx.example:587?tls=required&weight=3&priority=1",
+        )
+        .and_then(RelayConfig::resolve)
+        .unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.tls, r.weight, r.priority),
+            ("mx.example", 587, Some(TlsMode::Required), 3, 1)
+        );
+        assert_eq!(
+            (r.username.as_deref(), r.password.as_deref()),
+            (Some("u@x"), Some("p:w"))
+        );
+        let r = RelayConfig::from_url("smtps://mx.example")
             .and_then(RelayConfig::resolve)
             .unwrap();
-        assert_eq!((r.host.as_str(), r.port, r.tls, r.weight, r.priority), ("mx.example", 587, Some(TlsMode::Required), 3, 1));
-        assert_eq!((r.username.as_deref(), r.password.as_deref()), (Some("u@x"), Some("p:w")));
-        let r = RelayConfig::from_url("smtps://mx.example").and_then(RelayConfig::resolve).unwrap();
         assert_eq!((r.port, r.tls), (465, Some(TlsMode::Implicit)));
         // credentials make TLS required by default
-        let r = RelayConfig::from_url("smtp://u:p@mx.example:25").and_then(RelayConfig::resolve).unwrap();
+        let r = RelayConfig::from_url("smtp://u:p@mx.example:25")
+            .and_then(RelayConfig::resolve)
+            .unwrap();
         assert_eq!(r.tls, Some(TlsMode::Required));
-        let r = RelayConfig::from_url("smtp://[::1]:2525?tls=none").and_then(RelayConfig::resolve).unwrap();
-        assert_eq!((r.host.as_str(), r.port, r.tls), ("::1", 2525, Some(TlsMode::None)));
+        let r = RelayConfig::from_url("smtp://[::1]:2525?tls=none")
+            .and_then(RelayConfig::resolve)
+            .unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.tls),
+            ("::1", 2525, Some(TlsMode::None))
+        );
         assert!(RelayConfig::from_url("http://x").is_err());
         assert!(RelayConfig::from_url("smtp://x:25?tls=maybe").is_err());
     }
@@ -427,6 +512,9 @@ mod tests {
         let t = TimeoutConfig::default();
         assert!(t.data_end_secs >= 600, "RFC 5321 §4.5.3.2.6");
         let r = RetryConfig::default();
-        assert_eq!((r.first_secs, r.max_secs, r.lifetime_secs), (300, 4000, 432000));
+        assert_eq!(
+            (r.first_secs, r.max_secs, r.lifetime_secs),
+            (300, 4000, 432000)
+        );
     }
 }

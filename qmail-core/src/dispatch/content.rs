@@ -57,7 +57,10 @@ impl ContentScanner {
                     }
                     self.line_len += 1;
                     if self.line_len > MAX_LINE {
-                        return Err(format!("line longer than {MAX_LINE} octets at byte {}", self.offset));
+                        return Err(format!(
+                            "line longer than {MAX_LINE} octets at byte {}",
+                            self.offset
+                        ));
                     }
                 }
             }
@@ -75,7 +78,10 @@ impl ContentScanner {
         if self.prev_cr {
             return Err(format!("bare CR at byte {}", self.offset - 1));
         }
-        Ok(ContentSummary { eight_bit: self.eight_bit, ends_with_crlf: self.offset >= 2 && self.last_two == *b"\r\n" })
+        Ok(ContentSummary {
+            eight_bit: self.eight_bit,
+            ends_with_crlf: self.offset >= 2 && self.last_two == *b"\r\n",
+        })
     }
 }
 
@@ -127,8 +133,16 @@ mod tests {
     fn crlf_rules() {
         assert!(check(b"a\r\nb\r\n").unwrap().ends_with_crlf);
         assert!(!check(b"a\r\nb").unwrap().ends_with_crlf);
-        assert!(check(b"a\nb\r\n").unwrap_err().contains("bare LF at byte 1"));
-        assert!(check(b"a\rb\r\n").unwrap_err().contains("bare CR at byte 1"));
+        assert!(
+            check(b"a\nb\r\n")
+                .unwrap_err()
+                .contains("bare LF at byte 1")
+        );
+        assert!(
+            check(b"a\rb\r\n")
+                .unwrap_err()
+                .contains("bare CR at byte 1")
+        );
         assert!(check(b"a\r\r\n").unwrap_err().contains("bare CR"));
         assert!(check(b"a\r").unwrap_err().contains("bare CR"));
         assert!(check(b"\n").unwrap_err().contains("bare LF"));

@@ -15,7 +15,11 @@ use super::state::FailedRcpt;
 /// Builds the DSN's bytes (CRLF, 7-bit: the original's headers only, as text/rfc822-headers).
 pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> Vec<u8> {
     let host = cfg.ehlo();
-    let from = cfg.dsn.from.clone().unwrap_or_else(|| format!("MAILER-DAEMON@{host}"));
+    let from = cfg
+        .dsn
+        .from
+        .clone()
+        .unwrap_or_else(|| format!("MAILER-DAEMON@{host}"));
     let to = &file.header.envelope.mail_from;
     let boundary = format!("qmail-dsn-{}", crate::random_hex(8));
     let date = crate::message::format_date(crate::spool::now_secs());
@@ -33,24 +37,41 @@ pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> V
     for f in failed {
         let _ = write!(s, "<{}>: {}\r\n", f.rcpt, ascii_line(&f.reply.to_string()));
     }
-    let _ = write!(s, "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {host}\r\n");
+    let _ = write!(
+        s,
+        "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {host}\r\n"
+    );
     for f in failed {
         let status = match f.reply.code {
             Some(c) if (500..600).contains(&c) => "5.0.0",
             _ => "4.4.7",
         };
-        let _ = write!(s, "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {status}\r\n", f.rcpt);
+        let _ = write!(
+            s,
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {status}\r\n",
+            f.rcpt
+        );
         if let Some(c) = f.reply.code {
-            let _ = write!(s, "Diagnostic-Code: smtp; {c} {}\r\n", ascii_line(&f.reply.text));
+            let _ = write!(
+                s,
+                "Diagnostic-Code: smtp; {c} {}\r\n",
+                ascii_line(&f.reply.text)
+            );
         }
     }
-    let _ = write!(s, "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n");
+    let _ = write!(
+        s,
+        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    );
     let mut headers = Vec::new();
     if let Ok(mut r) = file.body_reader() {
         use std::io::BufRead;
         let mut br = std::io::BufReader::new(&mut r);
         let mut line = Vec::new();
-        while br.read_until(b'\n', &mut line).unwrap_or(0) > 0 && line != b"\r\n" && headers.len() < 64 * 1024 {
+        while br.read_until(b'\n', &mut line).unwrap_or(0) > 0
+            && line != b"\r\n"
+            && headers.len() < 64 * 1024
+        {
             headers.extend(line.iter().map(|&b| if b < 0x80 { b } else { b'?' }));
             line.clear();
         }
@@ -62,7 +83,16 @@ pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> V
 }
 
 fn ascii_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { ' ' }).take(900).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                ' '
+            }
+        })
+        .take(900)
+        .collect()
 }
 
 /// Submits a DSN for `failed` into `spool` (logged, never fatal).
@@ -72,7 +102,8 @@ pub fn submit(spool: &Path, file: &SpoolFile, failed: &[FailedRcpt], cfg: &Dispa
         return;
     }
     let bytes = build(file, failed, cfg);
-    let result = RawMessage::parse(&bytes, Some("<>"), Some(std::slice::from_ref(sender))).and_then(|m| Spool::open(spool)?.submit_raw(&m));
+    let result = RawMessage::parse(&bytes, Some("<>"), Some(std::slice::from_ref(sender)))
+        .and_then(|m| Spool::open(spool)?.submit_raw(&m));
     match result {
         Ok(id) => tracing::info!(dsn = %id, to = %sender, "delivery status notification queued"),
         Err(e) => tracing::error!(error = %e, "cannot queue a delivery status notification"),

@@ -53,19 +53,67 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         for (name, help, c) in [
-            ("qmail_dispatch_attempts_total", "Delivery attempts.", &self.attempts),
-            ("qmail_dispatch_delivered_total", "Messages delivered to every recipient.", &self.delivered),
-            ("qmail_dispatch_deferred_total", "Attempts that ended deferred.", &self.deferred),
-            ("qmail_dispatch_failed_total", "Messages moved to failed/.", &self.failed),
-            ("qmail_dispatch_refused_total", "Messages refused before any relay.", &self.refused),
-            ("qmail_dispatch_corrupt_total", "Files quarantined in corrupt/.", &self.corrupt),
-            ("qmail_dispatch_recipients_delivered_total", "Recipients accepted by a relay.", &self.rcpts_delivered),
-            ("qmail_dispatch_recipients_failed_total", "Recipients failed for good.", &self.rcpts_failed),
-            ("qmail_dispatch_reclaimed_total", "Claims taken back from dead dispatchers.", &self.reclaimed),
-            ("qmail_dispatch_connections_total", "SMTP connections opened.", &self.connections),
-            ("qmail_dispatch_relay_failures_total", "Connection-level relay failures.", &self.relay_failures),
+            (
+                "qmail_dispatch_attempts_total",
+                "Delivery attempts.",
+                &self.attempts,
+            ),
+            (
+                "qmail_dispatch_delivered_total",
+                "Messages delivered to every recipient.",
+                &self.delivered,
+            ),
+            (
+                "qmail_dispatch_deferred_total",
+                "Attempts that ended deferred.",
+                &self.deferred,
+            ),
+            (
+                "qmail_dispatch_failed_total",
+                "Messages moved to failed/.",
+                &self.failed,
+            ),
+            (
+                "qmail_dispatch_refused_total",
+                "Messages refused before any relay.",
+                &self.refused,
+            ),
+            (
+                "qmail_dispatch_corrupt_total",
+                "Files quarantined in corrupt/.",
+                &self.corrupt,
+            ),
+            (
+                "qmail_dispatch_recipients_delivered_total",
+                "Recipients accepted by a relay.",
+                &self.rcpts_delivered,
+            ),
+            (
+                "qmail_dispatch_recipients_failed_total",
+                "Recipients failed for good.",
+                &self.rcpts_failed,
+            ),
+            (
+                "qmail_dispatch_reclaimed_total",
+                "Claims taken back from dead dispatchers.",
+                &self.reclaimed,
+            ),
+            (
+                "qmail_dispatch_connections_total",
+                "SMTP connections opened.",
+                &self.connections,
+            ),
+            (
+                "qmail_dispatch_relay_failures_total",
+                "Connection-level relay failures.",
+                &self.relay_failures,
+            ),
         ] {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
         s
     }

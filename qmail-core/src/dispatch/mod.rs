@@ -95,7 +95,10 @@ pub struct Dispatcher {
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher").field("instance", &self.shared.instance).field("spools", &self.shared.spools).finish()
+        f.debug_struct("Dispatcher")
+            .field("instance", &self.shared.instance)
+            .field("spools", &self.shared.spools)
+            .finish()
     }
 }
 
@@ -119,7 +122,8 @@ pub fn prepare_spool(path: &Path, outbox: bool, sent: bool) -> Result<()> {
     }
     for d in dirs {
         let p = path.join(d);
-        fs::create_dir_all(&p).map_err(|e| io_err(format_args!("cannot create {}", p.display()), e))?;
+        fs::create_dir_all(&p)
+            .map_err(|e| io_err(format_args!("cannot create {}", p.display()), e))?;
     }
     Ok(())
 }
@@ -138,14 +142,20 @@ impl Dispatcher {
         for s in &cfg.spools {
             prepare_spool(s, cfg.relays.is_empty(), cfg.sent_retention_secs > 0)?;
         }
-        let pool = RelayPool::new(&cfg.relays, cfg.workers).map_err(|e| Error::new(ErrorKind::InvalidArgument, e).with_field("relay"))?;
+        let pool = RelayPool::new(&cfg.relays, cfg.workers)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e).with_field("relay"))?;
         let delivery_log = match &cfg.delivery_log {
             Some(p) => Some(Mutex::new(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| io_err(format_args!("cannot open the delivery log {}", p.display()), e))?,
+                    .map_err(|e| {
+                        io_err(
+                            format_args!("cannot open the delivery log {}", p.display()),
+                            e,
+                        )
+                    })?,
             )),
             None => None,
         };
@@ -211,11 +221,18 @@ impl Dispatcher {
         self.shared
             .spools
             .iter()
-            .map(|s| claim::Lease::acquire(s, &self.shared.instance).map_err(|e| io_err(format_args!("cannot write a lease in {}", s.display()), e)))
+            .map(|s| {
+                claim::Lease::acquire(s, &self.shared.instance)
+                    .map_err(|e| io_err(format_args!("cannot write a lease in {}", s.display()), e))
+            })
             .collect()
     }
 
-    fn spawn_lease_renewal(&self, leases: Vec<claim::Lease>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<claim::Lease>> {
+    fn spawn_lease_renewal(
+        &self,
+        leases: Vec<claim::Lease>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<Vec<claim::Lease>> {
         let every = Duration::from_millis(self.shared.cfg.lease_secs * 1000 / 4);
         std::thread::Builder::new()
             .name("qmail-lease".into())
@@ -241,7 +258,9 @@ impl Dispatcher {
         let lease = Duration::from_secs(self.shared.cfg.lease_secs);
         match claim::reclaim_expired(spool, &self.shared.instance, lease) {
             Ok(ids) if !ids.is_empty() => {
-                self.shared.metrics.add(&self.shared.metrics.reclaimed, ids.len() as u64);
+                self.shared
+                    .metrics
+                    .add(&self.shared.metrics.reclaimed, ids.len() as u64);
                 tracing::warn!(spool = %spool.display(), count = ids.len(), "took back claims of a dispatcher whose lease expired");
             }
             Ok(_) => {}
@@ -288,7 +307,8 @@ impl Dispatcher {
         sh.queue.filled();
         let rescan = Duration::from_millis(sh.cfg.rescan_ms);
         let reclaim_every = Duration::from_secs((sh.cfg.lease_secs / 2).max(1));
-        let (mut last_scan, mut last_reclaim, mut last_purge) = (Instant::now(), Instant::now(), Instant::now());
+        let (mut last_scan, mut last_reclaim, mut last_purge) =
+            (Instant::now(), Instant::now(), Instant::now());
         let step = sh.cfg.priority_step_secs;
         while !stop.load(Ordering::SeqCst) {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -296,12 +316,18 @@ impl Dispatcher {
                     let now = now_secs();
                     match dir {
                         Dir::Ready => schedule::add_ready(&sh.queue, i, &sh.spools[i], &id, step),
-                        Dir::Scheduled => schedule::add_scheduled(&sh.queue, i, &sh.spools[i], &id, step, now),
-                        Dir::Deferred => schedule::add_deferred(&sh.queue, i, &sh.spools[i], &id, now),
+                        Dir::Scheduled => {
+                            schedule::add_scheduled(&sh.queue, i, &sh.spools[i], &id, step, now)
+                        }
+                        Dir::Deferred => {
+                            schedule::add_deferred(&sh.queue, i, &sh.spools[i], &id, now)
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(100)),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
             }
             sh.queue.promote_due(now_secs());
             if last_reclaim.elapsed() >= reclaim_every {
@@ -340,7 +366,9 @@ impl Dispatcher {
             leases.iter().for_each(claim::Lease::release);
         }
         if !all_done {
-            tracing::warn!("grace period over with transactions in flight; their claims are taken back when this process exits");
+            tracing::warn!(
+                "grace period over with transactions in flight; their claims are taken back when this process exits"
+            );
         }
         Ok(sh.metrics.summary())
     }
@@ -357,13 +385,21 @@ impl Dispatcher {
             let Ok(ev) = res else { return };
             let wanted = matches!(
                 ev.kind,
-                EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both | RenameMode::Any)) | EventKind::Any
+                EventKind::Create(_)
+                    | EventKind::Modify(ModifyKind::Name(
+                        RenameMode::To | RenameMode::Both | RenameMode::Any
+                    ))
+                    | EventKind::Any
             );
             if !wanted {
                 return;
             }
             for p in &ev.paths {
-                let (Some(parent), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else { continue };
+                let (Some(parent), Some(name)) =
+                    (p.parent(), p.file_name().and_then(|n| n.to_str()))
+                else {
+                    continue;
+                };
                 if let Some((_, i, d)) = map.iter().find(|(dir, _, _)| dir == parent) {
                     let _ = tx.send((*i, *d, name.to_owned()));
                 }
@@ -389,8 +425,14 @@ impl Dispatcher {
 /// `*.tmp` of `state/` and `outbox/`, older than a day.
 fn purge_stale(spool: &Path) {
     let old = SystemTime::now() - Duration::from_secs(86_400);
-    for (dir, all) in [("tmp", true), (state::STATE_DIR, false), (OUTBOX_DIR, false)] {
-        let Ok(rd) = fs::read_dir(spool.join(dir)) else { continue };
+    for (dir, all) in [
+        ("tmp", true),
+        (state::STATE_DIR, false),
+        (OUTBOX_DIR, false),
+    ] {
+        let Ok(rd) = fs::read_dir(spool.join(dir)) else {
+            continue;
+        };
         for e in rd.flatten() {
             let name = e.file_name();
             let stale_name = all || name.to_string_lossy().ends_with(".tmp");
@@ -420,7 +462,10 @@ fn purge_sent(spool: &Path, retention: u64) {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A worker's open relay sessions.
@@ -440,7 +485,10 @@ struct Claimed<'a> {
 
 impl Shared {
     fn worker(self: Arc<Self>) {
-        let mut w = Worker { sessions: HashMap::new(), rng: Jitter::new() };
+        let mut w = Worker {
+            sessions: HashMap::new(),
+            rng: Jitter::new(),
+        };
         let idle = Duration::from_millis(self.cfg.idle_close_ms.max(10));
         loop {
             match self.queue.pop(idle) {
@@ -456,7 +504,12 @@ impl Shared {
     }
 
     fn close_idle(&self, w: &mut Worker, idle: Duration) {
-        let stale: Vec<usize> = w.sessions.iter().filter(|(_, (_, t))| t.elapsed() >= idle).map(|(i, _)| *i).collect();
+        let stale: Vec<usize> = w
+            .sessions
+            .iter()
+            .filter(|(_, (_, t))| t.elapsed() >= idle)
+            .map(|(i, _)| *i)
+            .collect();
         for i in stale {
             if let Some((s, _)) = w.sessions.remove(&i) {
                 s.quit();
@@ -467,7 +520,11 @@ impl Shared {
 
     fn drop_session(&self, w: &mut Worker, i: usize, quit: bool) {
         if let Some((s, _)) = w.sessions.remove(&i) {
-            if quit { s.quit() } else { s.abort() }
+            if quit {
+                s.quit()
+            } else {
+                s.abort()
+            }
             self.pool.give_slot(i);
         }
     }
@@ -482,7 +539,13 @@ impl Shared {
                 return;
             }
         };
-        let cl = Claimed { spool_idx: c.spool, spool, id: &c.id, path, from: c.from };
+        let cl = Claimed {
+            spool_idx: c.spool,
+            spool,
+            id: &c.id,
+            path,
+            from: c.from,
+        };
         if let Err(e) = self.handle(w, &cl) {
             tracing::error!(id = %c.id, error = %e, "spool I/O error; releasing the claim");
             let _ = claim::release(&cl.path, spool, &c.id, c.from.state());
@@ -510,7 +573,12 @@ impl Shared {
             // deferred/): put it where it belongs
             claim::release(&cl.path, cl.spool, cl.id, QueueState::Deferred)?;
             if !self.drain {
-                let c = Candidate { rank: file.header.created, spool: cl.spool_idx, id: cl.id.to_owned(), from: Dir::Deferred };
+                let c = Candidate {
+                    rank: file.header.created,
+                    spool: cl.spool_idx,
+                    id: cl.id.to_owned(),
+                    from: Dir::Deferred,
+                };
                 self.queue.push_waiting(c, st.next_due);
             }
             return Ok(());
@@ -521,7 +589,14 @@ impl Shared {
         let at_ms = now_ms();
         let refuse = |reason: String| -> (String, Vec<RcptResult>, Option<String>) {
             let reply = Reply::local(reason.clone());
-            let results = rcpts.iter().map(|r| RcptResult { rcpt: r.clone(), status: RcptStatus::Failed, reply: reply.clone() }).collect();
+            let results = rcpts
+                .iter()
+                .map(|r| RcptResult {
+                    rcpt: r.clone(),
+                    status: RcptStatus::Failed,
+                    reply: reply.clone(),
+                })
+                .collect();
             ("local".to_owned(), results, Some(reason))
         };
         let (relay, results, reason) = if rcpts.is_empty() {
@@ -533,7 +608,9 @@ impl Shared {
             // a small message is read once, here, and sent from memory; a large one is read
             // again, streaming, by the SMTP layer (which re-checks what it sends)
             let mut small: Option<Vec<u8>> = None;
-            let body = file.body_reader().map_err(|e| io::Error::other(e.to_string()))?;
+            let body = file
+                .body_reader()
+                .map_err(|e| io::Error::other(e.to_string()))?;
             let scanned = if file.body_len <= smtp::SMALL_BODY {
                 let mut v = Vec::with_capacity(file.body_len as usize);
                 io::Read::read_to_end(&mut io::Read::take(body, file.body_len), &mut v)?;
@@ -544,7 +621,9 @@ impl Shared {
                 content::scan(body)
             };
             match scanned {
-                Err(Ok(why)) => refuse(format!("refused: the message has a {why} (never sent: SMTP smuggling guard)")),
+                Err(Ok(why)) => refuse(format!(
+                    "refused: the message has a {why} (never sent: SMTP smuggling guard)"
+                )),
                 Err(Err(e)) => return Err(e),
                 Ok(summary) if self.pool.is_empty() => {
                     let (r, res) = self.to_outbox(cl, &file, &rcpts)?;
@@ -552,16 +631,23 @@ impl Shared {
                     (r, res, None)
                 }
                 Ok(summary) => {
-                    let (r, res, reason) = self.via_relays(w, &file, small.as_deref(), &rcpts, summary);
+                    let (r, res, reason) =
+                        self.via_relays(w, &file, small.as_deref(), &rcpts, summary);
                     (r, res, reason)
                 }
             }
         };
         if relay == "local" && reason.is_some() {
             self.metrics.add(&self.metrics.refused, 1);
-            tracing::error!(id = cl.id, reason = reason.as_deref().unwrap_or(""), "message refused");
+            tracing::error!(
+                id = cl.id,
+                reason = reason.as_deref().unwrap_or(""),
+                "message refused"
+            );
         }
-        self.settle(cl, &file, st, had_state, rcpts, relay, results, reason, started, at_ms)
+        self.settle(
+            cl, &file, st, had_state, rcpts, relay, results, reason, started, at_ms,
+        )
     }
 
     fn quarantine(&self, cl: &Claimed<'_>, why: &str) {
@@ -570,19 +656,31 @@ impl Shared {
             Ok(()) => {
                 self.metrics.add(&self.metrics.corrupt, 1);
                 tracing::error!(id = cl.id, reason = why, to = %dst.display(), "unparseable spool file moved to corrupt/");
-                let st = MessageState { reason: Some(format!("corrupt: {why}")), ..MessageState::default() };
+                let st = MessageState {
+                    reason: Some(format!("corrupt: {why}")),
+                    ..MessageState::default()
+                };
                 let _ = st.save(cl.spool, cl.id, &self.instance, self.cfg.durable);
             }
-            Err(e) => tracing::error!(id = cl.id, error = %e, "cannot move an unparseable file to corrupt/"),
+            Err(e) => {
+                tracing::error!(id = cl.id, error = %e, "cannot move an unparseable file to corrupt/")
+            }
         }
     }
 
-    fn to_outbox(&self, cl: &Claimed<'_>, file: &SpoolFile, rcpts: &[String]) -> io::Result<(String, Vec<RcptResult>)> {
+    fn to_outbox(
+        &self,
+        cl: &Claimed<'_>,
+        file: &SpoolFile,
+        rcpts: &[String],
+    ) -> io::Result<(String, Vec<RcptResult>)> {
         let dir = cl.spool.join(OUTBOX_DIR);
         let tmp = dir.join(format!("{}.eml+{}.tmp", cl.id, self.instance));
         let dst = dir.join(format!("{}.eml", cl.id));
         let mut out = File::create(&tmp)?;
-        let mut body = file.body_reader().map_err(|e| io::Error::other(e.to_string()))?;
+        let mut body = file
+            .body_reader()
+            .map_err(|e| io::Error::other(e.to_string()))?;
         io::copy(&mut body, &mut out)?;
         if self.cfg.durable {
             out.sync_all()?;
@@ -590,7 +688,17 @@ impl Shared {
         drop(out);
         fs::rename(&tmp, &dst)?;
         let reply = Reply::local(format!("written to {}", dst.display()));
-        Ok(("outbox".into(), rcpts.iter().map(|r| RcptResult { rcpt: r.clone(), status: RcptStatus::Delivered, reply: reply.clone() }).collect()))
+        Ok((
+            "outbox".into(),
+            rcpts
+                .iter()
+                .map(|r| RcptResult {
+                    rcpt: r.clone(),
+                    status: RcptStatus::Delivered,
+                    reply: reply.clone(),
+                })
+                .collect(),
+        ))
     }
 
     /// Sends through the relays: failover to the next relay when one cannot be used,
@@ -605,22 +713,41 @@ impl Shared {
     ) -> (String, Vec<RcptResult>, Option<String>) {
         let env = &file.header.envelope;
         let all = |st: RcptStatus, reply: &Reply| -> Vec<RcptResult> {
-            rcpts.iter().map(|r| RcptResult { rcpt: r.clone(), status: st, reply: reply.clone() }).collect()
+            rcpts
+                .iter()
+                .map(|r| RcptResult {
+                    rcpt: r.clone(),
+                    status: st,
+                    reply: reply.clone(),
+                })
+                .collect()
         };
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(String, Reply)> = None;
         let mut reconnects = 0;
         let mut waits = 0u32;
         loop {
-            let i = match self.pool.select(&tried, |i| w.sessions.contains_key(&i), &mut w.rng) {
+            let i = match self
+                .pool
+                .select(&tried, |i| w.sessions.contains_key(&i), &mut w.rng)
+            {
                 None => {
-                    let (name, reply) = last.unwrap_or_else(|| ("none".into(), Reply::local("every relay is in cooldown")));
+                    let (name, reply) = last.unwrap_or_else(|| {
+                        ("none".into(), Reply::local("every relay is in cooldown"))
+                    });
                     return (name, all(RcptStatus::Deferred, &reply), None);
                 }
                 Some(Err(())) => {
                     waits += 1;
                     if waits > 3000 {
-                        return ("none".into(), all(RcptStatus::Deferred, &Reply::local("every relay is at its connection limit")), None);
+                        return (
+                            "none".into(),
+                            all(
+                                RcptStatus::Deferred,
+                                &Reply::local("every relay is at its connection limit"),
+                            ),
+                            None,
+                        );
                     }
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
@@ -663,7 +790,13 @@ impl Shared {
                 Some(b) => Box::new(b),
                 None => match file.body_reader() {
                     Ok(b) => Box::new(b),
-                    Err(e) => return (name, all(RcptStatus::Deferred, &Reply::local(e.to_string())), None),
+                    Err(e) => {
+                        return (
+                            name,
+                            all(RcptStatus::Deferred, &Reply::local(e.to_string())),
+                            None,
+                        );
+                    }
                 },
             };
             let tx = Transaction {
@@ -674,12 +807,17 @@ impl Shared {
                 body_len: file.body_len,
                 ends_with_crlf: summary.ends_with_crlf,
             };
-            let Some((session, used)) = w.sessions.get_mut(&i) else { continue };
+            let Some((session, used)) = w.sessions.get_mut(&i) else {
+                continue;
+            };
             let res = session.send(&tx, body, &self.cfg.timeouts);
             *used = Instant::now();
             match res {
                 Ok(results) => {
-                    let n = results.iter().filter(|r| r.status == RcptStatus::Delivered).count();
+                    let n = results
+                        .iter()
+                        .filter(|r| r.status == RcptStatus::Delivered)
+                        .count();
                     if n > 0 {
                         relay.delivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -700,8 +838,14 @@ impl Shared {
                 }
                 Err(TxError::Body(Ok(why))) => {
                     self.drop_session(w, i, false);
-                    let reason = format!("refused: the message has a {why} (never sent: SMTP smuggling guard)");
-                    return ("local".into(), all(RcptStatus::Failed, &Reply::local(reason.clone())), Some(reason));
+                    let reason = format!(
+                        "refused: the message has a {why} (never sent: SMTP smuggling guard)"
+                    );
+                    return (
+                        "local".into(),
+                        all(RcptStatus::Failed, &Reply::local(reason.clone())),
+                        Some(reason),
+                    );
                 }
                 Err(TxError::Body(Err(e))) => {
                     self.drop_session(w, i, false);
@@ -751,7 +895,11 @@ impl Shared {
                 }
                 RcptStatus::Failed => {
                     self.metrics.add(&self.metrics.rcpts_failed, 1);
-                    let f = FailedRcpt { rcpt: r.rcpt.clone(), reply: r.reply.clone(), at: now };
+                    let f = FailedRcpt {
+                        rcpt: r.rcpt.clone(),
+                        reply: r.reply.clone(),
+                        at: now,
+                    };
                     newly_failed.push(f.clone());
                     st.failed.push(f);
                 }
@@ -766,17 +914,25 @@ impl Shared {
         }
         let lifetime_start = file.header.created.max(st.requeued_at.unwrap_or(0));
         if !remaining.is_empty() && now - lifetime_start >= self.cfg.retry.lifetime_secs as i64 {
-            let last = results.iter().find(|r| r.status == RcptStatus::Deferred).map(|r| r.reply.to_string()).unwrap_or_default();
+            let last = results
+                .iter()
+                .find(|r| r.status == RcptStatus::Deferred)
+                .map(|r| r.reply.to_string())
+                .unwrap_or_default();
             for r in remaining.drain(..) {
                 let f = FailedRcpt {
                     rcpt: r,
-                    reply: Reply::local(format!("queue lifetime of {} s exceeded; last reply: {last}", self.cfg.retry.lifetime_secs)),
+                    reply: Reply::local(format!(
+                        "queue lifetime of {} s exceeded; last reply: {last}",
+                        self.cfg.retry.lifetime_secs
+                    )),
                     at: now,
                 };
                 newly_failed.push(f.clone());
                 st.failed.push(f);
             }
-            st.reason.get_or_insert_with(|| "queue lifetime exceeded".into());
+            st.reason
+                .get_or_insert_with(|| "queue lifetime exceeded".into());
         }
         let durable = self.cfg.durable;
         if !newly_failed.is_empty() && self.cfg.dsn.enabled {
@@ -785,7 +941,8 @@ impl Shared {
         if remaining.is_empty() && st.failed.is_empty() && st.reason.is_none() {
             // every recipient delivered: the only point where the message leaves the spool
             if self.cfg.sent_retention_secs > 0 {
-                fs::rename(&cl.path, cl.spool.join(SENT_DIR).join(cl.id)).or_else(|e| self.lost_claim(cl, e))?;
+                fs::rename(&cl.path, cl.spool.join(SENT_DIR).join(cl.id))
+                    .or_else(|e| self.lost_claim(cl, e))?;
             } else {
                 fs::remove_file(&cl.path).or_else(|e| self.lost_claim(cl, e))?;
             }
@@ -802,7 +959,8 @@ impl Shared {
         if remaining.is_empty() {
             st.next_due = 0;
             st.save(cl.spool, cl.id, &self.instance, durable)?;
-            claim::release(&cl.path, cl.spool, cl.id, QueueState::Failed).or_else(|e| self.lost_claim(cl, e))?;
+            claim::release(&cl.path, cl.spool, cl.id, QueueState::Failed)
+                .or_else(|e| self.lost_claim(cl, e))?;
             if durable {
                 claim::sync_dir(&cl.spool.join(QueueState::Failed.dir_name()))?;
             }
@@ -813,13 +971,19 @@ impl Shared {
         let delay = retry::backoff_secs(&self.cfg.retry, st.attempts, &mut Jitter::new());
         st.next_due = now + delay as i64;
         st.save(cl.spool, cl.id, &self.instance, durable)?;
-        claim::release(&cl.path, cl.spool, cl.id, QueueState::Deferred).or_else(|e| self.lost_claim(cl, e))?;
+        claim::release(&cl.path, cl.spool, cl.id, QueueState::Deferred)
+            .or_else(|e| self.lost_claim(cl, e))?;
         if durable {
             claim::sync_dir(&cl.spool.join(QueueState::Deferred.dir_name()))?;
         }
         self.metrics.add(&self.metrics.deferred, 1);
         if !self.drain {
-            let c = Candidate { rank: file.header.created, spool: cl.spool_idx, id: cl.id.to_owned(), from: Dir::Deferred };
+            let c = Candidate {
+                rank: file.header.created,
+                spool: cl.spool_idx,
+                id: cl.id.to_owned(),
+                from: Dir::Deferred,
+            };
             self.queue.push_waiting(c, st.next_due);
         }
         let _ = cl.from;
@@ -828,7 +992,10 @@ impl Shared {
 
     fn lost_claim(&self, cl: &Claimed<'_>, e: io::Error) -> io::Result<()> {
         if e.kind() == io::ErrorKind::NotFound {
-            tracing::warn!(id = cl.id, "the claim was taken back by another dispatcher (lease expired) before this attempt ended");
+            tracing::warn!(
+                id = cl.id,
+                "the claim was taken back by another dispatcher (lease expired) before this attempt ended"
+            );
             Ok(())
         } else {
             Err(e)
@@ -840,7 +1007,11 @@ impl Shared {
         if !to_log && self.delivery_log.is_none() {
             return;
         }
-        let last = a.results.last().map(|r| r.reply.clone()).unwrap_or_else(|| Reply::local(""));
+        let last = a
+            .results
+            .last()
+            .map(|r| r.reply.clone())
+            .unwrap_or_else(|| Reply::local(""));
         let line = serde_json::json!({
             "ts_ms": a.at_ms,
             "id": cl.id,

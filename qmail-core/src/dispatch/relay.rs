@@ -47,7 +47,11 @@ impl RelayPool {
             .iter()
             .map(|c| {
                 Ok(Relay {
-                    max_connections: if c.max_connections == 0 { workers } else { c.max_connections },
+                    max_connections: if c.max_connections == 0 {
+                        workers
+                    } else {
+                        c.max_connections
+                    },
                     endpoint: RelayEndpoint::new(c.clone())?,
                     open: AtomicUsize::new(0),
                     cooldown_until: Mutex::new(None),
@@ -66,7 +70,10 @@ impl RelayPool {
 
     /// True while relay `i` is in cooldown.
     pub fn cooling(&self, i: usize) -> bool {
-        let mut g = self.relays[i].cooldown_until.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.relays[i]
+            .cooldown_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match *g {
             Some(t) if t > Instant::now() => true,
             Some(_) => {
@@ -81,26 +88,49 @@ impl RelayPool {
     pub fn cool_down(&self, i: usize) {
         let secs = self.relays[i].endpoint.cfg.cooldown_secs;
         if secs > 0 {
-            *self.relays[i].cooldown_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + Duration::from_secs(secs));
+            *self.relays[i]
+                .cooldown_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                Some(Instant::now() + Duration::from_secs(secs));
         }
     }
 
     /// Picks a relay for a message (see the module docs). `held(i)`: this worker has a
     /// connection to relay `i`. `None` when every relay is tried or cooling;
     /// `Some(Err(()))` when the best ones are all at their connection limit (wait and retry).
-    pub fn select(&self, tried: &[usize], held: impl Fn(usize) -> bool, rng: &mut Jitter) -> Option<Result<usize, ()>> {
-        let live: Vec<usize> = (0..self.relays.len()).filter(|i| !tried.contains(i) && !self.cooling(*i)).collect();
-        let best = live.iter().map(|&i| self.relays[i].endpoint.cfg.priority).min()?;
-        let tier: Vec<usize> = live.into_iter().filter(|&i| self.relays[i].endpoint.cfg.priority == best).collect();
+    pub fn select(
+        &self,
+        tried: &[usize],
+        held: impl Fn(usize) -> bool,
+        rng: &mut Jitter,
+    ) -> Option<Result<usize, ()>> {
+        let live: Vec<usize> = (0..self.relays.len())
+            .filter(|i| !tried.contains(i) && !self.cooling(*i))
+            .collect();
+        let best = live
+            .iter()
+            .map(|&i| self.relays[i].endpoint.cfg.priority)
+            .min()?;
+        let tier: Vec<usize> = live
+            .into_iter()
+            .filter(|&i| self.relays[i].endpoint.cfg.priority == best)
+            .collect();
         let usable: Vec<usize> = tier
             .iter()
             .copied()
-            .filter(|&i| held(i) || self.relays[i].open.load(Ordering::Relaxed) < self.relays[i].max_connections)
+            .filter(|&i| {
+                held(i)
+                    || self.relays[i].open.load(Ordering::Relaxed) < self.relays[i].max_connections
+            })
             .collect();
         if usable.is_empty() {
             return Some(Err(()));
         }
-        let total: u64 = usable.iter().map(|&i| self.relays[i].endpoint.cfg.weight.max(1) as u64).sum();
+        let total: u64 = usable
+            .iter()
+            .map(|&i| self.relays[i].endpoint.cfg.weight.max(1) as u64)
+            .sum();
         let mut pick = rng.below(total);
         for &i in &usable {
             let w = self.relays[i].endpoint.cfg.weight.max(1) as u64;
@@ -115,7 +145,11 @@ impl RelayPool {
     /// Takes a connection slot of relay `i`; false at the limit.
     pub fn take_slot(&self, i: usize) -> bool {
         let r = &self.relays[i];
-        r.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < r.max_connections).then_some(n + 1)).is_ok()
+        r.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < r.max_connections).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// Gives back a slot of relay `i`.
@@ -131,7 +165,10 @@ impl RelayPool {
         }
         let step = Duration::from_secs_f64(1.0 / rate);
         let wait = {
-            let mut next = self.relays[i].next_slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = self.relays[i]
+                .next_slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             let at = (*next).max(now);
             *next = at + step;

@@ -13,7 +13,9 @@ impl Jitter {
     pub fn new() -> Jitter {
         let mut b = [0u8; 8];
         if getrandom::fill(&mut b).is_err() {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             b = (t.as_nanos() as u64).to_le_bytes();
         }
         Jitter(u64::from_le_bytes(b) | 1)
@@ -44,7 +46,10 @@ impl Default for Jitter {
 /// (1 = after the first): `first * 2^(attempts-1)`, at most `max`, spread by ±`jitter`.
 pub fn backoff_secs(policy: &RetryConfig, attempts: u32, rng: &mut Jitter) -> u64 {
     let exp = attempts.saturating_sub(1).min(30);
-    let base = policy.first_secs.saturating_mul(1u64 << exp).min(policy.max_secs.max(policy.first_secs));
+    let base = policy
+        .first_secs
+        .saturating_mul(1u64 << exp)
+        .min(policy.max_secs.max(policy.first_secs));
     if base == 0 || policy.jitter == 0.0 {
         return base;
     }
@@ -58,7 +63,10 @@ mod tests {
 
     #[test]
     fn doubles_then_caps() {
-        let p = RetryConfig { jitter: 0.0, ..RetryConfig::default() };
+        let p = RetryConfig {
+            jitter: 0.0,
+            ..RetryConfig::default()
+        };
         let mut r = Jitter::new();
         let d: Vec<u64> = (1..=6).map(|a| backoff_secs(&p, a, &mut r)).collect();
         assert_eq!(d, [300, 600, 1200, 2400, 4000, 4000]);

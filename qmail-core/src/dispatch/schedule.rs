@@ -96,7 +96,15 @@ impl CandidateQueue {
     /// initial scan is over ([`CandidateQueue::filled`]).
     pub fn new(drain: bool) -> CandidateQueue {
         let fill_deadline = Some(std::time::Instant::now() + FILL_WAIT);
-        CandidateQueue { inner: Mutex::new(Inner { drain, filling: true, fill_deadline, ..Inner::default() }), cv: Condvar::new() }
+        CandidateQueue {
+            inner: Mutex::new(Inner {
+                drain,
+                filling: true,
+                fill_deadline,
+                ..Inner::default()
+            }),
+            cv: Condvar::new(),
+        }
     }
 
     /// The initial scan is over (drain mode: workers may stop when nothing is left).
@@ -179,7 +187,11 @@ impl CandidateQueue {
                 if now >= until {
                     return Pop::Idle;
                 }
-                g = self.cv.wait_timeout(g, until - now).map(|r| r.0).unwrap_or_else(|p| p.into_inner().0);
+                g = self
+                    .cv
+                    .wait_timeout(g, until - now)
+                    .map(|r| r.0)
+                    .unwrap_or_else(|p| p.into_inner().0);
                 continue;
             }
             if let Some(Reverse(c)) = g.ready.pop() {
@@ -193,7 +205,11 @@ impl CandidateQueue {
             if now >= deadline {
                 return Pop::Idle;
             }
-            g = self.cv.wait_timeout(g, deadline - now).map(|r| r.0).unwrap_or_else(|p| p.into_inner().0);
+            g = self
+                .cv
+                .wait_timeout(g, deadline - now)
+                .map(|r| r.0)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
@@ -216,7 +232,10 @@ pub fn rank(created: i64, priority: u8, step: u64) -> i64 {
 }
 
 fn id_created(id: &str) -> i64 {
-    QueueId::parse(id).ok().and_then(|q| q.created_secs()).unwrap_or_else(crate::spool::now_secs)
+    QueueId::parse(id)
+        .ok()
+        .and_then(|q| q.created_secs())
+        .unwrap_or_else(crate::spool::now_secs)
 }
 
 /// Reads what ranking a `ready/` or `scheduled/` file needs: `(rank, not_before)`. A file
@@ -224,8 +243,16 @@ fn id_created(id: &str) -> i64 {
 /// is gone.
 pub fn inspect(path: &Path, id: &str, step: u64) -> Option<(i64, Option<i64>)> {
     match SpoolFile::open(path) {
-        Ok(f) => Some((rank(f.header.created, f.header.priority, step), f.header.not_before)),
-        Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => None,
+        Ok(f) => Some((
+            rank(f.header.created, f.header.priority, step),
+            f.header.not_before,
+        )),
+        Err(e)
+            if e.io_error()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) =>
+        {
+            None
+        }
         Err(_) => Some((id_created(id), None)),
     }
 }
@@ -247,17 +274,34 @@ pub fn add_ready(q: &CandidateQueue, spool_idx: usize, spool: &Path, id: &str, s
         return;
     }
     if let Some((rank, _)) = inspect(&spool.join("ready").join(id), id, step) {
-        q.push_ready(Candidate { rank, spool: spool_idx, id: id.to_owned(), from: Dir::Ready });
+        q.push_ready(Candidate {
+            rank,
+            spool: spool_idx,
+            id: id.to_owned(),
+            from: Dir::Ready,
+        });
     }
 }
 
 /// Adds one `scheduled/` file (ready now when its not-before time has come).
-pub fn add_scheduled(q: &CandidateQueue, spool_idx: usize, spool: &Path, id: &str, step: u64, now: i64) {
+pub fn add_scheduled(
+    q: &CandidateQueue,
+    spool_idx: usize,
+    spool: &Path,
+    id: &str,
+    step: u64,
+    now: i64,
+) {
     if QueueId::parse(id).is_err() || q.knows(spool_idx, id, Dir::Scheduled) {
         return;
     }
     if let Some((rank, nb)) = inspect(&spool.join("scheduled").join(id), id, step) {
-        let c = Candidate { rank, spool: spool_idx, id: id.to_owned(), from: Dir::Scheduled };
+        let c = Candidate {
+            rank,
+            spool: spool_idx,
+            id: id.to_owned(),
+            from: Dir::Scheduled,
+        };
         match nb {
             Some(t) if t > now => q.push_waiting(c, t),
             _ => q.push_ready(c),
@@ -270,9 +314,22 @@ pub fn add_deferred(q: &CandidateQueue, spool_idx: usize, spool: &Path, id: &str
     if QueueId::parse(id).is_err() || q.knows(spool_idx, id, Dir::Deferred) {
         return;
     }
-    let due = MessageState::load(spool, id).ok().flatten().map(|s| s.next_due).unwrap_or(0);
-    let c = Candidate { rank: id_created(id), spool: spool_idx, id: id.to_owned(), from: Dir::Deferred };
-    if due > now { q.push_waiting(c, due) } else { q.push_ready(c) }
+    let due = MessageState::load(spool, id)
+        .ok()
+        .flatten()
+        .map(|s| s.next_due)
+        .unwrap_or(0);
+    let c = Candidate {
+        rank: id_created(id),
+        spool: spool_idx,
+        id: id.to_owned(),
+        from: Dir::Deferred,
+    };
+    if due > now {
+        q.push_waiting(c, due)
+    } else {
+        q.push_ready(c)
+    }
 }
 
 /// Scans `ready/`, `scheduled/` and `deferred/` of a spool.
@@ -297,7 +354,12 @@ mod tests {
     fn priority_then_age_without_starvation() {
         let q = CandidateQueue::new(true);
         q.filled();
-        let c = |rank, id: &str| Candidate { rank, spool: 0, id: id.into(), from: Dir::Ready };
+        let c = |rank, id: &str| Candidate {
+            rank,
+            spool: 0,
+            id: id.into(),
+            from: Dir::Ready,
+        };
         q.push_ready(c(rank(1000, 5, 60), "low-old"));
         q.push_ready(c(rank(1100, 1, 60), "high-new"));
         q.push_ready(c(rank(1500, 1, 60), "high-newest"));

@@ -69,7 +69,10 @@ pub fn reply_of(e: &SmtpError) -> Reply {
         Some(code) => {
             let code: u16 = code.to_string().parse().unwrap_or(0);
             // lettre's Display is "permanent error (550): text"
-            let t = text.split_once("): ").map(|(_, t)| t.to_owned()).unwrap_or(text);
+            let t = text
+                .split_once("): ")
+                .map(|(_, t)| t.to_owned())
+                .unwrap_or(text);
             Reply::smtp(code, t)
         }
         None => Reply::local(text),
@@ -91,7 +94,10 @@ pub struct RelayEndpoint {
 
 impl fmt::Debug for RelayEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelayEndpoint").field("name", &self.cfg.name).field("tls", &self.cfg.tls).finish()
+        f.debug_struct("RelayEndpoint")
+            .field("name", &self.cfg.name)
+            .field("tls", &self.cfg.tls)
+            .finish()
     }
 }
 
@@ -107,17 +113,36 @@ impl RelayEndpoint {
         } else {
             let mut b = TlsParameters::builder(cfg.host.clone());
             if let Some(ca) = &cfg.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| format!("relay {}: cannot read ca_file {}: {e}", cfg.name, ca.display()))?;
-                let cert = Certificate::from_pem(&pem).map_err(|e| format!("relay {}: ca_file {}: {e}", cfg.name, ca.display()))?;
+                let pem = std::fs::read(ca).map_err(|e| {
+                    format!(
+                        "relay {}: cannot read ca_file {}: {e}",
+                        cfg.name,
+                        ca.display()
+                    )
+                })?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| format!("relay {}: ca_file {}: {e}", cfg.name, ca.display()))?;
                 b = b.add_root_certificate(cert);
             }
             if cfg.dangerous_accept_invalid_certs {
-                b = b.dangerous_accept_invalid_certs(true).dangerous_accept_invalid_hostnames(true);
+                b = b
+                    .dangerous_accept_invalid_certs(true)
+                    .dangerous_accept_invalid_hostnames(true);
             }
-            Some(b.build_rustls().map_err(|e| format!("relay {}: TLS set-up: {e}", cfg.name))?)
+            Some(
+                b.build_rustls()
+                    .map_err(|e| format!("relay {}: TLS set-up: {e}", cfg.name))?,
+            )
         };
-        let credentials = cfg.username.as_ref().map(|u| Credentials::new(u.clone(), cfg.password.clone().unwrap_or_default()));
-        Ok(RelayEndpoint { cfg, tls, credentials })
+        let credentials = cfg
+            .username
+            .as_ref()
+            .map(|u| Credentials::new(u.clone(), cfg.password.clone().unwrap_or_default()));
+        Ok(RelayEndpoint {
+            cfg,
+            tls,
+            credentials,
+        })
     }
 }
 
@@ -132,7 +157,10 @@ pub struct Session {
 }
 
 fn session_err(e: &SmtpError, relay_fault: bool) -> SessionError {
-    SessionError { reply: reply_of(e), relay_fault }
+    SessionError {
+        reply: reply_of(e),
+        relay_fault,
+    }
 }
 
 impl Session {
@@ -141,16 +169,28 @@ impl Session {
     /// # Errors
     /// A [`SessionError`]; `relay_fault` for refused connections, 4xx/5xx greetings, TLS and
     /// AUTH failures.
-    pub fn open(relay: &RelayEndpoint, ehlo: &str, timeouts: &TimeoutConfig) -> Result<Session, SessionError> {
+    pub fn open(
+        relay: &RelayEndpoint,
+        ehlo: &str,
+        timeouts: &TimeoutConfig,
+    ) -> Result<Session, SessionError> {
         let hello = ClientId::Domain(ehlo.to_owned());
         let mode = relay.cfg.tls_mode();
-        let implicit = if mode == TlsMode::Implicit { relay.tls.as_ref() } else { None };
+        let implicit = if mode == TlsMode::Implicit {
+            relay.tls.as_ref()
+        } else {
+            None
+        };
         let addr = (relay.cfg.host.as_str(), relay.cfg.port);
-        let mut conn = SmtpConnection::connect(addr, Some(timeouts.connect()), &hello, implicit, None)
-            .map_err(|e| session_err(&e, true))?;
+        let mut conn =
+            SmtpConnection::connect(addr, Some(timeouts.connect()), &hello, implicit, None)
+                .map_err(|e| session_err(&e, true))?;
         let fail = |conn: &mut SmtpConnection, text: String| {
             let _ = conn.quit();
-            Err(SessionError { reply: Reply::local(text), relay_fault: true })
+            Err(SessionError {
+                reply: Reply::local(text),
+                relay_fault: true,
+            })
         };
         if let Err(e) = conn.set_timeout(Some(timeouts.command())) {
             return fail(&mut conn, format!("cannot set the timeout: {e}"));
@@ -158,16 +198,24 @@ impl Session {
         match mode {
             TlsMode::Required | TlsMode::Opportunistic => {
                 if conn.can_starttls() {
-                    let Some(tls) = relay.tls.as_ref() else { return fail(&mut conn, "no TLS parameters".into()) };
+                    let Some(tls) = relay.tls.as_ref() else {
+                        return fail(&mut conn, "no TLS parameters".into());
+                    };
                     // lettre sends EHLO again after the handshake and keeps only the new
                     // capabilities (RFC 3207 §4.2)
                     conn.starttls(tls, &hello).map_err(|e| {
                         let mut r = reply_of(&e);
                         r.text = format!("STARTTLS failed: {}", r.text);
-                        SessionError { reply: r, relay_fault: true }
+                        SessionError {
+                            reply: r,
+                            relay_fault: true,
+                        }
                     })?;
                 } else if mode == TlsMode::Required {
-                    return fail(&mut conn, "TLS is required but the server does not offer STARTTLS".into());
+                    return fail(
+                        &mut conn,
+                        "TLS is required but the server does not offer STARTTLS".into(),
+                    );
                 }
             }
             TlsMode::None | TlsMode::Implicit => {}
@@ -175,20 +223,37 @@ impl Session {
         // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one: ask again
         // (before AUTH, after TLS, so these are the capabilities that count)
         let pipelining = match conn.command(Ehlo::new(hello.clone())) {
-            Ok(r) => r.message().any(|l| l.split_whitespace().next().is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))),
+            Ok(r) => r.message().any(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+            }),
             Err(e) => return Err(session_err(&e, true)),
         };
         if let Some(creds) = &relay.credentials {
             if !conn.is_encrypted() && mode != TlsMode::None {
-                return fail(&mut conn, "refusing AUTH over a cleartext connection (set tls = \"none\" to allow it)".into());
+                return fail(
+                    &mut conn,
+                    "refusing AUTH over a cleartext connection (set tls = \"none\" to allow it)"
+                        .into(),
+                );
             }
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], creds).map_err(|e| {
-                let mut r = reply_of(&e);
-                r.text = format!("AUTH failed: {}", r.text);
-                SessionError { reply: r, relay_fault: true }
-            })?;
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
+                .map_err(|e| {
+                    let mut r = reply_of(&e);
+                    r.text = format!("AUTH failed: {}", r.text);
+                    SessionError {
+                        reply: r,
+                        relay_fault: true,
+                    }
+                })?;
         }
-        Ok(Session { conn, pipelining, transactions: 0, needs_reset: false })
+        Ok(Session {
+            conn,
+            pipelining,
+            transactions: 0,
+            needs_reset: false,
+        })
     }
 
     /// True when the server offers an ESMTP extension.
@@ -283,28 +348,54 @@ impl Session {
     ///
     /// # Errors
     /// [`TxError`].
-    pub fn send(&mut self, tx: &Transaction<'_>, body: impl Read, timeouts: &TimeoutConfig) -> Result<Vec<RcptResult>, TxError> {
+    pub fn send(
+        &mut self,
+        tx: &Transaction<'_>,
+        body: impl Read,
+        timeouts: &TimeoutConfig,
+    ) -> Result<Vec<RcptResult>, TxError> {
         let all = |status: RcptStatus, reply: &Reply| -> Vec<RcptResult> {
-            tx.rcpts.iter().map(|r| RcptResult { rcpt: r.clone(), status, reply: reply.clone() }).collect()
+            tx.rcpts
+                .iter()
+                .map(|r| RcptResult {
+                    rcpt: r.clone(),
+                    status,
+                    reply: reply.clone(),
+                })
+                .collect()
         };
         let mut params: Vec<&str> = Vec::new();
         let non_ascii = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
         if tx.smtputf8 || non_ascii {
             if !self.supports(Extension::SmtpUtfEight) {
-                return Ok(all(RcptStatus::Failed, &Reply::local("the message needs SMTPUTF8 and the relay does not offer it (RFC 6531)")));
+                return Ok(all(
+                    RcptStatus::Failed,
+                    &Reply::local(
+                        "the message needs SMTPUTF8 and the relay does not offer it (RFC 6531)",
+                    ),
+                ));
             }
             params.push("SMTPUTF8");
         }
         if tx.eight_bit {
             if !self.supports(Extension::EightBitMime) {
-                return Ok(all(RcptStatus::Failed, &Reply::local("the message has 8-bit content and the relay does not offer 8BITMIME (RFC 6152)")));
+                return Ok(all(
+                    RcptStatus::Failed,
+                    &Reply::local(
+                        "the message has 8-bit content and the relay does not offer 8BITMIME (RFC 6152)",
+                    ),
+                ));
             }
             params.push("BODY=8BITMIME");
         }
         let reset = self.transactions > 0 || self.needs_reset;
         self.transactions += 1;
         self.needs_reset = true;
-        let mail = MailFrom { from: tx.mail_from, params: &params }.to_string();
+        let mail = MailFrom {
+            from: tx.mail_from,
+            params: &params,
+        }
+        .to_string();
         // replies to [RSET], MAIL, RCPT...: all commands in one write when the server offers
         // PIPELINING (RFC 2920), else one by one (no RCPT after a refused MAIL)
         let expected = usize::from(reset) + 1 + tx.rcpts.len();
@@ -319,7 +410,11 @@ impl Session {
                 batch.push_str(&RcptTo(r).to_string());
             }
             replies.push(self.conn.command(DataBlock(&batch)));
-            while replies.len() < expected && !replies.last().is_some_and(|r| r.as_ref().is_err_and(|e| e.status().is_none())) {
+            while replies.len() < expected
+                && !replies
+                    .last()
+                    .is_some_and(|r| r.as_ref().is_err_and(|e| e.status().is_none()))
+            {
                 replies.push(self.conn.read_response());
             }
         } else {
@@ -351,11 +446,21 @@ impl Session {
         let mail_failed = match it.next() {
             Some(Ok(_)) => None,
             Some(Err(e)) if is_dead(&e) => return Err(TxError::DiedBefore(reply_of(&e))),
-            Some(Err(e)) => Some((if e.is_permanent() { RcptStatus::Failed } else { RcptStatus::Deferred }, reply_of(&e))),
+            Some(Err(e)) => Some((
+                if e.is_permanent() {
+                    RcptStatus::Failed
+                } else {
+                    RcptStatus::Deferred
+                },
+                reply_of(&e),
+            )),
             None => return Err(TxError::DiedBefore(Reply::local("no reply to MAIL"))),
         };
         let rcpt_replies: Vec<Result<Response, SmtpError>> = it.collect();
-        if let Some(Err(e)) = rcpt_replies.iter().find(|r| r.as_ref().is_err_and(|e| e.status().is_none())) {
+        if let Some(Err(e)) = rcpt_replies
+            .iter()
+            .find(|r| r.as_ref().is_err_and(|e| e.status().is_none()))
+        {
             return Err(TxError::DiedBefore(reply_of(e)));
         }
         if let Some((st, r)) = mail_failed {
@@ -365,11 +470,23 @@ impl Session {
         let mut results: Vec<RcptResult> = Vec::with_capacity(tx.rcpts.len());
         for (i, rcpt) in tx.rcpts.iter().enumerate() {
             match rcpt_replies.get(i) {
-                Some(Ok(resp)) => results.push(RcptResult { rcpt: rcpt.clone(), status: RcptStatus::Delivered, reply: reply_ok(resp) }),
+                Some(Ok(resp)) => results.push(RcptResult {
+                    rcpt: rcpt.clone(),
+                    status: RcptStatus::Delivered,
+                    reply: reply_ok(resp),
+                }),
                 Some(Err(e)) if is_dead(e) => return Err(TxError::DiedBefore(reply_of(e))),
                 Some(Err(e)) => {
-                    let st = if e.is_permanent() { RcptStatus::Failed } else { RcptStatus::Deferred };
-                    results.push(RcptResult { rcpt: rcpt.clone(), status: st, reply: reply_of(e) });
+                    let st = if e.is_permanent() {
+                        RcptStatus::Failed
+                    } else {
+                        RcptStatus::Deferred
+                    };
+                    results.push(RcptResult {
+                        rcpt: rcpt.clone(),
+                        status: st,
+                        reply: reply_of(e),
+                    });
                 }
                 None => return Err(TxError::DiedBefore(Reply::local("no reply to RCPT"))),
             }
@@ -379,7 +496,10 @@ impl Session {
             return Ok(results);
         }
         let set_accepted = |results: &mut Vec<RcptResult>, st: RcptStatus, reply: &Reply| {
-            for r in results.iter_mut().filter(|r| r.status == RcptStatus::Delivered) {
+            for r in results
+                .iter_mut()
+                .filter(|r| r.status == RcptStatus::Delivered)
+            {
                 r.status = st;
                 r.reply = reply.clone();
             }
@@ -388,7 +508,11 @@ impl Session {
             Ok(_) => {}
             Err(e) if is_dead(&e) => return Err(TxError::DiedBefore(reply_of(&e))),
             Err(e) => {
-                let st = if e.is_permanent() { RcptStatus::Failed } else { RcptStatus::Deferred };
+                let st = if e.is_permanent() {
+                    RcptStatus::Failed
+                } else {
+                    RcptStatus::Deferred
+                };
                 set_accepted(&mut results, st, &reply_of(&e));
                 return Ok(results);
             }
@@ -401,20 +525,30 @@ impl Session {
             Ok(Ok(resp)) => {
                 self.needs_reset = false;
                 let reply = reply_ok(&resp);
-                for r in results.iter_mut().filter(|r| r.status == RcptStatus::Delivered) {
+                for r in results
+                    .iter_mut()
+                    .filter(|r| r.status == RcptStatus::Delivered)
+                {
                     r.reply = reply.clone();
                 }
                 Ok(results)
             }
             Ok(Err(e)) if e.status().is_some() && !is_dead(&e) => {
-                let st = if e.is_permanent() { RcptStatus::Failed } else { RcptStatus::Deferred };
+                let st = if e.is_permanent() {
+                    RcptStatus::Failed
+                } else {
+                    RcptStatus::Deferred
+                };
                 set_accepted(&mut results, st, &reply_of(&e));
                 self.needs_reset = false;
                 Ok(results)
             }
             Ok(Err(e)) => {
                 let mut r = reply_of(&e);
-                r.text = format!("no reply to end-of-data (the message may have been delivered): {}", r.text);
+                r.text = format!(
+                    "no reply to end-of-data (the message may have been delivered): {}",
+                    r.text
+                );
                 set_accepted(&mut results, RcptStatus::Deferred, &r);
                 Err(TxError::DiedAfterData(results))
             }
@@ -438,14 +572,23 @@ impl Session {
     /// the DATA phase by unwinding out of `message_iter` (`resume_unwind`, which runs no panic
     /// hook) before the terminator is written; the caller then drops the connection, and the
     /// server discards the transaction.
-    fn stream_body(&mut self, tx: &Transaction<'_>, body: impl Read) -> Result<Result<Response, SmtpError>, BodyAbort> {
+    fn stream_body(
+        &mut self,
+        tx: &Transaction<'_>,
+        body: impl Read,
+    ) -> Result<Result<Response, SmtpError>, BodyAbort> {
         let mut reader = body;
         if tx.body_len <= SMALL_BODY {
             let mut buf = Vec::with_capacity(tx.body_len as usize);
             let read = (&mut reader).take(tx.body_len).read_to_end(&mut buf);
             match read {
                 Err(e) => return Err(BodyAbort(Err(format!("cannot read the spool file: {e}")))),
-                Ok(n) if (n as u64) < tx.body_len => return Err(BodyAbort(Err(format!("the spool file ended at byte {n} of {}", tx.body_len)))),
+                Ok(n) if (n as u64) < tx.body_len => {
+                    return Err(BodyAbort(Err(format!(
+                        "the spool file ended at byte {n} of {}",
+                        tx.body_len
+                    ))));
+                }
                 Ok(_) => {}
             }
             let mut scanner = ContentScanner::new();
@@ -454,17 +597,29 @@ impl Session {
             if let Ok(text) = std::str::from_utf8(&buf) {
                 let mut wire = String::with_capacity(buf.len() + buf.len() / 32 + 8);
                 dot_stuff(text, &mut wire);
-                wire.push_str(if summary.ends_with_crlf || buf.is_empty() { ".\r\n" } else { "\r\n.\r\n" });
+                wire.push_str(if summary.ends_with_crlf || buf.is_empty() {
+                    ".\r\n"
+                } else {
+                    "\r\n.\r\n"
+                });
                 if buf.is_empty() {
                     wire.insert_str(0, "\r\n");
                 }
                 return Ok(self.conn.command(DataBlock(&wire)));
             }
-            let limit = if summary.ends_with_crlf { buf.len() - 2 } else { buf.len() };
+            let limit = if summary.ends_with_crlf {
+                buf.len() - 2
+            } else {
+                buf.len()
+            };
             buf.truncate(limit);
             return Ok(self.conn.message_iter(std::iter::once(buf)));
         }
-        let limit = if tx.ends_with_crlf { tx.body_len - 2 } else { tx.body_len };
+        let limit = if tx.ends_with_crlf {
+            tx.body_len - 2
+        } else {
+            tx.body_len
+        };
         let mut scanner = ContentScanner::new();
         let mut sent: u64 = 0;
         let mut buf = vec![0u8; 64 * 1024];
@@ -476,10 +631,14 @@ impl Session {
             let want = ((total - sent) as usize).min(buf.len());
             let n = loop {
                 match reader.read(&mut buf[..want]) {
-                    Ok(0) => resume_unwind(Box::new(BodyAbort(Err(format!("the spool file ended at byte {sent} of {total}"))))),
+                    Ok(0) => resume_unwind(Box::new(BodyAbort(Err(format!(
+                        "the spool file ended at byte {sent} of {total}"
+                    ))))),
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => resume_unwind(Box::new(BodyAbort(Err(format!("cannot read the spool file: {e}"))))),
+                    Err(e) => resume_unwind(Box::new(BodyAbort(Err(format!(
+                        "cannot read the spool file: {e}"
+                    ))))),
                 }
             };
             let chunk = &buf[..n];
@@ -494,7 +653,11 @@ impl Session {
                 resume_unwind(Box::new(BodyAbort(Ok(reason))));
             }
             // hold back the final CRLF (it is part of lettre's terminator)
-            let end = if sent > limit { (limit.saturating_sub(start)) as usize } else { n };
+            let end = if sent > limit {
+                (limit.saturating_sub(start)) as usize
+            } else {
+                n
+            };
             Some(chunk[..end].to_vec())
         });
         let conn = &mut self.conn;

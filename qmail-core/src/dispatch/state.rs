@@ -30,11 +30,17 @@ pub struct Reply {
 impl Reply {
     /// A reply with a code.
     pub fn smtp(code: u16, text: impl Into<String>) -> Reply {
-        Reply { code: Some(code), text: text.into() }
+        Reply {
+            code: Some(code),
+            text: text.into(),
+        }
     }
     /// A local reason (no server reply).
     pub fn local(text: impl Into<String>) -> Reply {
-        Reply { code: None, text: text.into() }
+        Reply {
+            code: None,
+            text: text.into(),
+        }
     }
 }
 
@@ -147,7 +153,11 @@ impl MessageState {
         let dir = spool.join(STATE_DIR);
         let tmp = dir.join(format!("{id}.json+{instance}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(&bytes)?;
         if durable {
             f.sync_all()?;

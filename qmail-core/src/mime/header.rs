@@ -13,7 +13,10 @@ pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::new(ErrorKind::InvalidHeader, "header name is empty"));
     }
-    if let Some(b) = name.bytes().find(|&b| !(33..=126).contains(&b) || b == b':') {
+    if let Some(b) = name
+        .bytes()
+        .find(|&b| !(33..=126).contains(&b) || b == b':')
+    {
         return Err(Error::new(
             ErrorKind::InvalidHeader,
             format!(
@@ -23,7 +26,10 @@ pub fn check_name(name: &str) -> Result<()> {
         ));
     }
     if name.len() > 76 {
-        return Err(Error::new(ErrorKind::InvalidHeader, "header name is over 76 characters"));
+        return Err(Error::new(
+            ErrorKind::InvalidHeader,
+            "header name is over 76 characters",
+        ));
     }
     Ok(())
 }
@@ -78,7 +84,9 @@ pub fn fold(name: &str, tokens: &[String], sep: &str, out: &mut Vec<u8>) {
 fn plain_ok(name: &str, value: &str) -> bool {
     value.is_ascii()
         && !value.contains("=?")
-        && value.split(' ').all(|w| w.len() + name.len() + 2 <= MAX_LINE)
+        && value
+            .split(' ')
+            .all(|w| w.len() + name.len() + 2 <= MAX_LINE)
         && !value.starts_with([' ', '\t'])
 }
 
@@ -98,9 +106,11 @@ pub fn write_unstructured(name: &str, value: &str, out: &mut Vec<u8>) {
 /// other printable ASCII, as encoded-words (RFC 2047 §5(3)) when it is not ASCII. An
 /// encoded-word is never put inside quotes.
 pub fn phrase(name: &str) -> Vec<String> {
-    let atoms = name
-        .split(' ')
-        .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii() && crate::address::is_atext(c)));
+    let atoms = name.split(' ').all(|w| {
+        !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii() && crate::address::is_atext(c))
+    });
     if atoms && !name.contains("=?") {
         return name.split(' ').map(str::to_owned).collect();
     }
@@ -122,7 +132,12 @@ pub fn phrase(name: &str) -> Vec<String> {
     // drop it; CPython's policy.default keeps it).
     let mut out = Vec::new();
     let mut run: Vec<&str> = Vec::new();
-    let plain = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii() && crate::address::is_atext(c)) && !w.contains("=?");
+    let plain = |w: &str| {
+        !w.is_empty()
+            && w.chars()
+                .all(|c| c.is_ascii() && crate::address::is_atext(c))
+            && !w.contains("=?")
+    };
     for w in name.split(' ') {
         if plain(w) {
             if !run.is_empty() {
@@ -152,7 +167,10 @@ mod tests {
         for line in s.split("\r\n") {
             assert!(line.len() <= FOLD_AT, "{line}");
         }
-        assert_eq!(s.replace("\r\n ", " "), format!("Subject: {}\r\n", "word ".repeat(40)));
+        assert_eq!(
+            s.replace("\r\n ", " "),
+            format!("Subject: {}\r\n", "word ".repeat(40))
+        );
     }
 
     #[test]

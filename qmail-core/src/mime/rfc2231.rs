@@ -21,7 +21,10 @@ pub fn encode_param(name: &str, value: &str) -> Vec<String> {
     if !value.is_empty() && value.bytes().all(is_token) {
         return vec![format!("{name}={value}")];
     }
-    if value.is_ascii() && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) && value.len() < 60 {
+    if value.is_ascii()
+        && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+        && value.len() < 60
+    {
         let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
         return vec![format!("{name}=\"{escaped}\"")];
     }
@@ -51,7 +54,11 @@ pub fn encode_param(name: &str, value: &str) -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            if i == 0 { format!("{name}*0*=utf-8''{p}") } else { format!("{name}*{i}*={p}") }
+            if i == 0 {
+                format!("{name}*0*=utf-8''{p}")
+            } else {
+                format!("{name}*{i}*={p}")
+            }
         })
         .collect()
 }
@@ -62,8 +69,14 @@ mod tests {
 
     #[test]
     fn forms() {
-        assert_eq!(encode_param("filename", "plain-ascii.txt"), vec!["filename=plain-ascii.txt"]);
-        assert_eq!(encode_param("filename", "a b.txt"), vec!["filename=\"a b.txt\""]);
+        assert_eq!(
+            encode_param("filename", "plain-ascii.txt"),
+            vec!["filename=plain-ascii.txt"]
+        );
+        assert_eq!(
+            encode_param("filename", "a b.txt"),
+            vec!["filename=\"a b.txt\""]
+        );
         assert_eq!(
             encode_param("filename", "Töööst.pdf"),
             vec!["filename*=utf-8''T%C3%B6%C3%B6%C3%B6st.pdf"]

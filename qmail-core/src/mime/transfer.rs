@@ -61,9 +61,17 @@ pub fn normalise_line_breaks(text: &[u8]) -> Vec<u8> {
 
 /// Chooses 7bit or quoted-printable for CRLF-normalised text.
 pub fn choose_text_encoding(crlf_text: &[u8]) -> Encoding {
-    let short = crlf_text.split(|&b| b == b'\n').all(|l| l.len() <= ENCODED_LINE + 1);
-    let clean = crlf_text.iter().all(|&b| b == b'\r' || b == b'\n' || b == b'\t' || (32..127).contains(&b));
-    if short && clean { Encoding::SevenBit } else { Encoding::QuotedPrintable }
+    let short = crlf_text
+        .split(|&b| b == b'\n')
+        .all(|l| l.len() <= ENCODED_LINE + 1);
+    let clean = crlf_text
+        .iter()
+        .all(|&b| b == b'\r' || b == b'\n' || b == b'\t' || (32..127).contains(&b));
+    if short && clean {
+        Encoding::SevenBit
+    } else {
+        Encoding::QuotedPrintable
+    }
 }
 
 /// Quoted-printable encoding of CRLF-normalised text: CRLF stays a hard line break; every
@@ -119,7 +127,9 @@ fn split_crlf(text: &[u8]) -> Vec<&[u8]> {
 pub fn base64_lines(data: &[u8], out: &mut impl Write) -> io::Result<()> {
     for line in data.chunks(B64_LINE_RAW) {
         let mut buf = [0u8; ENCODED_LINE];
-        let n = STANDARD.encode_slice(line, &mut buf).map_err(io::Error::other)?;
+        let n = STANDARD
+            .encode_slice(line, &mut buf)
+            .map_err(io::Error::other)?;
         out.write_all(&buf[..n])?;
         out.write_all(b"\r\n")?;
     }
@@ -154,7 +164,9 @@ pub fn base64_stream(
         total += filled as u64;
         let mut w = 0;
         for line in buf[..filled].chunks(B64_LINE_RAW) {
-            let n = STANDARD.encode_slice(line, &mut enc[w..w + ENCODED_LINE]).map_err(|e| Err(io::Error::other(e)))?;
+            let n = STANDARD
+                .encode_slice(line, &mut enc[w..w + ENCODED_LINE])
+                .map_err(|e| Err(io::Error::other(e)))?;
             w += n;
             enc[w] = b'\r';
             enc[w + 1] = b'\n';
@@ -173,7 +185,10 @@ mod tests {
 
     #[test]
     fn normalises() {
-        assert_eq!(normalise_line_breaks(b"a\nb\r\nc\rd\r"), b"a\r\nb\r\nc\r\nd\r\n");
+        assert_eq!(
+            normalise_line_breaks(b"a\nb\r\nc\rd\r"),
+            b"a\r\nb\r\nc\r\nd\r\n"
+        );
     }
 
     #[test]

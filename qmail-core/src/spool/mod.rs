@@ -95,7 +95,10 @@ pub struct SpoolOptions {
 
 impl Default for SpoolOptions {
     fn default() -> Self {
-        SpoolOptions { durable: true, file_mode: 0o600 }
+        SpoolOptions {
+            durable: true,
+            file_mode: 0o600,
+        }
     }
 }
 
@@ -134,20 +137,30 @@ impl Spool {
     pub fn open_with(path: impl AsRef<Path>, options: SpoolOptions) -> Result<Spool> {
         let root = path.as_ref().to_owned();
         if root.as_os_str().is_empty() {
-            return Err(Error::new(ErrorKind::NoSpoolConfigured, "the spool path is empty").with_field("spool"));
+            return Err(
+                Error::new(ErrorKind::NoSpoolConfigured, "the spool path is empty")
+                    .with_field("spool"),
+            );
         }
         if options.file_mode > 0o777 {
-            return Err(Error::new(ErrorKind::InvalidArgument, format!("file mode {:o} is over 0777", options.file_mode))
-                .with_field("file_mode"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("file mode {:o} is over 0777", options.file_mode),
+            )
+            .with_field("file_mode"));
         }
         let m = options.file_mode;
-        let dir_mode = 0o700 | (m & 0o077) | if m & 0o040 != 0 { 0o010 } else { 0 } | if m & 0o004 != 0 { 0o001 } else { 0 };
+        let dir_mode = 0o700
+            | (m & 0o077)
+            | if m & 0o040 != 0 { 0o010 } else { 0 }
+            | if m & 0o004 != 0 { 0o001 } else { 0 };
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(dir_mode);
         for st in QueueState::ALL {
             let d = root.join(st.dir_name());
             if !d.is_dir() {
-                b.create(&d).map_err(|e| unavailable(format_args!("cannot create {}", d.display()), e))?;
+                b.create(&d)
+                    .map_err(|e| unavailable(format_args!("cannot create {}", d.display()), e))?;
             }
         }
         Ok(Spool { root, options })
@@ -200,12 +213,17 @@ impl Spool {
             message_id: message.message_id().to_owned(),
         };
         self.commit(&header, |w| {
-            w.write_all(message.bytes()).map_err(|e| Error::io(ErrorKind::Io, "cannot write", e))?;
+            w.write_all(message.bytes())
+                .map_err(|e| Error::io(ErrorKind::Io, "cannot write", e))?;
             Ok(message.bytes().len() as u64)
         })
     }
 
-    fn commit(&self, header: &SpoolHeader, body: impl FnOnce(&mut BufWriter<File>) -> Result<u64>) -> Result<QueueId> {
+    fn commit(
+        &self,
+        header: &SpoolHeader,
+        body: impl FnOnce(&mut BufWriter<File>) -> Result<u64>,
+    ) -> Result<QueueId> {
         let id = QueueId::generate();
         let tmp = self.state_dir(QueueState::Tmp).join(id.as_str());
         let file = OpenOptions::new()
@@ -221,26 +239,37 @@ impl Spool {
                     .map_err(|e| unavailable("cannot set the file mode", e))?;
             }
             let mut w = BufWriter::with_capacity(128 * 1024, file);
-            record::write_header(&mut w, header).map_err(|e| unavailable("cannot write the spool file", e))?;
+            record::write_header(&mut w, header)
+                .map_err(|e| unavailable("cannot write the spool file", e))?;
             let len = body(&mut w).map_err(|e| match e.kind() {
                 ErrorKind::Io => match e.io_error() {
-                    Some(io) => unavailable("cannot write the spool file", std::io::Error::new(io.kind(), io.to_string())),
-                    None => Error::new(ErrorKind::SpoolUnavailable, e.message()).with_field("spool"),
+                    Some(io) => unavailable(
+                        "cannot write the spool file",
+                        std::io::Error::new(io.kind(), io.to_string()),
+                    ),
+                    None => {
+                        Error::new(ErrorKind::SpoolUnavailable, e.message()).with_field("spool")
+                    }
                 },
                 _ => e,
             })?;
-            record::write_trailer(&mut w, len).map_err(|e| unavailable("cannot write the spool file", e))?;
-            let file = w.into_inner().map_err(|e| unavailable("cannot write the spool file", e.into_error()))?;
+            record::write_trailer(&mut w, len)
+                .map_err(|e| unavailable("cannot write the spool file", e))?;
+            let file = w
+                .into_inner()
+                .map_err(|e| unavailable("cannot write the spool file", e.into_error()))?;
             if self.options.durable {
-                file.sync_all().map_err(|e| unavailable("cannot fsync the spool file", e))?;
+                file.sync_all()
+                    .map_err(|e| unavailable("cannot fsync the spool file", e))?;
             }
             let state = match header.not_before {
                 Some(t) if t > now_secs() => QueueState::Scheduled,
                 _ => QueueState::Ready,
             };
             let dir = self.state_dir(state);
-            fs::rename(&tmp, dir.join(id.as_str()))
-                .map_err(|e| unavailable(format_args!("cannot rename into {}", dir.display()), e))?;
+            fs::rename(&tmp, dir.join(id.as_str())).map_err(|e| {
+                unavailable(format_args!("cannot rename into {}", dir.display()), e)
+            })?;
             if self.options.durable {
                 sync_dir(&dir).map_err(|e| unavailable("cannot fsync the spool directory", e))?;
             }
@@ -255,5 +284,8 @@ impl Spool {
 }
 
 pub(crate) fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -27,16 +27,28 @@ pub type MessageId = QueueId;
 fn host_tag() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| {
-        let h = hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        let h = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let short: String = h
             .split('.')
             .next()
             .unwrap_or("")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(32)
             .collect();
-        if short.is_empty() { "host".to_owned() } else { short }
+        if short.is_empty() {
+            "host".to_owned()
+        } else {
+            short
+        }
     })
 }
 
@@ -44,7 +56,9 @@ impl QueueId {
     /// A new id, unique across processes and hosts.
     pub fn generate() -> QueueId {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         QueueId(format!(
             "{}.{:06}.{}.{}.{}.{}",
@@ -65,9 +79,14 @@ impl QueueId {
         let ok = !s.is_empty()
             && s.len() <= MAX_LEN
             && !s.starts_with('.')
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok {
-            return Err(Error::new(ErrorKind::InvalidArgument, format!("{s:?} is not a queue id")).with_field("id"));
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{s:?} is not a queue id"),
+            )
+            .with_field("id"));
         }
         Ok(QueueId(s.to_owned()))
     }

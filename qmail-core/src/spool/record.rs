@@ -92,7 +92,13 @@ impl SpoolFile {
     /// [`ErrorKind::Corrupt`] for a file that is not a complete spool file;
     /// [`ErrorKind::Io`] when it cannot be read.
     pub fn open(path: &Path) -> Result<SpoolFile> {
-        let file = File::open(path).map_err(|e| Error::io(ErrorKind::Io, format_args!("cannot open {}", path.display()), e))?;
+        let file = File::open(path).map_err(|e| {
+            Error::io(
+                ErrorKind::Io,
+                format_args!("cannot open {}", path.display()),
+                e,
+            )
+        })?;
         SpoolFile::from_file(file)
     }
 
@@ -113,15 +119,20 @@ impl SpoolFile {
         }
         let version = u16::from_le_bytes([prefix[8], prefix[9]]);
         if version == 0 || version > FORMAT_VERSION {
-            return Err(corrupt(format!("format version {version} is not known (this reader knows 1..={FORMAT_VERSION})")));
+            return Err(corrupt(format!(
+                "format version {version} is not known (this reader knows 1..={FORMAT_VERSION})"
+            )));
         }
         let hlen = u32::from_le_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
         if hlen > MAX_HEADER || PREFIX_LEN + hlen as u64 + TRAILER_LEN > size {
-            return Err(corrupt(format!("header length {hlen} does not fit the file")));
+            return Err(corrupt(format!(
+                "header length {hlen} does not fit the file"
+            )));
         }
         let mut hbuf = vec![0u8; hlen as usize];
         file.read_exact(&mut hbuf).map_err(io)?;
-        let header: SpoolHeader = postcard::from_bytes(&hbuf).map_err(|e| corrupt(format!("header does not decode: {e}")))?;
+        let header: SpoolHeader = postcard::from_bytes(&hbuf)
+            .map_err(|e| corrupt(format!("header does not decode: {e}")))?;
         let body_offset = PREFIX_LEN + hlen as u64;
         file.seek(SeekFrom::Start(size - TRAILER_LEN)).map_err(io)?;
         let mut trailer = [0u8; TRAILER_LEN as usize];
@@ -131,9 +142,18 @@ impl SpoolFile {
         }
         let body_len = u64::from_le_bytes(trailer[8..16].try_into().unwrap_or_default());
         if body_offset + body_len + TRAILER_LEN != size {
-            return Err(corrupt(format!("trailer says {body_len} message bytes; the file holds {}", size - body_offset - TRAILER_LEN)));
+            return Err(corrupt(format!(
+                "trailer says {body_len} message bytes; the file holds {}",
+                size - body_offset - TRAILER_LEN
+            )));
         }
-        Ok(SpoolFile { header, version, body_offset, body_len, file })
+        Ok(SpoolFile {
+            header,
+            version,
+            body_offset,
+            body_len,
+            file,
+        })
     }
 
     /// A buffered reader over exactly the message bytes.
@@ -141,8 +161,12 @@ impl SpoolFile {
     /// # Errors
     /// [`ErrorKind::Io`].
     pub fn body_reader(&self) -> Result<impl Read + use<>> {
-        let mut f = self.file.try_clone().map_err(|e| Error::io(ErrorKind::Io, "cannot read spool file", e))?;
-        f.seek(SeekFrom::Start(self.body_offset)).map_err(|e| Error::io(ErrorKind::Io, "cannot read spool file", e))?;
+        let mut f = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::io(ErrorKind::Io, "cannot read spool file", e))?;
+        f.seek(SeekFrom::Start(self.body_offset))
+            .map_err(|e| Error::io(ErrorKind::Io, "cannot read spool file", e))?;
         Ok(BufReader::with_capacity(64 * 1024, f).take(self.body_len))
     }
 
@@ -152,7 +176,9 @@ impl SpoolFile {
     /// [`ErrorKind::Io`].
     pub fn read_body(&self) -> Result<Vec<u8>> {
         let mut v = Vec::with_capacity(self.body_len as usize);
-        self.body_reader()?.read_to_end(&mut v).map_err(|e| Error::io(ErrorKind::Io, "cannot read spool file", e))?;
+        self.body_reader()?
+            .read_to_end(&mut v)
+            .map_err(|e| Error::io(ErrorKind::Io, "cannot read spool file", e))?;
         Ok(v)
     }
 }

@@ -13,7 +13,10 @@ pub fn cases() -> Vec<Value> {
 }
 
 pub fn case(id: &str) -> Value {
-    cases().into_iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("case {id}"))
+    cases()
+        .into_iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("case {id}"))
 }
 
 /// Expands the `"a*1500"` convention of the cases.
@@ -23,7 +26,10 @@ pub fn expand(s: &str) -> String {
     // a run is a single char followed by '*' and digits
     while let Some(star) = rest.find('*') {
         let (before, after) = rest.split_at(star);
-        let digits: String = after[1..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = after[1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         if digits.is_empty() || before.is_empty() {
             out.push_str(&rest[..star + 1]);
             rest = &rest[star + 1..];
@@ -89,9 +95,16 @@ pub fn build(input: &Value) -> qmail_core::Result<qmail_core::Message> {
     }
     for a in list(&input["attachments"]) {
         let data: Vec<u8> = if let Some(hex) = a["content_hex"].as_str() {
-            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect()
         } else {
-            a["content"].as_str().unwrap_or_default().as_bytes().to_vec()
+            a["content"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec()
         };
         b.attach_bytes(data, a["filename"].as_str(), a["content_type"].as_str())?;
     }
@@ -132,7 +145,10 @@ pub fn assert_header_folding(bytes: &[u8]) {
             if n != b' ' && n != b'\t' {
                 let line = &body[i + 2..];
                 let colon = line.find(':').expect("field has a colon");
-                assert!(line[..colon].bytes().all(|b| (33..=126).contains(&b)), "bad field start {line:?}");
+                assert!(
+                    line[..colon].bytes().all(|b| (33..=126).contains(&b)),
+                    "bad field start {line:?}"
+                );
             }
         }
     }
@@ -148,5 +164,7 @@ pub fn field_names(bytes: &[u8]) -> Vec<String> {
 }
 
 pub fn parse(bytes: &[u8]) -> mail_parser::Message<'_> {
-    mail_parser::MessageParser::default().parse(bytes).expect("mail-parser reads the message")
+    mail_parser::MessageParser::default()
+        .parse(bytes)
+        .expect("mail-parser reads the message")
 }

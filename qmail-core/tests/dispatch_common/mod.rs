@@ -16,7 +16,10 @@ use qmail_core::{Envelope, QueueId, SpoolHeader};
 /// The repository root (both crates that use this module sit one level below it).
 pub fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().expect("crate dir has a parent").to_owned()
+    manifest
+        .parent()
+        .expect("crate dir has a parent")
+        .to_owned()
 }
 
 /// `.venv/bin/python`, created by `scripts/setup-python-env`.
@@ -73,11 +76,19 @@ pub struct SmtpServer {
 }
 
 fn b64(v: &serde_json::Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).expect("base64")
+    base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().unwrap_or(""))
+        .expect("base64")
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array().map(|a| a.iter().map(|x| x.as_str().unwrap_or("").to_owned()).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl SmtpServer {
@@ -99,12 +110,22 @@ impl SmtpServer {
             .expect("start the test SMTP server");
         let t0 = Instant::now();
         while !ready.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "the test SMTP server did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the test SMTP server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).expect("ready file")).expect("ready json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&ready).expect("ready file"))
+                .expect("ready json");
         let port = v["port"].as_u64().expect("port") as u16;
-        SmtpServer { child, port, record, _dir: dir }
+        SmtpServer {
+            child,
+            port,
+            record,
+            _dir: dir,
+        }
     }
 
     /// A relay URL for it (`query` without `?`, e.g. `tls=none`).
@@ -115,13 +136,22 @@ impl SmtpServer {
     /// Every completed transaction so far, in order.
     pub fn transactions(&self) -> Vec<Tx> {
         let mut names: Vec<PathBuf> = std::fs::read_dir(&self.record)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tx-"))).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("tx-"))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
             .iter()
             .map(|p| {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).expect("read tx")).expect("tx json");
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(p).expect("read tx")).expect("tx json");
                 Tx {
                     seq: v["seq"].as_u64().unwrap_or(0),
                     session: v["session"].as_u64().unwrap_or(0),
@@ -146,15 +176,23 @@ impl SmtpServer {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.path())
-                    .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("session-")))
+                    .filter(|p| {
+                        p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("session-"))
+                    })
                     .map(|p| {
-                        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).expect("read session")).expect("session json");
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&std::fs::read(&p).expect("read session"))
+                                .expect("session json");
                         SessionRec {
                             session: v["session"].as_u64().unwrap_or(0),
                             raw: b64(&v["raw_b64"]),
                             plain: b64(&v["plain_b64"]),
                             lines: strings(&v["lines"]),
-                            chunks: v["chunks_b64"].as_array().map(|a| a.iter().map(b64).collect()).unwrap_or_default(),
+                            chunks: v["chunks_b64"]
+                                .as_array()
+                                .map(|a| a.iter().map(b64).collect())
+                                .unwrap_or_default(),
                             transactions: v["transactions"].as_u64().unwrap_or(0),
                         }
                     })
@@ -167,7 +205,10 @@ impl SmtpServer {
 
     /// The transactions the server accepted (250 to end-of-data).
     pub fn delivered(&self) -> Vec<Tx> {
-        self.transactions().into_iter().filter(|t| t.reply.starts_with("250")).collect()
+        self.transactions()
+            .into_iter()
+            .filter(|t| t.reply.starts_with("250"))
+            .collect()
     }
 
     /// Waits until at least `n` transactions were accepted.
@@ -185,7 +226,11 @@ impl SmtpServer {
     /// How many DATA were recorded (file names only: cheap).
     pub fn count(&self) -> usize {
         std::fs::read_dir(&self.record)
-            .map(|rd| rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("tx-")).count())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("tx-"))
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -236,7 +281,9 @@ impl Drop for SmtpServer {
 /// The "unstuffed wire" of the shared cases: the DATA bytes without the final `.CRLF`, one
 /// leading dot removed from each line that starts with a dot (RFC 5321 §4.5.2).
 pub fn unstuff(wire: &[u8]) -> Vec<u8> {
-    let body = wire.strip_suffix(b".\r\n").expect("the DATA ends with .CRLF");
+    let body = wire
+        .strip_suffix(b".\r\n")
+        .expect("the DATA ends with .CRLF");
     let mut out = Vec::with_capacity(body.len());
     for line in body.split_inclusive(|&b| b == b'\n') {
         out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
@@ -252,7 +299,10 @@ pub fn assert_wire_clean(wire: &[u8]) {
             assert!(i > 0 && wire[i - 1] == b'\r', "bare LF at {i} on the wire");
         }
         if b == b'\r' {
-            assert!(wire.get(i + 1) == Some(&b'\n'), "bare CR at {i} on the wire");
+            assert!(
+                wire.get(i + 1) == Some(&b'\n'),
+                "bare CR at {i} on the wire"
+            );
         }
     }
     for line in wire.split(|&b| b == b'\n') {
@@ -273,7 +323,10 @@ pub fn write_raw_spool(spool: &Path, mail_from: &str, rcpts: &[&str], body: &[u8
             smtputf8: false,
             eightbitmime: false,
         },
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
         not_before: None,
         priority: 3,
         message_id: "<hand@example.com>".into(),
@@ -292,8 +345,20 @@ pub fn write_raw_spool(spool: &Path, mail_from: &str, rcpts: &[&str], body: &[u8
 /// A configuration for tests: one spool, these relays, fast retries and leases, no
 /// cooldown (set per relay where a test needs it).
 pub fn config(spool: &Path, relays: &[String]) -> DispatchConfig {
-    let mut c = DispatchConfig { spools: vec![spool.to_owned()], workers: 2, ehlo_name: Some("dispatcher.test".into()), ..Default::default() };
-    c.relays = relays.iter().map(|u| qmail_core::RelayConfig { url: Some(u.clone()), cooldown_secs: 0, ..Default::default() }).collect();
+    let mut c = DispatchConfig {
+        spools: vec![spool.to_owned()],
+        workers: 2,
+        ehlo_name: Some("dispatcher.test".into()),
+        ..Default::default()
+    };
+    c.relays = relays
+        .iter()
+        .map(|u| qmail_core::RelayConfig {
+            url: Some(u.clone()),
+            cooldown_secs: 0,
+            ..Default::default()
+        })
+        .collect();
     c.retry.first_secs = 0;
     c.retry.jitter = 0.0;
     c.timeouts.connect_secs = 5;
@@ -307,7 +372,12 @@ pub fn config(spool: &Path, relays: &[String]) -> DispatchConfig {
 /// Files in a state directory of the spool.
 pub fn files(spool: &Path, dir: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(spool.join(dir))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -318,13 +388,20 @@ pub fn make_cert(dir: &Path, cn: &str, san: &str) -> (PathBuf, PathBuf) {
     let cert = dir.join(format!("{cn}-cert.pem"));
     let key = dir.join(format!("{cn}-key.pem"));
     let st = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
         .arg(format!("/CN={cn}"))
         .arg("-addext")
         .arg(format!("subjectAltName={san}"))
         // an end-entity certificate (webpki refuses a CA certificate as the server's), trusted
         // directly as its own anchor by the tests that set ca_file
-        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=serverAuth"])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
