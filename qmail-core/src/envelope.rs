@@ -16,6 +16,17 @@ pub struct Envelope {
     pub eightbitmime: bool,
 }
 
+/// Forward-paths in order, without duplicates (compared ASCII-case-insensitively, as mail
+/// systems treat domains; a local part differing only in case is taken as the same mailbox).
+/// Linear in the number of recipients.
+pub(crate) fn unique_recipients(addrs: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    addrs
+        .into_iter()
+        .filter(|a| seen.insert(a.to_ascii_lowercase()))
+        .collect()
+}
+
 impl Envelope {
     /// Checks every address for what must never reach an SMTP command: CR, LF, NUL, '<', '>',
     /// and unquoted spaces (RFC 5321 §4.1.2). The dispatcher runs this on every spool file it

@@ -356,6 +356,13 @@ impl MessageBuilder {
             }
             "date" => {
                 let v = value.trim();
+                if v.len() > 100 {
+                    return Err(Error::new(
+                        ErrorKind::InvalidHeader,
+                        "a Date is at most 100 characters",
+                    )
+                    .with_field(field()));
+                }
                 chrono::DateTime::parse_from_rfc2822(v).map_err(|e| {
                     Error::new(
                         ErrorKind::InvalidHeader,
@@ -571,13 +578,13 @@ impl MessageBuilder {
             Some(p) => p.clone(),
             None => ReversePath::Address(self.sender.as_ref().unwrap_or(&from).address().clone()),
         };
-        let mut rcpt: Vec<String> = Vec::new();
-        for m in self.to.iter().chain(&self.cc).chain(&self.bcc) {
-            let a = m.address().to_string();
-            if !rcpt.iter().any(|r| r.eq_ignore_ascii_case(&a)) {
-                rcpt.push(a);
-            }
-        }
+        let rcpt = crate::envelope::unique_recipients(
+            self.to
+                .iter()
+                .chain(&self.cc)
+                .chain(&self.bcc)
+                .map(|m| m.address().to_string()),
+        );
         let smtputf8 = std::iter::once(&from)
             .chain(&self.sender)
             .chain(&self.reply_to)
@@ -652,12 +659,27 @@ fn check_content_type(ct: &str) -> Result<()> {
                 && x.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
         };
-        tok(t) && tok(s)
+        // RFC 6838 §4.2: type and subtype names are at most 127 characters
+        tok(t) && tok(s) && t.len() <= 127 && s.len() <= 127
     });
     if !ok {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
-            format!("content type {ct:?} is not type/subtype (RFC 2045 §5.1)"),
+            format!("content type {ct:?} is not type/subtype (RFC 2045 §5.1, RFC 6838 §4.2)"),
+        ));
+    }
+    let top = ct
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if top == "multipart" || top == "message" {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "an attachment cannot be {ct}: composite types may not be base64-encoded \
+                 (RFC 2045 §6.4); attach it as application/octet-stream"
+            ),
         ));
     }
     Ok(())
@@ -676,13 +698,16 @@ fn check_filename(name: &str) -> Result<()> {
 fn check_content_id(cid: &str) -> Result<()> {
     let cid = cid.trim_start_matches('<').trim_end_matches('>');
     if cid.is_empty()
+        || cid.len() > 250
         || !cid
             .bytes()
             .all(|b| b.is_ascii_graphic() && !b"<>\"()[]\\,;:".contains(&b))
     {
         return Err(Error::new(
             ErrorKind::InvalidHeader,
-            format!("Content-ID {cid:?} must be printable ASCII without specials (RFC 2392)"),
+            format!(
+                "Content-ID {cid:?} must be 1..=250 printable ASCII characters without specials (RFC 2392)"
+            ),
         ));
     }
     Ok(())
@@ -808,16 +833,19 @@ fn percent_decode(s: &str) -> String {
 
 fn check_message_id(v: &str) -> Result<()> {
     let inner = v.strip_prefix('<').and_then(|x| x.strip_suffix('>'));
-    let ok = inner.is_some_and(|i| {
-        i.split_once('@')
-            .is_some_and(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains('@'))
-            && i.bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
-    });
+    let ok = v.len() <= 250
+        && inner.is_some_and(|i| {
+            i.split_once('@')
+                .is_some_and(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains('@'))
+                && i.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+        });
     if !ok {
         return Err(Error::new(
             ErrorKind::InvalidHeader,
-            format!("{v:?} is not a msg-id <left@right> (RFC 5322 §3.6.4)"),
+            format!(
+                "{v:?} is not a msg-id <left@right> of at most 250 characters (RFC 5322 §3.6.4)"
+            ),
         ));
     }
     Ok(())

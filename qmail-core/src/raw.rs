@@ -199,13 +199,7 @@ impl RawMessage {
                 }
             }
         }
-        let mut rcpt_to: Vec<String> = Vec::new();
-        for a in &rcpt {
-            let s = a.to_string();
-            if !rcpt_to.iter().any(|r| r.eq_ignore_ascii_case(&s)) {
-                rcpt_to.push(s);
-            }
-        }
+        let rcpt_to = crate::envelope::unique_recipients(rcpt.iter().map(|a| a.to_string()));
         if rcpt_to.is_empty() {
             return Err(invalid("the message has no recipient").with_field("recipients"));
         }

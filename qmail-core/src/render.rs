@@ -107,15 +107,31 @@ impl Node<'_> {
                         )
                         .with_field(field.clone())
                     })?;
-                    transfer::base64_stream(&mut f, &mut WriteDyn(out)).map_err(|e| match e {
-                        Ok(read) => Error::io(
+                    let expected = f.metadata().map(|m| m.len()).ok();
+                    let read = transfer::base64_stream(&mut f, &mut WriteDyn(out)).map_err(
+                        |e| match e {
+                            Ok(read) => Error::io(
+                                ErrorKind::Attachment,
+                                format_args!("cannot read {}", p.display()),
+                                read,
+                            )
+                            .with_field(field.clone()),
+                            Err(write) => io_err(write),
+                        },
+                    )?;
+                    // a file truncated or extended while it was read would be spooled cut
+                    // short or torn: refuse it (the submit is rolled back)
+                    if expected.is_some_and(|n| n != read) {
+                        return Err(Error::new(
                             ErrorKind::Attachment,
-                            format_args!("cannot read {}", p.display()),
-                            read,
+                            format!(
+                                "{} changed size while it was read ({} bytes expected, {read} read)",
+                                p.display(),
+                                expected.unwrap_or_default()
+                            ),
                         )
-                        .with_field(field.clone()),
-                        Err(write) => io_err(write),
-                    })?;
+                        .with_field(field.clone()));
+                    }
                 }
             },
             Node::Multi {

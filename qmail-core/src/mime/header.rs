@@ -106,15 +106,21 @@ pub fn write_unstructured(name: &str, value: &str, out: &mut Vec<u8>) {
 /// other printable ASCII, as encoded-words (RFC 2047 §5(3)) when it is not ASCII. An
 /// encoded-word is never put inside quotes.
 pub fn phrase(name: &str) -> Vec<String> {
-    let atoms = name.split(' ').all(|w| {
+    // a plain atom: atext only, no "=?", and short enough that no header line outgrows 78
+    // characters where avoidable and 998 octets ever (RFC 5322 §2.1.1); longer words and
+    // quoted strings are encoded (encoded-words are cut at 75 characters)
+    const LONGEST_PLAIN: usize = 60;
+    let plain = |w: &str| {
         !w.is_empty()
+            && w.len() <= LONGEST_PLAIN
             && w.chars()
                 .all(|c| c.is_ascii() && crate::address::is_atext(c))
-    });
-    if atoms && !name.contains("=?") {
+            && !w.contains("=?")
+    };
+    if name.split(' ').all(plain) {
         return name.split(' ').map(str::to_owned).collect();
     }
-    if name.is_ascii() {
+    if name.is_ascii() && name.len() <= LONGEST_PLAIN && !name.contains("=?") {
         let mut q = String::with_capacity(name.len() + 2);
         q.push('"');
         for c in name.chars() {
@@ -126,18 +132,12 @@ pub fn phrase(name: &str) -> Vec<String> {
         q.push('"');
         return vec![q];
     }
-    // Non-ASCII: words that are plain atoms stay as they are; each run of words that need
+    // Otherwise: words that are plain atoms stay as they are; each run of words that need
     // encoding becomes encoded-words (the spaces inside a run encoded as '_'). Two encoded-words
     // are then never separated by a real space, which decoders disagree on (RFC 2047 §6.2 says
     // drop it; CPython's policy.default keeps it).
     let mut out = Vec::new();
     let mut run: Vec<&str> = Vec::new();
-    let plain = |w: &str| {
-        !w.is_empty()
-            && w.chars()
-                .all(|c| c.is_ascii() && crate::address::is_atext(c))
-            && !w.contains("=?")
-    };
     for w in name.split(' ') {
         if plain(w) {
             if !run.is_empty() {

@@ -18,7 +18,7 @@ fn is_attr_char(b: u8) -> bool {
 /// Renders `name=value` as one or more `; `-separated parameter strings (already split into
 /// continuations), ready to be folded one per line.
 pub fn encode_param(name: &str, value: &str) -> Vec<String> {
-    if !value.is_empty() && value.bytes().all(is_token) {
+    if !value.is_empty() && value.len() < 60 && value.bytes().all(is_token) {
         return vec![format!("{name}={value}")];
     }
     if value.is_ascii()

@@ -142,6 +142,16 @@ impl Spool {
                     .with_field("spool"),
             );
         }
+        if options.file_mode & 0o002 != 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "file mode {:o} makes spool files world-writable",
+                    options.file_mode
+                ),
+            )
+            .with_field("file_mode"));
+        }
         if options.file_mode > 0o777 {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -224,6 +234,17 @@ impl Spool {
         header: &SpoolHeader,
         body: impl FnOnce(&mut BufWriter<File>) -> Result<u64>,
     ) -> Result<QueueId> {
+        let encoded = record::encoded_header_len(header);
+        if encoded > record::MAX_HEADER as usize {
+            return Err(Error::new(
+                ErrorKind::InvalidMessage,
+                format!(
+                    "the envelope takes {encoded} bytes; a spool file header holds at most {} (split the recipients over several messages)",
+                    record::MAX_HEADER
+                ),
+            )
+            .with_field("to"));
+        }
         let id = QueueId::generate();
         let tmp = self.state_dir(QueueState::Tmp).join(id.as_str());
         let file = OpenOptions::new()

@@ -51,9 +51,20 @@ pub struct SpoolHeader {
     pub message_id: String,
 }
 
+/// The encoded length of a header, in bytes (must be at most [`MAX_HEADER`]).
+pub fn encoded_header_len(h: &SpoolHeader) -> usize {
+    postcard::experimental::serialized_size(h).unwrap_or(usize::MAX)
+}
+
 /// Writes the prefix and header.
 pub fn write_header(out: &mut impl Write, h: &SpoolHeader) -> io::Result<u64> {
     let bytes = postcard::to_stdvec(h).map_err(io::Error::other)?;
+    if bytes.len() > MAX_HEADER as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "spool header over MAX_HEADER",
+        ));
+    }
     out.write_all(MAGIC)?;
     out.write_all(&FORMAT_VERSION.to_le_bytes())?;
     out.write_all(&(bytes.len() as u32).to_le_bytes())?;
@@ -92,6 +103,17 @@ impl SpoolFile {
     /// [`ErrorKind::Corrupt`] for a file that is not a complete spool file;
     /// [`ErrorKind::Io`] when it cannot be read.
     pub fn open(path: &Path) -> Result<SpoolFile> {
+        // never open a FIFO, device, directory or symlink found in a queue directory
+        let meta = std::fs::symlink_metadata(path).map_err(|e| {
+            Error::io(
+                ErrorKind::Io,
+                format_args!("cannot stat {}", path.display()),
+                e,
+            )
+        })?;
+        if !meta.file_type().is_file() {
+            return Err(corrupt(format!("{} is not a regular file", path.display())));
+        }
         let file = File::open(path).map_err(|e| {
             Error::io(
                 ErrorKind::Io,
