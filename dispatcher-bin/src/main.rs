@@ -95,7 +95,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // colours only on a terminal: not in files or the journal
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Json => b.json().flatten_event(true).try_init(),
         LogFormat::Human => b.try_init(),
@@ -291,6 +293,10 @@ fn move_ids(
     what: &str,
     f: impl Fn(&std::path::Path, &[String]) -> std::io::Result<Vec<String>>,
 ) -> Result<ExitCode> {
+    // ids are file names: refuse anything that is not a queue id (no "../", no "/")
+    for id in ids {
+        qmail_core::QueueId::parse(id).map_err(|e| anyhow::anyhow!("{id:?}: {e}"))?;
+    }
     let mut moved: Vec<String> = Vec::new();
     for sp in spools {
         // with explicit ids, each spool is asked only for the ones it holds

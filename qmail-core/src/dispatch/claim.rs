@@ -107,13 +107,14 @@ impl Lease {
     /// I/O errors.
     pub fn acquire(spool: &Path, instance: &str) -> io::Result<Lease> {
         let dir = spool.join(LEASE_DIR);
-        fs::create_dir_all(&dir)?;
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&dir)?;
         let path = dir.join(instance);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            OpenOptions::new().write(true).create(true).truncate(true),
+            0o600,
+        )
+        .open(&path)?;
         writeln!(
             f,
             "instance={instance}\npid={}\nstarted={}",

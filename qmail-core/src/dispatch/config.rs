@@ -456,6 +456,31 @@ impl DispatchConfig {
                     .unwrap_or_else(|| "localhost".into()),
             );
         }
+        // the EHLO argument goes into an SMTP command: a domain or an address literal only
+        // (RFC 5321 §4.1.1.1), never CR, LF or spaces
+        let ehlo = self.ehlo();
+        let ok = if let Some(lit) = ehlo.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            lit.parse::<std::net::Ipv4Addr>().is_ok()
+                || lit
+                    .strip_prefix("IPv6:")
+                    .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok())
+        } else {
+            ehlo.len() <= 255
+                && ehlo.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        if !ok {
+            return Err(invalid(
+                "ehlo_name",
+                &format!(
+                    "ehlo_name {ehlo:?} is not a host name or an address literal (RFC 5321 §4.1.1.1)"
+                ),
+            ));
+        }
         if self.rescan_ms == 0 {
             self.rescan_ms = 5000;
         }

@@ -122,7 +122,10 @@ pub fn prepare_spool(path: &Path, outbox: bool, sent: bool) -> Result<()> {
     }
     for d in dirs {
         let p = path.join(d);
-        fs::create_dir_all(&p)
+        // 0700 like the spool's own directories: state, leases and outbox hold addresses
+        // and whole messages
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&p)
             .map_err(|e| io_err(format_args!("cannot create {}", p.display()), e))?;
     }
     Ok(())
@@ -677,7 +680,12 @@ impl Shared {
         let dir = cl.spool.join(OUTBOX_DIR);
         let tmp = dir.join(format!("{}.eml+{}.tmp", cl.id, self.instance));
         let dst = dir.join(format!("{}.eml", cl.id));
-        let mut out = File::create(&tmp)?;
+        // 0600 like the spool files: the outbox holds whole messages
+        let mut out = std::os::unix::fs::OpenOptionsExt::mode(
+            OpenOptions::new().write(true).create(true).truncate(true),
+            0o600,
+        )
+        .open(&tmp)?;
         let mut body = file
             .body_reader()
             .map_err(|e| io::Error::other(e.to_string()))?;

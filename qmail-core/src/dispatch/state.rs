@@ -153,11 +153,12 @@ impl MessageState {
         let dir = spool.join(STATE_DIR);
         let tmp = dir.join(format!("{id}.json+{instance}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        // 0600: the state names recipients (std::os::unix::fs::OpenOptionsExt)
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            OpenOptions::new().write(true).create(true).truncate(true),
+            0o600,
+        )
+        .open(&tmp)?;
         f.write_all(&bytes)?;
         if durable {
             f.sync_all()?;
