@@ -131,3 +131,13 @@ test('a JS value of the wrong type: napi-rs conversion errors, rejected by the a
   assert.ok(isConversionError(thrown(() => qmail.submitSync({ ...ok, subject: 7 }))))
   assert.equal(thrown(() => qmail.submitRawSync({})).code, 'InvalidArg')
 })
+
+// Numbers that are not whole are refused, not truncated (NaN used to become 0: sent at once).
+test('notBefore and priority must be whole numbers', async () => {
+  const spool = tmpSpool()
+  for (const [k, v] of [['notBefore', NaN], ['notBefore', Infinity], ['notBefore', 1.5], ['notBefore', 1e20], ['priority', 1.5]]) {
+    const msg = { from: 'a@example.com', to: 'b@example.org', text: 't', [k]: v }
+    assert.throws(() => qmail.submitSync(msg, { spool }), (e) => e.code === 'QMAIL_INVALID_ARGUMENT' && e.field === k, `${k}=${v}`)
+    await assert.rejects(qmail.submit(msg, { spool }), (e) => e.code === 'QMAIL_INVALID_ARGUMENT' && e.field === k)
+  }
+})

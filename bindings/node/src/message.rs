@@ -98,13 +98,13 @@ pub struct Message {
     pub headers: Option<Either<Vec<Header>, IndexMap<String, Either<String, Vec<String>>>>>,
     /// `'highest' | 'high' | 'normal' | 'low' | 'lowest'` or the X-Priority number 1..5; written
     /// as X-Priority and Importance, and used by the dispatcher to order its queue.
-    pub priority: Option<Either<String, i64>>,
+    pub priority: Option<Either<String, f64>>,
     /// Attachments and inline parts, in order.
     pub attachments: Option<Vec<Attachment>>,
     /// The SMTP envelope, when it must differ from the headers.
     pub envelope: Option<Envelope>,
     /// Hold the message until this time, in Unix seconds (scheduled send).
-    pub not_before: Option<i64>,
+    pub not_before: Option<f64>,
 }
 
 /// A message ready to spool: built by the core, or (when the caller set its own envelope
@@ -226,14 +226,16 @@ impl Message {
         match &self.priority {
             None => {}
             Some(Either::A(name)) => b.set_priority(Priority::parse(name)?).map(drop)?,
-            Some(Either::B(n)) => b.set_priority(Priority::from_number(*n)?).map(drop)?,
+            Some(Either::B(n)) => b
+                .set_priority(Priority::from_number(whole(*n, "priority")?)?)
+                .map(drop)?,
         }
         for (i, a) in self.attachments.iter().flatten().enumerate() {
             // the JS index, whether the part ends up an attachment or inline
             attach(&mut b, a).map_err(|e| e.with_field(format!("attachments[{i}]")))?;
         }
         if let Some(t) = self.not_before {
-            b.set_not_before(t)?;
+            b.set_not_before(whole(t, "notBefore")?)?;
         }
         let envelope_from = self.envelope.as_ref().and_then(|e| e.from.as_deref());
         if let Some(from) = envelope_from {
@@ -254,5 +256,20 @@ impl Message {
         let mut raw = RawMessage::parse(&bytes, envelope_from, Some(&recipient_list(to)))?;
         raw.set_not_before(message.not_before());
         Ok(Prepared::Raw(raw, message.spool().map(Into::into)))
+    }
+}
+
+/// A JS number that must be a whole number (NaN, Infinity, 1.5 and values outside ±2^53 are
+/// refused instead of being truncated by the conversion to i64).
+pub(crate) fn whole(n: f64, field: &'static str) -> qmail_core::Result<i64> {
+    const MAX_SAFE: f64 = 9_007_199_254_740_991.0;
+    if n.is_finite() && n.fract() == 0.0 && n.abs() <= MAX_SAFE {
+        Ok(n as i64)
+    } else {
+        Err(qmail_core::Error::new(
+            qmail_core::ErrorKind::InvalidArgument,
+            format!("{n} is not a whole number"),
+        )
+        .with_field(field))
     }
 }

@@ -22,7 +22,7 @@ pub struct RawOptions {
     /// The spool directory, instead of the default spool(s).
     pub spool: Option<String>,
     /// Hold the message until this time, in Unix seconds.
-    pub not_before: Option<i64>,
+    pub not_before: Option<f64>,
 }
 
 fn prepare(raw: &[u8], options: &Option<RawOptions>) -> qmail_core::Result<Prepared> {
@@ -30,7 +30,11 @@ fn prepare(raw: &[u8], options: &Option<RawOptions>) -> qmail_core::Result<Prepa
     let from = envelope.and_then(|e| e.from.as_deref());
     let to = envelope.and_then(|e| e.to.as_ref()).map(recipient_list);
     let mut message = RawMessage::parse(raw, from, to.as_deref())?;
-    message.set_not_before(options.as_ref().and_then(|o| o.not_before));
+    let not_before = match options.as_ref().and_then(|o| o.not_before) {
+        Some(t) => Some(crate::message::whole(t, "notBefore")?),
+        None => None,
+    };
+    message.set_not_before(not_before);
     let spool = options
         .as_ref()
         .and_then(|o| o.spool.as_ref())
