@@ -219,6 +219,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     r.tls_mode(),
                     if r.dangerous_accept_invalid_certs {
                         " DANGEROUS: certificates not verified"
+                    } else if r.cleartext_credentials() {
+                        " WARNING: credentials without tls=required (password may go in cleartext)"
                     } else {
                         ""
                     }

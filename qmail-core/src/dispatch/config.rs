@@ -281,6 +281,13 @@ impl RelayConfig {
         Ok(self)
     }
 
+    /// True when credentials are set but TLS is not required (`tls = none` or
+    /// `opportunistic`, both explicit): the password may cross the network in cleartext.
+    /// Allowed, but the dispatcher warns at start and `check-config` says so.
+    pub fn cleartext_credentials(&self) -> bool {
+        self.username.is_some() && matches!(self.tls_mode(), TlsMode::None | TlsMode::Opportunistic)
+    }
+
     /// The TLS mode after [`RelayConfig::resolve`].
     pub fn tls_mode(&self) -> TlsMode {
         self.tls.unwrap_or(TlsMode::Opportunistic)

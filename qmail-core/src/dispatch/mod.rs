@@ -142,6 +142,11 @@ impl Dispatcher {
 
     fn build(cfg: DispatchConfig, drain: bool) -> Result<Dispatcher> {
         let cfg = cfg.resolve()?;
+        for r in cfg.relays.iter().filter(|r| r.cleartext_credentials()) {
+            // allowed when explicit, never silent (the password itself is never logged)
+            tracing::warn!(relay = %r.name, tls = ?r.tls_mode(),
+                "credentials without tls=required: the password may cross the network in cleartext");
+        }
         for s in &cfg.spools {
             prepare_spool(s, cfg.relays.is_empty(), cfg.sent_retention_secs > 0)?;
         }
