@@ -25,22 +25,8 @@ pub const LEASE_DIR: &str = "leases";
 pub const OWNER_SEP: char = '+';
 
 fn host_tag() -> String {
-    let h = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let short: String = h
-        .split('.')
-        .next()
-        .unwrap_or("")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .take(32)
-        .collect();
-    if short.is_empty() {
-        "host".to_owned()
-    } else {
-        short
-    }
+    // '-' separates the parts of an instance id, so it is replaced too
+    crate::spool::queue_id::short_host_name(|c| c.is_ascii_alphanumeric())
 }
 
 /// A new instance id for this process: `HOST-PID-RANDOM` (host without dashes).

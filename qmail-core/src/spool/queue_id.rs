@@ -24,32 +24,31 @@ pub struct QueueId(String);
 /// dispatcher knows the message (`qmail-dispatcher show ID`). Not the Message-ID header.
 pub type MessageId = QueueId;
 
+/// The first label of this host's name, at most 32 characters, each character for which
+/// `keep` is false replaced by '_'; `"host"` when the name is unknown. Queue ids and
+/// dispatcher instance ids carry it.
+pub(crate) fn short_host_name(keep: impl Fn(char) -> bool) -> String {
+    let h = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let short: String = h
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .map(|c| if keep(c) { c } else { '_' })
+        .take(32)
+        .collect();
+    if short.is_empty() {
+        "host".to_owned()
+    } else {
+        short
+    }
+}
+
 fn host_tag() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let h = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let short: String = h
-            .split('.')
-            .next()
-            .unwrap_or("")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(32)
-            .collect();
-        if short.is_empty() {
-            "host".to_owned()
-        } else {
-            short
-        }
-    })
+    HOST.get_or_init(|| short_host_name(|c| c.is_ascii_alphanumeric() || c == '-'))
 }
 
 impl QueueId {
