@@ -12,7 +12,7 @@
 //!
 //! See `docs/spool-format.md`, "Claiming and dispatcher state".
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -211,10 +211,7 @@ pub fn release(claimed: &Path, spool: &Path, id: &str, to: QueueState) -> io::Re
     fs::rename(claimed, spool.join(to.dir_name()).join(id))
 }
 
-/// fsyncs a directory.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
+pub use crate::spool::sync_dir;
 
 #[cfg(test)]
 mod tests {
