@@ -77,6 +77,12 @@ fn priority(obj: &Bound<'_, PyAny>) -> PyResult<Priority> {
     if let Ok(s) = obj.cast::<PyString>() {
         return Priority::parse(&s.to_cow()?).map_err(to_py);
     }
+    // bool is an int subclass in Python: True would silently mean "highest"
+    if obj.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err(
+            "priority is an int 1..5 or a str such as 'high', not a bool",
+        ));
+    }
     match obj.extract::<i64>() {
         Ok(n) => Priority::from_number(n).map_err(to_py),
         Err(_) => Err(PyTypeError::new_err(

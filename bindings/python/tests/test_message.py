@@ -103,6 +103,13 @@ def test_priority_forms(spool: Path, read, priority, number: int) -> None:
     assert read(queue_id).header["priority"] == number
 
 
+@pytest.mark.parametrize("priority", [True, False, 1.5, None.__class__])
+def test_priority_rejects_bools_and_other_types(priority) -> None:
+    # bool is an int subclass: True must not silently mean "highest"
+    with pytest.raises(TypeError):
+        qmail.Message(from_="a@example.com", to="b@example.org", priority=priority, text="x")
+
+
 @pytest.mark.parametrize("envelope_from, stored", [("bounces@example.com", "bounces@example.com"), ("<>", ""), ("<b@example.com>", "b@example.com")])
 def test_envelope_from(spool: Path, read, envelope_from: str, stored: str) -> None:
     queue_id = qmail.Message(from_="a@example.com", to="b@example.org", envelope_from=envelope_from, text="x").submit(spool=spool)
