@@ -4,14 +4,13 @@
 //! removed (their addresses stay in the envelope), Date and Message-ID are added when missing,
 //! lines over 998 octets and messages without From are refused.
 
-use napi::Task;
 use napi::bindgen_prelude::{AsyncTask, Buffer, Either, Env};
 use napi_derive::napi;
-use qmail_core::{Error, RawMessage};
+use qmail_core::RawMessage;
 
 use crate::error::to_js;
 use crate::message::{Envelope, Prepared, recipient_list};
-use crate::spool::spool_prepared;
+use crate::spool::{SpoolTask, spool_prepared};
 
 /// Options of a raw submit.
 #[napi(object)]
@@ -49,38 +48,6 @@ fn bytes(raw: &Either<Buffer, String>) -> &[u8] {
     }
 }
 
-/// The work of [`submit_raw`], run on the libuv thread pool.
-pub struct SubmitRawTask {
-    raw: Either<Buffer, String>,
-    options: Option<RawOptions>,
-    failure: Option<Error>,
-}
-
-impl Task for SubmitRawTask {
-    type Output = String;
-    type JsValue = String;
-
-    fn compute(&mut self) -> napi::Result<String> {
-        let result = prepare(bytes(&self.raw), &self.options).and_then(|p| spool_prepared(&p));
-        result.map_err(|e| {
-            let placeholder = napi::Error::from_reason(e.to_string());
-            self.failure = Some(e);
-            placeholder
-        })
-    }
-
-    fn resolve(&mut self, _env: Env, id: String) -> napi::Result<String> {
-        Ok(id)
-    }
-
-    fn reject(&mut self, env: Env, err: napi::Error) -> napi::Result<String> {
-        Err(match self.failure.take() {
-            Some(e) => to_js(&env, &e),
-            None => err,
-        })
-    }
-}
-
 /// Spools an already-composed RFC 5322 message (a Buffer, or a string taken as UTF-8) durably
 /// and resolves to its queue id. The work runs on the libuv thread pool.
 ///
@@ -92,12 +59,8 @@ impl Task for SubmitRawTask {
 pub fn submit_raw(
     raw: Either<Buffer, String>,
     options: Option<RawOptions>,
-) -> AsyncTask<SubmitRawTask> {
-    AsyncTask::new(SubmitRawTask {
-        raw,
-        options,
-        failure: None,
-    })
+) -> AsyncTask<SpoolTask> {
+    SpoolTask::new(move || prepare(bytes(&raw), &options).and_then(|p| spool_prepared(&p)))
 }
 
 /// {@link submitRaw} on the calling thread: returns the queue id or throws.

@@ -33,23 +33,30 @@ pub(crate) fn spool_prepared(p: &Prepared) -> qmail_core::Result<String> {
     Ok(id.to_string())
 }
 
-/// The work of [`submit`], run on the libuv thread pool: build, render, write, fsync.
-pub struct SubmitTask {
-    message: Message,
-    spool: Option<String>,
+/// A submit's work, run on the libuv thread pool (build, render, write, fsync); a qmail error
+/// keeps its kind and field for the rejection. Shared by [`submit`] and `submitRaw`.
+pub struct SpoolTask {
+    work: Box<dyn FnMut() -> qmail_core::Result<String> + Send>,
     failure: Option<Error>,
 }
 
-impl Task for SubmitTask {
+impl SpoolTask {
+    pub(crate) fn new(
+        work: impl FnMut() -> qmail_core::Result<String> + Send + 'static,
+    ) -> AsyncTask<SpoolTask> {
+        AsyncTask::new(SpoolTask {
+            work: Box::new(work),
+            failure: None,
+        })
+    }
+}
+
+impl Task for SpoolTask {
     type Output = String;
     type JsValue = String;
 
     fn compute(&mut self) -> napi::Result<String> {
-        let result = self
-            .message
-            .prepare(self.spool.as_deref())
-            .and_then(|p| spool_prepared(&p));
-        result.map_err(|e| {
+        (self.work)().map_err(|e| {
             let placeholder = napi::Error::from_reason(e.to_string());
             self.failure = Some(e);
             placeholder
@@ -77,11 +84,12 @@ impl Task for SubmitTask {
 /// `QMAIL_ATTACHMENT` are permanent; `QMAIL_SPOOL_UNAVAILABLE` is transient (try again later);
 /// `QMAIL_NO_SPOOL_CONFIGURED` when no spool was named, set or found in `QMAIL_SPOOL`.
 #[napi(ts_return_type = "Promise<string>")]
-pub fn submit(message: Message, options: Option<SubmitOptions>) -> AsyncTask<SubmitTask> {
-    AsyncTask::new(SubmitTask {
-        message,
-        spool: options.and_then(|o| o.spool),
-        failure: None,
+pub fn submit(message: Message, options: Option<SubmitOptions>) -> AsyncTask<SpoolTask> {
+    let spool = options.and_then(|o| o.spool);
+    SpoolTask::new(move || {
+        message
+            .prepare(spool.as_deref())
+            .and_then(|p| spool_prepared(&p))
     })
 }
 
