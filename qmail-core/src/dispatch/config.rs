@@ -483,7 +483,7 @@ impl DispatchConfig {
         if !ok {
             return Err(invalid(
                 "ehlo_name",
-                &format!(
+                format!(
                     "ehlo_name {ehlo:?} is not a host name or an address literal (RFC 5321 §4.1.1.1)"
                 ),
             ));
