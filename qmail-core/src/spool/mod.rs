@@ -234,17 +234,8 @@ impl Spool {
         header: &SpoolHeader,
         body: impl FnOnce(&mut BufWriter<File>) -> Result<u64>,
     ) -> Result<QueueId> {
-        let encoded = record::encoded_header_len(header);
-        if encoded > record::MAX_HEADER as usize {
-            return Err(Error::new(
-                ErrorKind::InvalidMessage,
-                format!(
-                    "the envelope takes {encoded} bytes; a spool file header holds at most {} (split the recipients over several messages)",
-                    record::MAX_HEADER
-                ),
-            )
-            .with_field("to"));
-        }
+        // encoded once, before any file exists: an oversized envelope leaves nothing behind
+        let encoded = record::encode_header(header)?;
         let id = QueueId::generate();
         let tmp = self.state_dir(QueueState::Tmp).join(id.as_str());
         let file = OpenOptions::new()
@@ -260,7 +251,7 @@ impl Spool {
                     .map_err(|e| unavailable("cannot set the file mode", e))?;
             }
             let mut w = BufWriter::with_capacity(128 * 1024, file);
-            record::write_header(&mut w, header)
+            record::write_encoded_header(&mut w, &encoded)
                 .map_err(|e| unavailable("cannot write the spool file", e))?;
             let len = body(&mut w).map_err(|e| match e.kind() {
                 ErrorKind::Io => match e.io_error() {

@@ -51,25 +51,46 @@ pub struct SpoolHeader {
     pub message_id: String,
 }
 
-/// The encoded length of a header, in bytes (must be at most [`MAX_HEADER`]).
-pub fn encoded_header_len(h: &SpoolHeader) -> usize {
-    postcard::experimental::serialized_size(h).unwrap_or(usize::MAX)
+/// Encodes a header, checking it fits [`MAX_HEADER`].
+///
+/// # Errors
+/// [`ErrorKind::InvalidMessage`] naming `to` when the envelope is too large (about 20,000
+/// long recipients): split the recipients over several messages.
+pub fn encode_header(h: &SpoolHeader) -> Result<Vec<u8>> {
+    let bytes = postcard::to_stdvec(h).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidMessage,
+            format!("header does not encode: {e}"),
+        )
+    })?;
+    if bytes.len() > MAX_HEADER as usize {
+        return Err(Error::new(
+            ErrorKind::InvalidMessage,
+            format!(
+                "the envelope takes {} bytes; a spool file header holds at most {MAX_HEADER} \
+                 (split the recipients over several messages)",
+                bytes.len()
+            ),
+        )
+        .with_field("to"));
+    }
+    Ok(bytes)
 }
 
-/// Writes the prefix and header.
-pub fn write_header(out: &mut impl Write, h: &SpoolHeader) -> io::Result<u64> {
-    let bytes = postcard::to_stdvec(h).map_err(io::Error::other)?;
-    if bytes.len() > MAX_HEADER as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "spool header over MAX_HEADER",
-        ));
-    }
+/// Writes the prefix and a header made by [`encode_header`]; returns the bytes written.
+pub fn write_encoded_header(out: &mut impl Write, encoded: &[u8]) -> io::Result<u64> {
     out.write_all(MAGIC)?;
     out.write_all(&FORMAT_VERSION.to_le_bytes())?;
-    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
-    out.write_all(&bytes)?;
-    Ok(PREFIX_LEN + bytes.len() as u64)
+    out.write_all(&(encoded.len() as u32).to_le_bytes())?;
+    out.write_all(encoded)?;
+    Ok(PREFIX_LEN + encoded.len() as u64)
+}
+
+/// Encodes and writes the prefix and header (see [`encode_header`]).
+pub fn write_header(out: &mut impl Write, h: &SpoolHeader) -> io::Result<u64> {
+    let encoded =
+        encode_header(h).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    write_encoded_header(out, &encoded)
 }
 
 /// Writes the trailer after `body_len` message bytes.
