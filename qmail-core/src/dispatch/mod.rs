@@ -488,7 +488,6 @@ struct Claimed<'a> {
     spool: &'a Path,
     id: &'a str,
     path: PathBuf,
-    from: Dir,
 }
 
 impl Shared {
@@ -552,7 +551,6 @@ impl Shared {
             spool,
             id: &c.id,
             path,
-            from: c.from,
         };
         if let Err(e) = self.handle(w, &cl) {
             tracing::error!(id = %c.id, error = %e, "spool I/O error; releasing the claim");
@@ -580,15 +578,7 @@ impl Shared {
             // claimed before its time (a crash between writing the state and the rename to
             // deferred/): put it where it belongs
             claim::release(&cl.path, cl.spool, cl.id, QueueState::Deferred)?;
-            if !self.drain {
-                let c = Candidate {
-                    rank: file.header.created,
-                    spool: cl.spool_idx,
-                    id: cl.id.to_owned(),
-                    from: Dir::Deferred,
-                };
-                self.queue.push_waiting(c, st.next_due);
-            }
+            self.wait_deferred(cl, file.header.created, st.next_due);
             return Ok(());
         }
         let env = &file.header.envelope;
@@ -990,17 +980,22 @@ impl Shared {
             claim::sync_dir(&cl.spool.join(QueueState::Deferred.dir_name()))?;
         }
         self.metrics.add(&self.metrics.deferred, 1);
+        self.wait_deferred(cl, file.header.created, st.next_due);
+        Ok(())
+    }
+
+    /// A message just put in deferred/: `run` keeps it in memory until `due` (Unix seconds),
+    /// so it is claimed again without a rescan; `drain` does not wait for it.
+    fn wait_deferred(&self, cl: &Claimed<'_>, created: i64, due: i64) {
         if !self.drain {
             let c = Candidate {
-                rank: file.header.created,
+                rank: created,
                 spool: cl.spool_idx,
                 id: cl.id.to_owned(),
                 from: Dir::Deferred,
             };
-            self.queue.push_waiting(c, st.next_due);
+            self.queue.push_waiting(c, due);
         }
-        let _ = cl.from;
-        Ok(())
     }
 
     fn lost_claim(&self, cl: &Claimed<'_>, e: io::Error) -> io::Result<()> {
