@@ -1,5 +1,5 @@
 //! `qmail-dispatcher`: serves one or more qmail spools and relays their messages over SMTP.
-//! The engine is `qmail_core::dispatch`; this binary adds the command line, the TOML
+//! The engine is the `qmail_dispatch` crate; this binary adds the command line, the TOML
 //! configuration, logging, signals and the metrics endpoint. See `docs/dispatcher.md`.
 
 mod metrics_http;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use qmail_core::dispatch::{Dispatcher, admin, smtp::RelayEndpoint};
+use qmail_dispatch::{Dispatcher, admin, smtp::RelayEndpoint};
 
 use settings::{LogFormat, Overrides};
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qmail_core::dispatch::{Metrics, admin};
+use qmail_dispatch::{Metrics, admin};
 
 /// What the endpoint shows; swapped when SIGHUP rebuilds the dispatcher.
 pub type Shown = Arc<Mutex<(Arc<Metrics>, Vec<PathBuf>)>>;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use qmail_core::dispatch::{DispatchConfig, RelayConfig};
+use qmail_dispatch::{DispatchConfig, RelayConfig};
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -149,7 +149,7 @@ weight = 2
         assert_eq!(s.dispatch.relays.len(), 2);
         assert_eq!(
             s.dispatch.relays[1].tls,
-            Some(qmail_core::dispatch::TlsMode::Required)
+            Some(qmail_dispatch::TlsMode::Required)
         );
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.metrics.is_some());

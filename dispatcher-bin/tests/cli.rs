@@ -2,7 +2,7 @@
 //! processes on one spool, SIGKILL and restart (Q-12 c), the idle wake-up latency, signals,
 //! metrics.
 
-#[path = "../../qmail-core/tests/dispatch_common/mod.rs"]
+#[path = "../../qmail-dispatch/tests/dispatch_common/mod.rs"]
 mod dispatch_common;
 
 use std::collections::HashMap;
@@ -333,7 +333,7 @@ fn q12c_sigkill_mid_run_and_restart_loses_nothing() {
     std::fs::write(&cfg, text).unwrap();
     let workers = 4;
     let mut kills = 0;
-    let mut rng = qmail_core::dispatch::retry::Jitter::new();
+    let mut rng = qmail_dispatch::retry::Jitter::new();
     while kills < 5 {
         // kill at a random moment of each sixth of the run, so every kill hits work in flight
         let at = n * (kills + 1) / 6 + rng.below(n as u64 / 12) as usize;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use qmail_core::dispatch::{DispatchConfig, Dispatcher, RelayConfig};
 use qmail_core::{Message, Spool, SpoolFile};
+use qmail_dispatch::{DispatchConfig, Dispatcher, RelayConfig};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

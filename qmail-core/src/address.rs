@@ -7,9 +7,6 @@
 //! part is accepted and flags the address (and so the message) as needing SMTPUTF8 (RFC 6531).
 //! Anything else (CR, LF, NUL, unbalanced quotes or brackets, a stray `<`) is refused with an
 //! [`ErrorKind::InvalidAddress`] error; nothing is ever partly accepted.
-//!
-//! The parsed address is also checked by lettre's [`lettre::Address`] so that what we spool is
-//! exactly what the SMTP layer will accept.
 
 use crate::error::{Error, ErrorKind, Result};
 use std::fmt;
@@ -24,7 +21,6 @@ pub const MAX_DOMAIN: usize = 255;
 pub struct EmailAddress {
     local: String,
     domain: String,
-    inner: lettre::Address,
 }
 
 impl EmailAddress {
@@ -45,12 +41,9 @@ impl EmailAddress {
         let (local, domain) = (&s[..at], &s[at + 1..]);
         check_local_part(local)?;
         let domain = normalise_domain(domain)?;
-        let inner = lettre::Address::new(local, &domain)
-            .map_err(|e| invalid(format!("'{s}' is not a valid address: {e}")))?;
         Ok(EmailAddress {
             local: local.to_owned(),
             domain,
-            inner,
         })
     }
 
@@ -67,11 +60,6 @@ impl EmailAddress {
     /// True when the local part is not ASCII: RFC 6531 SMTPUTF8 is needed to send it.
     pub fn needs_smtputf8(&self) -> bool {
         !self.local.is_ascii()
-    }
-
-    /// lettre's view of the same address.
-    pub fn as_lettre(&self) -> &lettre::Address {
-        &self.inner
     }
 }
 

@@ -1,6 +1,6 @@
 /*!
-qmail's engine: everything an initiator needs to turn a message into a durable spool file, and
-(in later modules) everything a dispatcher needs to relay it.
+qmail's core: everything an initiator needs to turn a message into a durable spool file, and
+the spool format a dispatcher reads back.
 
 # Brief overview
 - [`Message`] / [`MessageBuilder`]: the message model. Building validates every field
@@ -13,8 +13,9 @@ qmail's engine: everything an initiator needs to turn a message into a durable s
 - [`Initiator`]: several spools with round-robin and fail-over; [`submit`] uses the process
   default ([`set_default_spool`] or `QMAIL_SPOOL`).
 - [`RawMessage`]: spools a message composed by another library.
-- [`dispatch`]: the dispatcher engine ([`Dispatcher`]): claims spooled messages and relays
-  them over SMTP with per-recipient outcomes, retries and several relays.
+
+The dispatcher engine (claims, relays, SMTP) is the `qmail-dispatch` crate; this crate links no
+SMTP, TLS or filesystem-notification code, so the C library and the bindings stay small.
 
 ```no_run
 use qmail_core::{Message, Spool};
@@ -34,7 +35,6 @@ println!("queued as {id}");
 #![deny(missing_docs)]
 
 pub mod address;
-pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod initiator;
@@ -45,7 +45,6 @@ mod render;
 pub mod spool;
 
 pub use address::{EmailAddress, Mailbox, ReversePath};
-pub use dispatch::{DispatchConfig, Dispatcher, RelayConfig};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};
 pub use initiator::{
@@ -56,7 +55,7 @@ pub use raw::RawMessage;
 pub use spool::{MessageId, QueueId, QueueState, Spool, SpoolFile, SpoolHeader, SpoolOptions};
 
 /// `n` random bytes from the OS, as lowercase hex (2n characters).
-pub(crate) fn random_hex(n: usize) -> String {
+pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     if getrandom::fill(&mut buf).is_err() {
         // no OS randomness: fall back to time and a counter (still unique per process)

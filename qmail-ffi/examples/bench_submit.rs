@@ -19,7 +19,14 @@ const SUBJECT: &str = "Your order 42 has shipped";
 
 fn compose(text: &str) -> MessageBuilder {
     let mut b = MessageBuilder::default();
-    b.set_from(FROM).unwrap().add_to(TO).unwrap().set_subject(SUBJECT).unwrap().set_text(text).unwrap();
+    b.set_from(FROM)
+        .unwrap()
+        .add_to(TO)
+        .unwrap()
+        .set_subject(SUBJECT)
+        .unwrap()
+        .set_text(text)
+        .unwrap();
     b
 }
 
@@ -34,7 +41,14 @@ fn main() {
     let durable = args[2] == "durable";
     let composing = args[3] == "compose";
     let n: usize = args[4].parse().unwrap();
-    qmail_core::set_default_spool_with(&args[1], SpoolOptions { durable, file_mode: 0o600 }).unwrap();
+    qmail_core::set_default_spool_with(
+        &args[1],
+        SpoolOptions {
+            durable,
+            file_mode: 0o600,
+        },
+    )
+    .unwrap();
 
     let mut ns = Vec::with_capacity(n);
     let prepared = compose(&text);

@@ -117,7 +117,10 @@ impl qmail_result {
 
     /// The core kind behind a result, when it comes from the core.
     fn kind(self) -> Option<ErrorKind> {
-        ErrorKind::ALL.iter().copied().find(|&k| map_error(k) == self)
+        ErrorKind::ALL
+            .iter()
+            .copied()
+            .find(|&k| map_error(k) == self)
     }
 
     fn from_u32(n: u32) -> Option<qmail_result> {
@@ -151,7 +154,10 @@ pub(crate) enum Failure {
     /// A pointer argument, by parameter name, was NULL.
     Null(&'static str),
     /// A string argument, by parameter name, is not UTF-8.
-    Utf8 { param: &'static str, valid_up_to: usize },
+    Utf8 {
+        param: &'static str,
+        valid_up_to: usize,
+    },
     /// `id_buf_len` is below [`crate::QMAIL_ID_BUF_LEN`].
     IdBufferTooSmall { given: usize },
     /// A panic was caught; its message.
@@ -179,8 +185,16 @@ thread_local! {
 impl Failure {
     fn into_last_error(self) -> LastError {
         let (result, field, message): (_, Option<String>, String) = match self {
-            Failure::Core(e) => (map_error(e.kind()), e.field().map(str::to_owned), e.message().to_owned()),
-            Failure::Null(p) => (qmail_result::NullParameter, Some(p.to_owned()), "must not be NULL".to_owned()),
+            Failure::Core(e) => (
+                map_error(e.kind()),
+                e.field().map(str::to_owned),
+                e.message().to_owned(),
+            ),
+            Failure::Null(p) => (
+                qmail_result::NullParameter,
+                Some(p.to_owned()),
+                "must not be NULL".to_owned(),
+            ),
             Failure::Utf8 { param, valid_up_to } => (
                 qmail_result::InvalidUtf8,
                 Some(param.to_owned()),
@@ -194,13 +208,21 @@ impl Failure {
                     crate::QMAIL_ID_BUF_LEN
                 ),
             ),
-            Failure::Panic(m) => (qmail_result::Panic, None, format!("qmail panicked (a bug in qmail): {m}")),
+            Failure::Panic(m) => (
+                qmail_result::Panic,
+                None,
+                format!("qmail panicked (a bug in qmail): {m}"),
+            ),
         };
         let text = match &field {
             Some(f) => format!("{f}: {message}"),
             None => message,
         };
-        LastError { result, field, text }
+        LastError {
+            result,
+            field,
+            text,
+        }
     }
 }
 
@@ -263,7 +285,11 @@ pub extern "C" fn qmail_last_error_message(buf: *mut c_char, len: usize) -> usiz
 pub extern "C" fn qmail_last_error_field(buf: *mut c_char, len: usize) -> usize {
     ffi_infallible(|| {
         LAST_ERROR.with(|l| match l.try_borrow() {
-            Ok(l) => write_truncated(buf, len, l.as_ref().and_then(|e| e.field.as_deref()).unwrap_or("")),
+            Ok(l) => write_truncated(
+                buf,
+                len,
+                l.as_ref().and_then(|e| e.field.as_deref()).unwrap_or(""),
+            ),
             Err(_) => write_truncated(buf, len, ""),
         })
     })
@@ -289,7 +315,13 @@ pub extern "C" fn qmail_last_error_result() -> qmail_result {
 /// anywhere.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_result_name(result: u32) -> *const c_char {
-    ffi_infallible(|| c_str_ptr(qmail_result::from_u32(result).unwrap_or(qmail_result::Unknown).name()))
+    ffi_infallible(|| {
+        c_str_ptr(
+            qmail_result::from_u32(result)
+                .unwrap_or(qmail_result::Unknown)
+                .name(),
+        )
+    })
 }
 
 /// True when the same call may succeed if tried again later or on another spool

@@ -29,7 +29,10 @@ pub(crate) fn to_boxed_mut_ptr<C: Castable>(value: C::Rust) -> *mut C {
 }
 
 /// The value behind a handle, for mutation; `Failure::Null(param)` for NULL.
-pub(crate) fn try_mut_from_ptr<'a, C: Castable>(ptr: *mut C, param: &'static str) -> Result<&'a mut C::Rust, Failure> {
+pub(crate) fn try_mut_from_ptr<'a, C: Castable>(
+    ptr: *mut C,
+    param: &'static str,
+) -> Result<&'a mut C::Rust, Failure> {
     // SAFETY: a non-NULL handle was made by `to_boxed_mut_ptr::<C>` (so it points to a live,
     // aligned `C::Rust`) and has not been freed, and no other thread uses it during this call:
     // the contract of every function taking a `C *`, stated in qmail.h.
@@ -37,7 +40,10 @@ pub(crate) fn try_mut_from_ptr<'a, C: Castable>(ptr: *mut C, param: &'static str
 }
 
 /// The value behind a handle, read-only; `Failure::Null(param)` for NULL.
-pub(crate) fn try_ref_from_ptr<'a, C: Castable>(ptr: *const C, param: &'static str) -> Result<&'a C::Rust, Failure> {
+pub(crate) fn try_ref_from_ptr<'a, C: Castable>(
+    ptr: *const C,
+    param: &'static str,
+) -> Result<&'a C::Rust, Failure> {
     // SAFETY: as `try_mut_from_ptr`; a `const C *` function only reads, and qmail.h says no
     // other thread may modify or free the handle during the call.
     unsafe { ptr.cast::<C::Rust>().as_ref() }.ok_or(Failure::Null(param))
@@ -67,12 +73,22 @@ fn c_bytes<'a>(ptr: *const c_char, param: &'static str) -> Result<&'a [u8], Fail
 /// A required UTF-8 string argument.
 pub(crate) fn str_arg<'a>(ptr: *const c_char, param: &'static str) -> Result<&'a str, Failure> {
     let bytes = c_bytes(ptr, param)?;
-    std::str::from_utf8(bytes).map_err(|e| Failure::Utf8 { param, valid_up_to: e.valid_up_to() })
+    std::str::from_utf8(bytes).map_err(|e| Failure::Utf8 {
+        param,
+        valid_up_to: e.valid_up_to(),
+    })
 }
 
 /// An optional UTF-8 string argument: NULL is `None`.
-pub(crate) fn opt_str_arg<'a>(ptr: *const c_char, param: &'static str) -> Result<Option<&'a str>, Failure> {
-    if ptr.is_null() { Ok(None) } else { str_arg(ptr, param).map(Some) }
+pub(crate) fn opt_str_arg<'a>(
+    ptr: *const c_char,
+    param: &'static str,
+) -> Result<Option<&'a str>, Failure> {
+    if ptr.is_null() {
+        Ok(None)
+    } else {
+        str_arg(ptr, param).map(Some)
+    }
 }
 
 /// A file system path argument: any bytes but NUL (Unix paths need not be UTF-8).
@@ -81,7 +97,11 @@ pub(crate) fn path_arg<'a>(ptr: *const c_char, param: &'static str) -> Result<&'
 }
 
 /// `len` bytes at `data`; NULL is allowed when `len` is 0.
-pub(crate) fn bytes_arg<'a>(data: *const u8, len: usize, param: &'static str) -> Result<&'a [u8], Failure> {
+pub(crate) fn bytes_arg<'a>(
+    data: *const u8,
+    len: usize,
+    param: &'static str,
+) -> Result<&'a [u8], Failure> {
     if len == 0 {
         return Ok(&[]);
     }
@@ -115,7 +135,10 @@ pub(crate) fn write_truncated(buf: *mut c_char, len: usize, s: &str) -> usize {
 
 /// Writes `s` and a NUL into `buf`, which the caller checked holds `s.len() + 1` bytes.
 pub(crate) fn write_whole(buf: *mut c_char, len: usize, s: &str) {
-    assert!(!buf.is_null() && s.len() < len, "write_whole: the caller checks the buffer size");
+    assert!(
+        !buf.is_null() && s.len() < len,
+        "write_whole: the caller checks the buffer size"
+    );
     write_truncated(buf, len, s);
 }
 
@@ -141,18 +164,40 @@ mod tests {
     }
 
     fn read_c(buf: &[c_char]) -> String {
-        let bytes: Vec<u8> = buf.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect();
+        let bytes: Vec<u8> = buf
+            .iter()
+            .map(|&c| c as u8)
+            .take_while(|&b| b != 0)
+            .collect();
         String::from_utf8(bytes).unwrap()
     }
 
     #[test]
     fn null_arguments_are_failures() {
-        assert!(matches!(str_arg(std::ptr::null(), "subject"), Err(Failure::Null("subject"))));
-        assert!(matches!(opt_str_arg(std::ptr::null(), "filename"), Ok(None)));
+        assert!(matches!(
+            str_arg(std::ptr::null(), "subject"),
+            Err(Failure::Null("subject"))
+        ));
+        assert!(matches!(
+            opt_str_arg(std::ptr::null(), "filename"),
+            Ok(None)
+        ));
         assert!(matches!(bytes_arg(std::ptr::null(), 0, "data"), Ok(&[])));
-        assert!(matches!(bytes_arg(std::ptr::null(), 3, "data"), Err(Failure::Null("data"))));
+        assert!(matches!(
+            bytes_arg(std::ptr::null(), 3, "data"),
+            Err(Failure::Null("data"))
+        ));
         let bad = c"a\xffb";
-        assert!(matches!(str_arg(bad.as_ptr(), "subject"), Err(Failure::Utf8 { valid_up_to: 1, .. })));
-        assert_eq!(path_arg(bad.as_ptr(), "path").unwrap().as_os_str().as_bytes(), b"a\xffb");
+        assert!(matches!(
+            str_arg(bad.as_ptr(), "subject"),
+            Err(Failure::Utf8 { valid_up_to: 1, .. })
+        ));
+        assert_eq!(
+            path_arg(bad.as_ptr(), "path")
+                .unwrap()
+                .as_os_str()
+                .as_bytes(),
+            b"a\xffb"
+        );
     }
 }

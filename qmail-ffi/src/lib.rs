@@ -26,9 +26,9 @@ mod handle;
 mod panic;
 
 // in this order in qmail.h
+pub mod error;
 pub mod message;
 pub mod spool;
-pub mod error;
 
 use std::ffi::{CString, c_char};
 use std::sync::OnceLock;
@@ -52,6 +52,8 @@ const _: () = assert!(QMAIL_ID_BUF_LEN == QMAIL_ID_MAX + 1);
 pub extern "C" fn qmail_version() -> *const c_char {
     static VERSION: OnceLock<CString> = OnceLock::new();
     panic::ffi_infallible(|| {
-        VERSION.get_or_init(|| CString::new(qmail_core::VERSION).unwrap_or_default()).as_ptr()
+        VERSION
+            .get_or_init(|| CString::new(qmail_core::VERSION).unwrap_or_default())
+            .as_ptr()
     })
 }

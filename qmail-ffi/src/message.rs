@@ -11,7 +11,8 @@ use qmail_core::{AddressInput, MessageBuilder, Priority};
 
 use crate::error::qmail_result;
 use crate::handle::{
-    Castable, bytes_arg, free_box, opt_str_arg, path_arg, str_arg, to_boxed_mut_ptr, try_mut_from_ptr,
+    Castable, bytes_arg, free_box, opt_str_arg, path_arg, str_arg, to_boxed_mut_ptr,
+    try_mut_from_ptr,
 };
 use crate::panic::{ffi_fallible, ffi_infallible};
 
@@ -74,7 +75,10 @@ fn set_named(
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
         let name = opt_str_arg(name, "name")?.map(str::to_owned);
-        set(m, AddressInput::Parts(name, str_arg(address, "address")?.to_owned()))?;
+        set(
+            m,
+            AddressInput::Parts(name, str_arg(address, "address")?.to_owned()),
+        )?;
         Ok(())
     })
 }
@@ -112,41 +116,59 @@ pub extern "C" fn qmail_message_free(msg: *mut qmail_message) {
 /// Errors: `QMAIL_RESULT_INVALID_ADDRESS` naming `from` (malformed; CR, LF or NUL anywhere),
 /// `QMAIL_RESULT_INVALID_HEADER` (a control character in the display name).
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_from(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_set_from(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
     set_str(msg, address, "address", |m, v| m.set_from(v).map(drop))
 }
 
 /// Sets Sender (RFC 5322 §3.6.2): the agent that sends on behalf of From. Also the default
 /// envelope sender when set. Shape and errors as `qmail_message_set_from()`, naming `sender`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_sender(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_set_sender(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
     set_str(msg, address, "address", |m, v| m.set_sender(v).map(drop))
 }
 
 /// Adds a Reply-To address (call again for more). Shape and errors as
 /// `qmail_message_set_from()`, naming `reply_to`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_add_reply_to(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_add_reply_to(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
     set_str(msg, address, "address", |m, v| m.add_reply_to(v).map(drop))
 }
 
 /// Adds a To recipient (call again for more). At least one To, Cc or Bcc recipient is
 /// required. Shape and errors as `qmail_message_set_from()`, naming `to`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_add_to(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_add_to(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
     set_str(msg, address, "address", |m, v| m.add_to(v).map(drop))
 }
 
 /// Adds a Cc recipient. Shape and errors as `qmail_message_set_from()`, naming `cc`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_add_cc(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_add_cc(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
     set_str(msg, address, "address", |m, v| m.add_cc(v).map(drop))
 }
 
 /// Adds a Bcc recipient: it goes into the envelope only and is never written into the
 /// message's headers. Shape and errors as `qmail_message_set_from()`, naming `bcc`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_add_bcc(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_add_bcc(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
     set_str(msg, address, "address", |m, v| m.add_bcc(v).map(drop))
 }
 
@@ -230,8 +252,13 @@ pub extern "C" fn qmail_message_add_bcc_with_name(
 /// Asks for a read receipt: Disposition-Notification-To (RFC 8098) with this address. Shape
 /// and errors as `qmail_message_set_from()`, naming `read_receipt_to`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_read_receipt_to(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    set_str(msg, address, "address", |m, v| m.set_read_receipt_to(v).map(drop))
+pub extern "C" fn qmail_message_set_read_receipt_to(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
+    set_str(msg, address, "address", |m, v| {
+        m.set_read_receipt_to(v).map(drop)
+    })
 }
 
 /// Sets the Subject: any Unicode text on one line (RFC 2047 encoded when needed, folded to
@@ -240,7 +267,10 @@ pub extern "C" fn qmail_message_set_read_receipt_to(msg: *mut qmail_message, add
 /// Errors: `QMAIL_RESULT_INVALID_HEADER` naming `subject` for CR, LF, NUL or another control
 /// character (a trailing newline too: header values are one line).
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_subject(msg: *mut qmail_message, subject: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_set_subject(
+    msg: *mut qmail_message,
+    subject: *const c_char,
+) -> qmail_result {
     set_str(msg, subject, "subject", |m, v| m.set_subject(v).map(drop))
 }
 
@@ -250,7 +280,10 @@ pub extern "C" fn qmail_message_set_subject(msg: *mut qmail_message, subject: *c
 ///
 /// Errors: none beyond NULL and UTF-8 (a C string cannot hold the NUL that the core refuses).
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_text(msg: *mut qmail_message, text: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_set_text(
+    msg: *mut qmail_message,
+    text: *const c_char,
+) -> qmail_result {
     set_str(msg, text, "text", |m, v| m.set_text(v).map(drop))
 }
 
@@ -258,7 +291,10 @@ pub extern "C" fn qmail_message_set_text(msg: *mut qmail_message, text: *const c
 /// `qmail_attach_inline()` (checked by `qmail_submit()`). Shape and errors as
 /// `qmail_message_set_text()`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_html(msg: *mut qmail_message, html: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_set_html(
+    msg: *mut qmail_message,
+    html: *const c_char,
+) -> qmail_result {
     set_str(msg, html, "html", |m, v| m.set_html(v).map(drop))
 }
 
@@ -291,7 +327,10 @@ pub extern "C" fn qmail_message_add_header(
 /// Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg`; `QMAIL_RESULT_INVALID_ARGUMENT`
 /// naming `priority` outside 1..5.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_priority(msg: *mut qmail_message, priority: i32) -> qmail_result {
+pub extern "C" fn qmail_message_set_priority(
+    msg: *mut qmail_message,
+    priority: i32,
+) -> qmail_result {
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
         m.set_priority(Priority::from_number(i64::from(priority))?)?;
@@ -305,8 +344,13 @@ pub extern "C" fn qmail_message_set_priority(msg: *mut qmail_message, priority: 
 ///
 /// Errors: `QMAIL_RESULT_INVALID_ADDRESS` naming `envelope_from`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_envelope_from(msg: *mut qmail_message, address: *const c_char) -> qmail_result {
-    set_str(msg, address, "address", |m, v| m.set_envelope_from(v).map(drop))
+pub extern "C" fn qmail_message_set_envelope_from(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
+    set_str(msg, address, "address", |m, v| {
+        m.set_envelope_from(v).map(drop)
+    })
 }
 
 /// Holds the message until this time, in Unix seconds (UTC): it is spooled at once but a
@@ -316,7 +360,10 @@ pub extern "C" fn qmail_message_set_envelope_from(msg: *mut qmail_message, addre
 /// Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg`; `QMAIL_RESULT_INVALID_ARGUMENT`
 /// naming `not_before` for a negative time.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_not_before(msg: *mut qmail_message, unix_seconds: i64) -> qmail_result {
+pub extern "C" fn qmail_message_set_not_before(
+    msg: *mut qmail_message,
+    unix_seconds: i64,
+) -> qmail_result {
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
         m.set_not_before(unix_seconds)?;
@@ -332,7 +379,10 @@ pub extern "C" fn qmail_message_set_not_before(msg: *mut qmail_message, unix_sec
 /// Errors: `QMAIL_RESULT_NULL_PARAMETER`; `QMAIL_RESULT_INVALID_ARGUMENT` naming `spool` for
 /// an empty path. Whether the directory is usable is found out by `qmail_submit()`.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_message_set_spool(msg: *mut qmail_message, path: *const c_char) -> qmail_result {
+pub extern "C" fn qmail_message_set_spool(
+    msg: *mut qmail_message,
+    path: *const c_char,
+) -> qmail_result {
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
         m.set_spool(path_arg(path, "path")?)?;
@@ -362,7 +412,11 @@ pub extern "C" fn qmail_attach(
 ) -> qmail_result {
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
-        m.attach_path(path_arg(path, "path")?, opt_str_arg(filename, "filename")?, opt_str_arg(content_type, "content_type")?)?;
+        m.attach_path(
+            path_arg(path, "path")?,
+            opt_str_arg(filename, "filename")?,
+            opt_str_arg(content_type, "content_type")?,
+        )?;
         Ok(())
     })
 }
@@ -386,7 +440,11 @@ pub extern "C" fn qmail_attach_bytes(
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
         let data = bytes_arg(data, len, "data")?;
-        m.attach_bytes(data, opt_str_arg(filename, "filename")?, opt_str_arg(content_type, "content_type")?)?;
+        m.attach_bytes(
+            data,
+            opt_str_arg(filename, "filename")?,
+            opt_str_arg(content_type, "content_type")?,
+        )?;
         Ok(())
     })
 }
@@ -435,7 +493,11 @@ pub extern "C" fn qmail_attach_inline_bytes(
     ffi_fallible(|| {
         let m = try_mut_from_ptr(msg, "msg")?;
         let data = bytes_arg(data, len, "data")?;
-        m.attach_inline_bytes(data, str_arg(content_id, "content_id")?, opt_str_arg(content_type, "content_type")?)?;
+        m.attach_inline_bytes(
+            data,
+            str_arg(content_id, "content_id")?,
+            opt_str_arg(content_type, "content_type")?,
+        )?;
         Ok(())
     })
 }

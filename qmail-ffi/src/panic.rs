@@ -38,7 +38,12 @@ fn install_hook() {
                 return previous(info);
             }
             let text = match info.location() {
-                Some(l) => format!("{} at {}:{}", payload_text(info.payload()), l.file(), l.line()),
+                Some(l) => format!(
+                    "{} at {}:{}",
+                    payload_text(info.payload()),
+                    l.file(),
+                    l.line()
+                ),
                 None => payload_text(info.payload()),
             };
             let _ = PANIC_MESSAGE.try_with(|m| {
@@ -178,7 +183,10 @@ mod tests {
         assert_eq!(ffi_fallible(panicking), qmail_result::Panic);
         assert_eq!(qmail_last_error_result(), qmail_result::Panic);
         let m = last_message();
-        assert!(m.starts_with("qmail panicked (a bug in qmail): boom 42 at "), "{m}");
+        assert!(
+            m.starts_with("qmail panicked (a bug in qmail): boom 42 at "),
+            "{m}"
+        );
         assert!(m.contains("panic.rs"), "{m}");
         // the next successful call clears it
         assert_eq!(ffi_fallible(|| Ok(())), qmail_result::Ok);
@@ -195,12 +203,20 @@ mod tests {
     #[test]
     fn a_caught_panic_prints_nothing() {
         if std::env::var_os("QMAIL_FFI_PANIC_CHILD").is_some() {
-            assert_eq!(ffi_fallible(|| panic!("secret-panic-text")), qmail_result::Panic);
+            assert_eq!(
+                ffi_fallible(|| panic!("secret-panic-text")),
+                qmail_result::Panic
+            );
             assert!(last_message().contains("secret-panic-text"));
             return;
         }
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "panic::tests::a_caught_panic_prints_nothing", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "panic::tests::a_caught_panic_prints_nothing",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("QMAIL_FFI_PANIC_CHILD", "1")
             .output()
             .unwrap();
@@ -208,6 +224,9 @@ mod tests {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "child failed: {stdout}{stderr}");
         assert!(stdout.contains("1 passed"), "child ran no test: {stdout}");
-        assert!(!stderr.contains("secret-panic-text") && !stdout.contains("secret-panic-text"), "printed: {stderr}");
+        assert!(
+            !stderr.contains("secret-panic-text") && !stdout.contains("secret-panic-text"),
+            "printed: {stderr}"
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::ffi::c_char;
 
 use qmail_core::SpoolOptions;
 
+use crate::QMAIL_ID_BUF_LEN;
 use crate::error::{Failure, qmail_result};
 use crate::handle::{str_arg, try_ref_from_ptr, write_whole};
 use crate::message::qmail_message;
 use crate::panic::ffi_fallible;
-use crate::QMAIL_ID_BUF_LEN;
 
 /// Submits the message: validates it, renders it (RFC 5322, MIME) and writes it into a spool,
 /// then writes its queue id into `id_buf`.
@@ -53,7 +53,11 @@ use crate::QMAIL_ID_BUF_LEN;
 /// Threads: safe to call from many threads at once, each with its own message (or on one
 /// message that no thread modifies meanwhile); spools need no locks.
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_submit(msg: *const qmail_message, id_buf: *mut c_char, id_buf_len: usize) -> qmail_result {
+pub extern "C" fn qmail_submit(
+    msg: *const qmail_message,
+    id_buf: *mut c_char,
+    id_buf_len: usize,
+) -> qmail_result {
     ffi_fallible(|| {
         let builder = try_ref_from_ptr(msg, "msg")?;
         let want_id = !(id_buf.is_null() && id_buf_len == 0);
@@ -108,7 +112,11 @@ pub extern "C" fn qmail_set_default_spool(spools: *const c_char) -> qmail_result
 /// Errors: as `qmail_set_default_spool()`; `QMAIL_RESULT_INVALID_ARGUMENT` naming `file_mode`
 /// for a mode over 0777 (found by the first submit).
 #[unsafe(no_mangle)]
-pub extern "C" fn qmail_set_default_spool_with(spools: *const c_char, durable: bool, file_mode: u32) -> qmail_result {
+pub extern "C" fn qmail_set_default_spool_with(
+    spools: *const c_char,
+    durable: bool,
+    file_mode: u32,
+) -> qmail_result {
     ffi_fallible(|| {
         let options = SpoolOptions { durable, file_mode };
         qmail_core::set_default_spool_with(str_arg(spools, "spools")?, options)?;

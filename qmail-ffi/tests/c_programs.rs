@@ -32,12 +32,17 @@ struct Programs {
 }
 
 fn programs() -> Vec<Programs> {
-    let base = PathBuf::from(std::env::var_os("QMAIL_C_TESTS").expect("QMAIL_C_TESTS: run scripts/test.d/30-c.sh"));
+    let base = PathBuf::from(
+        std::env::var_os("QMAIL_C_TESTS").expect("QMAIL_C_TESTS: run scripts/test.d/30-c.sh"),
+    );
     let links = std::env::var("QMAIL_C_LINKS").unwrap_or_else(|_| "dynamic,static".into());
     links
         .split(',')
         .filter(|l| !l.is_empty())
-        .map(|l| Programs { link: l.to_owned(), dir: base.join(l) })
+        .map(|l| Programs {
+            link: l.to_owned(),
+            dir: base.join(l),
+        })
         .collect()
 }
 
@@ -54,8 +59,14 @@ fn run(prog: &Path, args: &[&Path], stdin: Option<&str>) -> String {
         }
         None => Command::new(prog),
     };
-    cmd.args(args).env_remove("QMAIL_SPOOL").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", prog.display()));
+    cmd.args(args)
+        .env_remove("QMAIL_SPOOL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", prog.display()));
     let input = stdin.unwrap_or("").to_owned();
     let mut pipe = child.stdin.take().unwrap();
     let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
@@ -63,7 +74,12 @@ fn run(prog: &Path, args: &[&Path], stdin: Option<&str>) -> String {
     writer.join().unwrap().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{} {args:?} failed ({}):\n{stderr}\n{stdout}", prog.display(), out.status);
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed ({}):\n{stderr}\n{stdout}",
+        prog.display(),
+        out.status
+    );
     stdout
 }
 
@@ -87,7 +103,9 @@ fn census(spool: &Path) -> BTreeMap<&'static str, usize> {
     QueueState::ALL
         .iter()
         .map(|s| {
-            let n = std::fs::read_dir(spool.join(s.dir_name())).map(|d| d.count()).unwrap_or(0);
+            let n = std::fs::read_dir(spool.join(s.dir_name()))
+                .map(|d| d.count())
+                .unwrap_or(0);
             (s.dir_name(), n)
         })
         .collect()
@@ -102,12 +120,24 @@ fn tagged<'a>(stdout: &'a str, prefix: &str) -> Vec<(&'a str, &'a str)> {
 }
 
 fn names(a: Option<&mail_parser::Address<'_>>) -> Vec<(Option<String>, String)> {
-    a.map(|a| a.iter().map(|x| (x.name().map(str::to_owned), x.address().unwrap_or_default().to_owned())).collect())
-        .unwrap_or_default()
+    a.map(|a| {
+        a.iter()
+            .map(|x| {
+                (
+                    x.name().map(str::to_owned),
+                    x.address().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn header_names(body: &[u8]) -> Vec<String> {
-    common::field_names(body).into_iter().map(|n| n.to_ascii_lowercase()).collect()
+    common::field_names(body)
+        .into_iter()
+        .map(|n| n.to_ascii_lowercase())
+        .collect()
 }
 
 #[test]
@@ -120,13 +150,36 @@ fn every_shape_is_spooled_as_built() {
         let out = run(&p.dir.join("shapes"), &[&spool, &work], None);
         let shapes: BTreeMap<&str, &str> = tagged(&out, "SHAPE").into_iter().collect();
         let expected = [
-            "minimal", "alternative", "html_only", "addresses", "named", "headers_priority", "null_sender", "scheduled",
-            "attachments", "inline", "unicode", "long_text", "resubmit_1", "resubmit_2", "default_spool",
+            "minimal",
+            "alternative",
+            "html_only",
+            "addresses",
+            "named",
+            "headers_priority",
+            "null_sender",
+            "scheduled",
+            "attachments",
+            "inline",
+            "unicode",
+            "long_text",
+            "resubmit_1",
+            "resubmit_2",
+            "default_spool",
         ];
-        assert_eq!(shapes.keys().copied().collect::<HashSet<_>>(), expected.into_iter().collect(), "{}: {out}", p.link);
+        assert_eq!(
+            shapes.keys().copied().collect::<HashSet<_>>(),
+            expected.into_iter().collect(),
+            "{}: {out}",
+            p.link
+        );
         let c = census(&spool);
         // every SHAPE, plus the one submitted without asking for its id
-        assert_eq!(c["ready"] + c["scheduled"], shapes.len() + 1, "{}: {c:?}", p.link);
+        assert_eq!(
+            c["ready"] + c["scheduled"],
+            shapes.len() + 1,
+            "{}: {c:?}",
+            p.link
+        );
         assert_eq!(c["tmp"], 0);
         assert!(out.contains(&format!("VERSION {}", qmail_core::VERSION)));
 
@@ -135,58 +188,128 @@ fn every_shape_is_spooled_as_built() {
             let h = &file.header;
             let m = common::parse(&body);
             let ctx = format!("{} {shape}", p.link);
-            assert_eq!(state == QueueState::Scheduled, shape == "scheduled", "{ctx}");
+            assert_eq!(
+                state == QueueState::Scheduled,
+                shape == "scheduled",
+                "{ctx}"
+            );
             let fields = header_names(&body);
             assert!(!fields.contains(&"bcc".to_owned()), "{ctx}: a Bcc field");
             for once in ["date", "message-id", "from", "mime-version"] {
-                assert_eq!(fields.iter().filter(|f| *f == once).count(), 1, "{ctx}: {once}");
+                assert_eq!(
+                    fields.iter().filter(|f| *f == once).count(),
+                    1,
+                    "{ctx}: {once}"
+                );
             }
-            assert_eq!(m.message_id().map(|i| format!("<{i}>")), Some(h.message_id.clone()), "{ctx}");
+            assert_eq!(
+                m.message_id().map(|i| format!("<{i}>")),
+                Some(h.message_id.clone()),
+                "{ctx}"
+            );
             match shape {
                 "minimal" => {
                     assert_eq!(h.envelope.mail_from, "noreply@example.com");
                     assert_eq!(h.envelope.rcpt_to, ["customer@example.org"]);
-                    assert_eq!(names(m.from()), [(Some("Shop".into()), "noreply@example.com".into())]);
-                    assert_eq!(names(m.to()), [(Some("Customer".into()), "customer@example.org".into())]);
+                    assert_eq!(
+                        names(m.from()),
+                        [(Some("Shop".into()), "noreply@example.com".into())]
+                    );
+                    assert_eq!(
+                        names(m.to()),
+                        [(Some("Customer".into()), "customer@example.org".into())]
+                    );
                     assert_eq!(m.subject(), Some("Your order"));
                     assert_eq!(m.body_text(0).unwrap().trim_end(), "Thanks!\r\nLine two.");
                     assert_eq!(h.priority, 3);
                 }
                 "alternative" => {
                     let root = m.root_part();
-                    assert_eq!(root.content_type().map(|c| c.subtype()), Some(Some("alternative")), "{ctx}");
+                    assert_eq!(
+                        root.content_type().map(|c| c.subtype()),
+                        Some(Some("alternative")),
+                        "{ctx}"
+                    );
                     assert_eq!(m.body_text(0).unwrap().trim_end(), "Job 42 finished.");
-                    assert_eq!(m.body_html(0).unwrap().trim_end(), "<p>Job <b>42</b> finished.</p>");
+                    assert_eq!(
+                        m.body_html(0).unwrap().trim_end(),
+                        "<p>Job <b>42</b> finished.</p>"
+                    );
                 }
                 "html_only" => {
                     assert!(m.body_html(0).unwrap().contains("<b>42</b>"));
-                    assert!(m.body_text(0).unwrap().contains("Job 42 finished."), "{ctx}");
+                    assert!(
+                        m.body_text(0).unwrap().contains("Job 42 finished."),
+                        "{ctx}"
+                    );
                 }
                 "addresses" => {
-                    assert_eq!(names(m.from()), [(Some("Dupont, Élodie".into()), "elodie@example.com".into())]);
+                    assert_eq!(
+                        names(m.from()),
+                        [(Some("Dupont, Élodie".into()), "elodie@example.com".into())]
+                    );
                     assert_eq!(names(m.sender()), [(None, "robot@example.com".into())]);
                     assert_eq!(
                         names(m.reply_to()),
-                        [(Some("Support".into()), "help@example.com".into()), (None, "sales@example.com".into())]
+                        [
+                            (Some("Support".into()), "help@example.com".into()),
+                            (None, "sales@example.com".into())
+                        ]
                     );
                     assert_eq!(
                         names(m.to()),
-                        [(None, "a@example.org".into()), (Some("B Person".into()), "b@example.org".into())]
+                        [
+                            (None, "a@example.org".into()),
+                            (Some("B Person".into()), "b@example.org".into())
+                        ]
                     );
                     assert_eq!(names(m.cc()), [(None, "c@example.org".into())]);
-                    assert_eq!(h.envelope.mail_from, "robot@example.com", "Sender is the default MAIL FROM");
-                    assert_eq!(h.envelope.rcpt_to, ["a@example.org", "b@example.org", "c@example.org", "hidden@example.net"]);
-                    assert!(!String::from_utf8_lossy(&body).contains("hidden@example.net"), "{ctx}: Bcc leaked");
+                    assert_eq!(
+                        h.envelope.mail_from, "robot@example.com",
+                        "Sender is the default MAIL FROM"
+                    );
+                    assert_eq!(
+                        h.envelope.rcpt_to,
+                        [
+                            "a@example.org",
+                            "b@example.org",
+                            "c@example.org",
+                            "hidden@example.net"
+                        ]
+                    );
+                    assert!(
+                        !String::from_utf8_lossy(&body).contains("hidden@example.net"),
+                        "{ctx}: Bcc leaked"
+                    );
                 }
                 "named" => {
-                    assert_eq!(names(m.from()), [(Some("Dupont, Élodie".into()), "elodie@example.com".into())]);
+                    assert_eq!(
+                        names(m.from()),
+                        [(Some("Dupont, Élodie".into()), "elodie@example.com".into())]
+                    );
                     assert_eq!(names(m.sender()), [(None, "robot@example.com".into())]);
-                    assert_eq!(names(m.reply_to()), [(Some("Support \"24/7\"".into()), "help@example.com".into())]);
-                    assert_eq!(names(m.to()), [(Some("Şmith, John".into()), "smith@example.org".into())]);
+                    assert_eq!(
+                        names(m.reply_to()),
+                        [(Some("Support \"24/7\"".into()), "help@example.com".into())]
+                    );
+                    assert_eq!(
+                        names(m.to()),
+                        [(Some("Şmith, John".into()), "smith@example.org".into())]
+                    );
                     assert_eq!(names(m.cc()), [(None, "plain@example.org".into())]);
-                    assert_eq!(h.envelope.rcpt_to, ["smith@example.org", "plain@example.org", "hidden@example.net"]);
+                    assert_eq!(
+                        h.envelope.rcpt_to,
+                        [
+                            "smith@example.org",
+                            "plain@example.org",
+                            "hidden@example.net"
+                        ]
+                    );
                     let head = common::header_section(&body);
-                    assert!(!head.contains("Hidden") && !head.contains("hidden@"), "{ctx}: Bcc leaked");
+                    assert!(
+                        !head.contains("Hidden") && !head.contains("hidden@"),
+                        "{ctx}: Bcc leaked"
+                    );
                     assert_eq!(
                         m.header_raw("Disposition-Notification-To").map(str::trim),
                         Some("receipts@example.com"),
@@ -196,8 +319,16 @@ fn every_shape_is_spooled_as_built() {
                 "headers_priority" => {
                     assert_eq!(m.header_raw("X-Campaign").map(str::trim), Some("spring"));
                     assert_eq!(h.message_id, "<fixed-1@example.com>");
-                    assert_eq!(m.header_raw("Date").map(str::trim), Some("Tue, 01 Jul 2025 10:00:00 +0000"));
-                    assert_eq!(m.header_raw("X-Priority").map(|v| v.trim().starts_with('1')), Some(true), "{ctx}");
+                    assert_eq!(
+                        m.header_raw("Date").map(str::trim),
+                        Some("Tue, 01 Jul 2025 10:00:00 +0000")
+                    );
+                    assert_eq!(
+                        m.header_raw("X-Priority")
+                            .map(|v| v.trim().starts_with('1')),
+                        Some(true),
+                        "{ctx}"
+                    );
                     assert_eq!(h.priority, 1);
                 }
                 "null_sender" => assert_eq!(h.envelope.mail_from, ""),
@@ -212,58 +343,116 @@ fn every_shape_is_spooled_as_built() {
                         .iter()
                         .map(|a| {
                             let ct = a.content_type().unwrap();
-                            (a.attachment_name(), format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")), a.contents())
+                            (
+                                a.attachment_name(),
+                                format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or("")),
+                                a.contents(),
+                            )
                         })
                         .collect();
-                    assert_eq!(summary[0], (Some("invoice.pdf"), "application/pdf".into(), &b"%PDF-1.4\n"[..]));
-                    assert_eq!(summary[1], (Some("Töööst.txt"), "text/plain".into(), &b"hello notes"[..]));
+                    assert_eq!(
+                        summary[0],
+                        (
+                            Some("invoice.pdf"),
+                            "application/pdf".into(),
+                            &b"%PDF-1.4\n"[..]
+                        )
+                    );
+                    assert_eq!(
+                        summary[1],
+                        (Some("Töööst.txt"), "text/plain".into(), &b"hello notes"[..])
+                    );
                     assert_eq!(
                         summary[2],
-                        (Some("data.bin"), "application/octet-stream".into(), &[0x00, 0x01, 0xff, 0x00, b'Q', b'\r', b'\n', 0x80][..])
+                        (
+                            Some("data.bin"),
+                            "application/octet-stream".into(),
+                            &[0x00, 0x01, 0xff, 0x00, b'Q', b'\r', b'\n', 0x80][..]
+                        )
                     );
                     assert_eq!(summary[3].0, Some("empty.txt"));
                     assert!(summary[3].2.is_empty());
-                    assert!(String::from_utf8_lossy(&body).contains("filename*=utf-8''T%C3%B6%C3%B6%C3%B6st.txt"), "{ctx}: RFC 2231");
+                    assert!(
+                        String::from_utf8_lossy(&body)
+                            .contains("filename*=utf-8''T%C3%B6%C3%B6%C3%B6st.txt"),
+                        "{ctx}: RFC 2231"
+                    );
                 }
                 "inline" => {
                     let root = m.root_part();
-                    assert_eq!(root.content_type().and_then(|c| c.subtype()), Some("related"), "{ctx}: RFC 2387");
-                    let parts: Vec<_> = m.parts.iter().filter(|p| p.content_id().is_some()).collect();
-                    let mut cids: Vec<_> = parts.iter().map(|p| p.content_id().unwrap().to_owned()).collect();
+                    assert_eq!(
+                        root.content_type().and_then(|c| c.subtype()),
+                        Some("related"),
+                        "{ctx}: RFC 2387"
+                    );
+                    let parts: Vec<_> = m
+                        .parts
+                        .iter()
+                        .filter(|p| p.content_id().is_some())
+                        .collect();
+                    let mut cids: Vec<_> = parts
+                        .iter()
+                        .map(|p| p.content_id().unwrap().to_owned())
+                        .collect();
                     cids.sort();
                     assert_eq!(cids, ["logo@example.com", "sig"], "{ctx}");
                     for part in parts {
-                        assert_eq!(part.contents(), &[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'][..]);
+                        assert_eq!(
+                            part.contents(),
+                            &[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'][..]
+                        );
                         assert_eq!(part.content_type().and_then(|c| c.subtype()), Some("png"));
                     }
                 }
                 "unicode" => {
                     assert_eq!(m.subject(), Some("Grüße aus Köln – 東京"));
-                    assert_eq!(names(m.cc()), [(Some("Jürgen".into()), "jurgen@xn--bcher-kva.example".into())]);
-                    assert!(h.envelope.rcpt_to.contains(&"jurgen@xn--bcher-kva.example".to_owned()));
+                    assert_eq!(
+                        names(m.cc()),
+                        [(Some("Jürgen".into()), "jurgen@xn--bcher-kva.example".into())]
+                    );
+                    assert!(
+                        h.envelope
+                            .rcpt_to
+                            .contains(&"jurgen@xn--bcher-kva.example".to_owned())
+                    );
                     assert_eq!(m.body_text(0).unwrap().trim_end(), "Grüße, €100");
-                    assert!(common::header_section(&body).is_ascii(), "{ctx}: 8-bit header");
+                    assert!(
+                        common::header_section(&body).is_ascii(),
+                        "{ctx}: 8-bit header"
+                    );
                 }
                 "long_text" => {
                     let text = m.body_text(0).unwrap();
                     let expected = format!("{}\r\n{}", "b".repeat(2000), "c".repeat(2048));
                     assert_eq!(text.trim_end(), expected, "{ctx}");
                     let part = m.text_part(0).unwrap();
-                    let cte = part.content_transfer_encoding().unwrap_or("7bit").to_ascii_lowercase();
+                    let cte = part
+                        .content_transfer_encoding()
+                        .unwrap_or("7bit")
+                        .to_ascii_lowercase();
                     assert!(cte == "quoted-printable" || cte == "base64", "{ctx}: {cte}");
                 }
                 "resubmit_1" | "resubmit_2" => assert_eq!(m.subject(), Some("twice")),
                 "default_spool" => {
                     assert_eq!(h.envelope.rcpt_to, ["only-bcc@example.org"]);
-                    assert!(names(m.to()).iter().all(|(_, a)| a.is_empty()), "{ctx}: To names an address");
-                    assert!(!String::from_utf8_lossy(&body).contains("only-bcc@"), "{ctx}: Bcc leaked");
+                    assert!(
+                        names(m.to()).iter().all(|(_, a)| a.is_empty()),
+                        "{ctx}: To names an address"
+                    );
+                    assert!(
+                        !String::from_utf8_lossy(&body).contains("only-bcc@"),
+                        "{ctx}: Bcc leaked"
+                    );
                 }
                 other => panic!("unexpected shape {other}"),
             }
         }
         let (a, _, _) = spooled(&spool, shapes["resubmit_1"]);
         let (b, _, _) = spooled(&spool, shapes["resubmit_2"]);
-        assert_ne!(a.header.message_id, b.header.message_id, "a resubmit is a new message");
+        assert_ne!(
+            a.header.message_id, b.header.message_id,
+            "a resubmit is a new message"
+        );
     }
 }
 
@@ -275,7 +464,11 @@ fn every_error_path_leaves_the_spool_empty() {
         let out = run(&p.dir.join("errors"), &[tmp.path()], None);
         let spool = tmp.path().join("spool");
         let c = census(&spool);
-        assert!(c.values().all(|&n| n == 0), "{}: failed submits left files: {c:?}", p.link);
+        assert!(
+            c.values().all(|&n| n == 0),
+            "{}: failed submits left files: {c:?}",
+            p.link
+        );
         assert!(!tmp.path().join("blocker").is_dir());
 
         let shapes = tagged(&out, "SHAPE");
@@ -284,7 +477,12 @@ fn every_error_path_leaves_the_spool_empty() {
         assert_eq!(census(&ok)["ready"], 1);
         let (file, _, body) = spooled(&ok, shapes[0].1);
         let m = common::parse(&body);
-        assert_eq!(names(m.from()), [(Some("First".into()), "first@example.com".into())], "{}", p.link);
+        assert_eq!(
+            names(m.from()),
+            [(Some("First".into()), "first@example.com".into())],
+            "{}",
+            p.link
+        );
         assert_eq!(file.header.envelope.rcpt_to, ["customer@example.org"]);
         assert_eq!(m.subject(), Some("kept"));
         assert!(m.header_raw("X-Priority").is_none());
@@ -299,7 +497,11 @@ fn eight_threads_submit_at_once() {
     for p in programs() {
         let tmp = tempfile::tempdir().unwrap();
         let spool = tmp.path().join("spool");
-        let out = run(&p.dir.join("threads"), &[&spool, Path::new(&PER_THREAD.to_string())], None);
+        let out = run(
+            &p.dir.join("threads"),
+            &[&spool, Path::new(&PER_THREAD.to_string())],
+            None,
+        );
         let ids: Vec<(&str, &str, &str)> = out
             .lines()
             .filter_map(|l| {
@@ -314,7 +516,10 @@ fn eight_threads_submit_at_once() {
         for (t, n, id) in ids {
             let (file, _, body) = spooled(&spool, id);
             let m = common::parse(&body);
-            assert_eq!(m.subject(), Some(format!("thread {t} message {n}").as_str()));
+            assert_eq!(
+                m.subject(),
+                Some(format!("thread {t} message {n}").as_str())
+            );
             assert_eq!(file.header.envelope.rcpt_to, ["customer@example.org"]);
         }
     }
@@ -382,7 +587,10 @@ fn mailbox(v: &Value) -> String {
         o => {
             let addr = o["address"].as_str().unwrap_or_default();
             match o["name"].as_str() {
-                Some(n) if !n.is_empty() => format!("\"{}\" <{addr}>", n.replace('\\', "\\\\").replace('"', "\\\"")),
+                Some(n) if !n.is_empty() => format!(
+                    "\"{}\" <{addr}>",
+                    n.replace('\\', "\\\\").replace('"', "\\\"")
+                ),
                 _ => addr.to_owned(),
             }
         }
@@ -407,11 +615,16 @@ fn commands(input: &Value, spool: &Path, form: Form) -> Vec<String> {
             o => vec![o.clone()],
         }
     };
-    let mut c = vec!["new".to_owned(), format!("spool\t{}", esc(&spool.display().to_string()))];
+    let mut c = vec![
+        "new".to_owned(),
+        format!("spool\t{}", esc(&spool.display().to_string())),
+    ];
     let address = |cmd: &str, a: &Value| match (form, a) {
         (Form::Named, Value::Object(o)) => format!(
             "{cmd}_named\t{}\t{}",
-            o.get("name").and_then(Value::as_str).map_or("-".to_owned(), esc),
+            o.get("name")
+                .and_then(Value::as_str)
+                .map_or("-".to_owned(), esc),
             esc(o.get("address").and_then(Value::as_str).unwrap_or_default())
         ),
         _ => format!("{cmd}\t{}", esc(&mailbox(a))),
@@ -431,16 +644,29 @@ fn commands(input: &Value, spool: &Path, form: Form) -> Vec<String> {
     }
     if let Some(h) = input["headers"].as_object() {
         for (k, v) in h {
-            c.push(format!("header\t{}\t{}", esc(k), esc(&common::expand(v.as_str().unwrap_or_default()))));
+            c.push(format!(
+                "header\t{}\t{}",
+                esc(k),
+                esc(&common::expand(v.as_str().unwrap_or_default()))
+            ));
         }
     }
     for a in list(&input["attachments"]) {
         let hex = match a["content_hex"].as_str() {
             Some(h) => h.to_owned(),
-            None => a["content"].as_str().unwrap_or_default().bytes().map(|b| format!("{b:02x}")).collect(),
+            None => a["content"]
+                .as_str()
+                .unwrap_or_default()
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
         };
         let opt = |v: &Value| v.as_str().map_or("-".to_owned(), esc);
-        c.push(format!("attach_bytes\t{hex}\t{}\t{}", opt(&a["filename"]), opt(&a["content_type"])));
+        c.push(format!(
+            "attach_bytes\t{hex}\t{}\t{}",
+            opt(&a["filename"]),
+            opt(&a["content_type"])
+        ));
     }
     c.push("submit".to_owned());
     c
@@ -449,15 +675,27 @@ fn commands(input: &Value, spool: &Path, form: Form) -> Vec<String> {
 /// What the C layer did with one input: the first error (number, field), or the queue id.
 #[derive(Debug)]
 enum Outcome {
-    Refused { code: u32, name: String, field: String, message: String },
+    Refused {
+        code: u32,
+        name: String,
+        field: String,
+        message: String,
+    },
     Spooled(String),
 }
 
 /// Runs every input of every build case through script.c in one process.
-fn through_c(p: &Programs, spool: &Path, form: Form) -> BTreeMap<(String, usize), (Value, Outcome)> {
+fn through_c(
+    p: &Programs,
+    spool: &Path,
+    form: Form,
+) -> BTreeMap<(String, usize), (Value, Outcome)> {
     let mut script = String::new();
     let mut plan = Vec::new();
-    for case in common::cases().into_iter().filter(|c| c["layer"] == "build") {
+    for case in common::cases()
+        .into_iter()
+        .filter(|c| c["layer"] == "build")
+    {
         let id = case["id"].as_str().unwrap().to_owned();
         for (i, input) in case["inputs"].as_array().unwrap().iter().enumerate() {
             let cmds = commands(input, spool, form);
@@ -478,9 +716,19 @@ fn through_c(p: &Programs, spool: &Path, form: Form) -> BTreeMap<(String, usize)
             Some(err) => {
                 let (head, message) = err.split_once('\t').unwrap();
                 let w: Vec<&str> = head.splitn(4, ' ').collect();
-                Outcome::Refused { code: w[1].parse().unwrap(), name: w[2].into(), field: unesc(w[3]), message: unesc(message) }
+                Outcome::Refused {
+                    code: w[1].parse().unwrap(),
+                    name: w[2].into(),
+                    field: unesc(w[3]),
+                    message: unesc(message),
+                }
             }
-            None => Outcome::Spooled(answers[n - 1].strip_prefix("OK ").expect("submit answers OK <id>").to_owned()),
+            None => Outcome::Spooled(
+                answers[n - 1]
+                    .strip_prefix("OK ")
+                    .expect("submit answers OK <id>")
+                    .to_owned(),
+            ),
         };
         results.insert(key, (input, outcome));
     }
@@ -498,7 +746,10 @@ fn shared_build_cases_through_c() {
             let get = |id: &str, i: usize| &results[&(id.to_owned(), i)].1;
             let refused = |id: &str, i: usize| match get(id, i) {
                 Outcome::Refused { code, field, .. } => (*code, field.clone()),
-                o => panic!("{ctx} {id} input {}: spooled, expected a refusal: {o:?}", i + 1),
+                o => panic!(
+                    "{ctx} {id} input {}: spooled, expected a refusal: {o:?}",
+                    i + 1
+                ),
             };
 
             // CR/LF in the Reply-To address is an invalid address naming reply_to; in
@@ -510,27 +761,53 @@ fn shared_build_cases_through_c() {
             // a newline in Subject or in a custom header value, and bad header names
             assert_eq!(refused("Q-03", 0), (2003, "subject".into()), "{ctx}");
             let (code, field) = refused("Q-03", 2);
-            assert_eq!((code, field.starts_with("headers.X-Bad")), (2003, true), "{ctx}");
+            assert_eq!(
+                (code, field.starts_with("headers.X-Bad")),
+                (2003, true),
+                "{ctx}"
+            );
             let (code, field) = refused("Q-03", 3);
-            assert_eq!((code, field.starts_with("headers.X-Evil")), (2003, true), "{ctx}");
+            assert_eq!(
+                (code, field.starts_with("headers.X-Evil")),
+                (2003, true),
+                "{ctx}"
+            );
             // Q-03 input 2: built; the literal encoded-word text comes back exactly, no Bcc
-            let Outcome::Spooled(id) = get("Q-03", 1) else { panic!("{ctx}: Q-03 input 2 refused: {:?}", get("Q-03", 1)) };
+            let Outcome::Spooled(id) = get("Q-03", 1) else {
+                panic!("{ctx}: Q-03 input 2 refused: {:?}", get("Q-03", 1))
+            };
             let (_, _, body) = spooled(tmp.path(), id);
-            assert_eq!(common::parse(&body).subject(), Some("Invoice =?UTF-8?Q?=0A?=Bcc: leak@example.org"));
+            assert_eq!(
+                common::parse(&body).subject(),
+                Some("Invoice =?UTF-8?Q?=0A?=Bcc: leak@example.org")
+            );
             assert!(!header_names(&body).contains(&"bcc".to_owned()));
 
             // Every input: the C layer agrees with the Rust API on the same payload.
             for ((id, i), (input, outcome)) in &results {
                 let ctx = format!("{ctx} {id} input {}", i + 1);
                 match (common::build(input), outcome) {
-                    (Err(e), Outcome::Refused { code, name, field, message }) => {
+                    (
+                        Err(e),
+                        Outcome::Refused {
+                            code,
+                            name,
+                            field,
+                            message,
+                        },
+                    ) => {
                         assert_eq!(Some(field.as_str()), e.field(), "{ctx}: {message}");
-                        assert!(message.starts_with(&format!("{field}: ")), "{ctx}: {message}");
+                        assert!(
+                            message.starts_with(&format!("{field}: ")),
+                            "{ctx}: {message}"
+                        );
                         let rust_kind = e.kind().as_str();
                         // only the one-string form may turn a bad display name (InvalidHeader
                         // in Rust, where the name is given apart) into an InvalidAddress
                         let same = name == rust_kind
-                            || (form == Form::Quoted && rust_kind == "InvalidHeader" && name == "InvalidAddress");
+                            || (form == Form::Quoted
+                                && rust_kind == "InvalidHeader"
+                                && name == "InvalidAddress");
                         assert!(same, "{ctx}: C {name} ({code}), Rust {rust_kind}");
                     }
                     (Ok(rust), Outcome::Spooled(qid)) => {
@@ -540,7 +817,10 @@ fn shared_build_cases_through_c() {
                         same_message(&ctx, &common::parse(&body), &common::parse(&rust_bytes));
                         assert_eq!(header_names(&body), header_names(&rust_bytes), "{ctx}");
                     }
-                    (rust, c) => panic!("{ctx}: Rust {:?}, C {c:?}", rust.map(|m| m.envelope().clone())),
+                    (rust, c) => panic!(
+                        "{ctx}: Rust {:?}, C {c:?}",
+                        rust.map(|m| m.envelope().clone())
+                    ),
                 }
             }
         }
@@ -552,20 +832,37 @@ fn same_message(ctx: &str, c: &mail_parser::Message<'_>, rust: &mail_parser::Mes
     assert_eq!(names(c.from()), names(rust.from()), "{ctx}: from");
     assert_eq!(names(c.to()), names(rust.to()), "{ctx}: to");
     assert_eq!(names(c.cc()), names(rust.cc()), "{ctx}: cc");
-    assert_eq!(names(c.reply_to()), names(rust.reply_to()), "{ctx}: reply_to");
+    assert_eq!(
+        names(c.reply_to()),
+        names(rust.reply_to()),
+        "{ctx}: reply_to"
+    );
     assert_eq!(c.subject(), rust.subject(), "{ctx}: subject");
     assert_eq!(c.body_text(0), rust.body_text(0), "{ctx}: text");
     assert_eq!(c.body_html(0), rust.body_html(0), "{ctx}: html");
     let atts = |m: &mail_parser::Message<'_>| -> Vec<(Option<String>, Vec<u8>)> {
-        m.attachments().map(|a| (a.attachment_name().map(str::to_owned), a.contents().to_vec())).collect()
+        m.attachments()
+            .map(|a| {
+                (
+                    a.attachment_name().map(str::to_owned),
+                    a.contents().to_vec(),
+                )
+            })
+            .collect()
     };
     assert_eq!(atts(c), atts(rust), "{ctx}: attachments");
     let kinds = |m: &mail_parser::Message<'_>| -> Vec<String> {
         m.parts
             .iter()
             .map(|p| match &p.body {
-                PartType::Multipart(_) => format!("multipart/{}", p.content_type().and_then(|c| c.subtype()).unwrap_or("")),
-                _ => p.content_type().map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or(""))).unwrap_or_default(),
+                PartType::Multipart(_) => format!(
+                    "multipart/{}",
+                    p.content_type().and_then(|c| c.subtype()).unwrap_or("")
+                ),
+                _ => p
+                    .content_type()
+                    .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")))
+                    .unwrap_or_default(),
             })
             .collect()
     };

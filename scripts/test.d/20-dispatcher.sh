@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The dispatcher's suites: the engine against real SMTP servers (qmail-core/tests/dispatch_*.rs,
-# also run by 10-rust.sh as part of qmail-core) and the qmail-dispatcher binary
+# The dispatcher's suites: the engine against real SMTP servers (qmail-dispatch/tests/*.rs)
+# and the qmail-dispatcher binary
 # (dispatcher-bin/tests: commands, two processes on one spool, SIGKILL and restart, latency).
 # The SMTP servers are aiosmtpd (tests/smtp/smtp_server.py) from .venv, made by
 # scripts/setup-python-env; TLS tests make their certificates with the openssl CLI; the Q-07
@@ -12,4 +12,5 @@ if ! command -v openssl >/dev/null; then
     apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-cargo test -p qmail-dispatcher --all-targets
+cargo test -p qmail-dispatch -p qmail-dispatcher --all-targets
+cargo test -p qmail-dispatch --doc

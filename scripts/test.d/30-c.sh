@@ -31,6 +31,10 @@ awk 'FNR == 1 { recent = "" }
      /unsafe \{/ && !/^ *\/\// { if (recent == "" || FNR - recent > 4) { print FILENAME ":" FNR ": unsafe block without a // SAFETY: comment"; bad = 1 } }
      END { exit bad }' qmail-ffi/src/handle.rs qmail-ffi/src/panic.rs
 
+step "libqmail links qmail-core only: no SMTP, TLS or inotify code (cargo tree)"
+linked=$(cargo tree -p qmail-ffi -e normal --prefix none | grep -E '^(lettre|rustls|ring|notify|qmail-dispatch) ' || true)
+if [ -n "$linked" ]; then echo "qmail-ffi depends on: $linked"; exit 1; fi
+
 step "include/qmail.h is what the pinned cbindgen generates"
 scripts/gen-header --check
 

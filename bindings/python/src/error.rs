@@ -133,7 +133,9 @@ fn types(py: Python<'_>) -> PyResult<&Vec<Py<PyType>>> {
                     .iter()
                     .position(|c| c.name == parent)
                     .ok_or_else(|| {
-                        pyo3::exceptions::PyRuntimeError::new_err(format!("qmail: exception class {parent} must be defined before its subclasses"))
+                        pyo3::exceptions::PyRuntimeError::new_err(format!(
+                            "qmail: exception class {parent} must be defined before its subclasses"
+                        ))
                     })?;
                 bases.push(made[i].bind(py).clone());
             }

@@ -35,7 +35,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::raw::RawMessage;
-pub use queue_id::{MessageId, QueueId};
+pub use queue_id::{MessageId, QueueId, short_host_name};
 pub use record::{SpoolFile, SpoolHeader};
 
 /// The queue states, each one directory of the spool.
@@ -295,7 +295,8 @@ impl Spool {
     }
 }
 
-pub(crate) fn now_secs() -> i64 {
+/// The local clock as Unix seconds (0 if the clock is before 1970).
+pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

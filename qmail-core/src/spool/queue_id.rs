@@ -27,7 +27,7 @@ pub type MessageId = QueueId;
 /// The first label of this host's name, at most 32 characters, each character for which
 /// `keep` is false replaced by '_'; `"host"` when the name is unknown. Queue ids and
 /// dispatcher instance ids carry it.
-pub(crate) fn short_host_name(keep: impl Fn(char) -> bool) -> String {
+pub fn short_host_name(keep: impl Fn(char) -> bool) -> String {
     let h = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();

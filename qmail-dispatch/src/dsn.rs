@@ -6,8 +6,8 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::raw::RawMessage;
-use crate::spool::{Spool, SpoolFile};
+use qmail_core::RawMessage;
+use qmail_core::spool::{Spool, SpoolFile};
 
 use super::config::DispatchConfig;
 use super::state::FailedRcpt;
@@ -21,8 +21,8 @@ pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> V
         .clone()
         .unwrap_or_else(|| format!("MAILER-DAEMON@{host}"));
     let to = &file.header.envelope.mail_from;
-    let boundary = format!("qmail-dsn-{}", crate::random_hex(8));
-    let date = crate::message::format_date(crate::spool::now_secs());
+    let boundary = format!("qmail-dsn-{}", qmail_core::random_hex(8));
+    let date = qmail_core::message::format_date(qmail_core::spool::now_secs());
     let mut s = String::new();
     let _ = write!(
         s,
@@ -31,7 +31,7 @@ pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> V
          Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\n\
          This is a MIME-encapsulated message.\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
          Your message {orig} could not be delivered to these recipients:\r\n\r\n",
-        mid = crate::message::generate_message_id(host),
+        mid = qmail_core::message::generate_message_id(host),
         orig = file.header.message_id,
     );
     for f in failed {

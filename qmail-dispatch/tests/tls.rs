@@ -7,8 +7,8 @@ use std::path::Path;
 
 use base64::Engine;
 use dispatch_common::*;
-use qmail_core::dispatch::{DispatchConfig, Dispatcher, MessageState, RelayConfig, TlsMode};
 use qmail_core::{Message, QueueId, Spool, SpoolFile};
+use qmail_dispatch::{DispatchConfig, Dispatcher, MessageState, RelayConfig, TlsMode};
 
 const USER: &str = "u@example.com";
 const PASS: &str = "s3cret";
@@ -100,7 +100,7 @@ fn self_signed_certificate_refused_by_default() {
             "{}",
             last_reply(&e.spool, &id)
         );
-        qmail_core::dispatch::admin::retry(e.spool.path(), &[], "t").unwrap();
+        qmail_dispatch::admin::retry(e.spool.path(), &[], "t").unwrap();
     }
     assert!(srv.transactions().is_empty());
     for s in srv.wait_sessions(2, std::time::Duration::from_secs(10)) {

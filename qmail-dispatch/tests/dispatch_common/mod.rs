@@ -1,4 +1,4 @@
-//! Shared by the dispatcher tests (`qmail-core/tests/dispatch_*.rs` and
+//! Shared by the dispatcher tests (`qmail-dispatch/tests/*.rs` and
 //! `dispatcher-bin/tests/*.rs`): starts `tests/smtp/smtp_server.py` (aiosmtpd) with the repo's
 //! `.venv` Python, reads what it recorded, writes spool files by hand.
 #![allow(dead_code)]
@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use qmail_core::dispatch::DispatchConfig;
 use qmail_core::spool::record;
 use qmail_core::{Envelope, QueueId, SpoolHeader};
+use qmail_dispatch::DispatchConfig;
 
 /// The repository root (both crates that use this module sit one level below it).
 pub fn repo_root() -> PathBuf {
@@ -353,7 +353,7 @@ pub fn config(spool: &Path, relays: &[String]) -> DispatchConfig {
     };
     c.relays = relays
         .iter()
-        .map(|u| qmail_core::RelayConfig {
+        .map(|u| qmail_dispatch::RelayConfig {
             url: Some(u.clone()),
             cooldown_secs: 0,
             ..Default::default()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::spool::{QueueId, QueueState, SpoolFile, now_secs};
+use qmail_core::spool::{QueueId, QueueState, SpoolFile, now_secs};
 
 use super::claim::split_claim_name;
 use super::state::MessageState;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, ErrorKind, Result};
+use qmail_core::error::{Error, ErrorKind, Result};
 
 fn invalid(field: &'static str, msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidArgument, msg).with_field(field)

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dispatch_common::*;
-use qmail_core::dispatch::{DispatchConfig, Dispatcher, MessageState, RcptStatus, admin};
 use qmail_core::{Message, QueueId, Spool, SpoolFile};
+use qmail_dispatch::{DispatchConfig, Dispatcher, MessageState, RcptStatus, admin};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -44,7 +44,7 @@ fn simple(to: &str, text: &str) -> qmail_core::MessageBuilder {
         .text(text)
 }
 
-fn drain(cfg: &DispatchConfig) -> qmail_core::dispatch::Summary {
+fn drain(cfg: &DispatchConfig) -> qmail_dispatch::Summary {
     Dispatcher::drain(cfg.clone()).unwrap()
 }
 
@@ -969,7 +969,7 @@ fn q12a_slow_end_of_data_reply_is_waited_for_once() {
     // The case's server waits 120 s. The default end-of-data timeout is asserted to be at
     // least 600 s; the wait itself runs with a short server delay (1.5 s) and a configured
     // 5 s timeout, so the test takes seconds, not minutes.
-    assert!(qmail_core::dispatch::TimeoutConfig::default().data_end_secs >= 600);
+    assert!(qmail_dispatch::TimeoutConfig::default().data_end_secs >= 600);
     assert!(DispatchConfig::default().timeouts.data_end_secs >= 600);
     let srv = SmtpServer::start(&["--eod-delay", "1.5"]);
     let (_d, spool) = spool_dir();
@@ -1207,7 +1207,7 @@ fn large_message_streams_in_chunks_with_stuffing_across_chunk_boundaries() {
         })
         .collect();
     let (_, body) = submit(&spool, simple("a@example.org", &text));
-    assert!(body.len() as u64 > qmail_core::dispatch::smtp::SMALL_BODY * 4);
+    assert!(body.len() as u64 > qmail_dispatch::smtp::SMALL_BODY * 4);
     let cfg = config(spool.path(), &[srv.url("tls=none")]);
     assert_eq!(drain(&cfg).delivered, 1);
     let tx = srv.delivered();

@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::spool::QueueState;
+use qmail_core::spool::QueueState;
 
 /// Directory of the lease files, inside a spool.
 pub const LEASE_DIR: &str = "leases";
@@ -26,7 +26,7 @@ pub const OWNER_SEP: char = '+';
 
 fn host_tag() -> String {
     // '-' separates the parts of an instance id, so it is replaced too
-    crate::spool::queue_id::short_host_name(|c| c.is_ascii_alphanumeric())
+    qmail_core::spool::short_host_name(|c| c.is_ascii_alphanumeric())
 }
 
 /// A new instance id for this process: `HOST-PID-RANDOM` (host without dashes).
@@ -35,7 +35,7 @@ pub fn new_instance_id() -> String {
         "{}-{}-{}",
         host_tag(),
         std::process::id(),
-        crate::random_hex(4)
+        qmail_core::random_hex(4)
     )
 }
 
@@ -105,7 +105,7 @@ impl Lease {
             f,
             "instance={instance}\npid={}\nstarted={}",
             std::process::id(),
-            crate::spool::now_secs()
+            qmail_core::spool::now_secs()
         )?;
         f.sync_all()?;
         Ok(Lease { path })
@@ -211,7 +211,7 @@ pub fn release(claimed: &Path, spool: &Path, id: &str, to: QueueState) -> io::Re
     fs::rename(claimed, spool.join(to.dir_name()).join(id))
 }
 
-pub use crate::spool::sync_dir;
+pub use qmail_core::spool::sync_dir;
 
 #[cfg(test)]
 mod tests {

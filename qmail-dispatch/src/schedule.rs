@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use crate::spool::{QueueId, QueueState, SpoolFile};
+use qmail_core::spool::{QueueId, QueueState, SpoolFile};
 
 use super::state::MessageState;
 
@@ -235,7 +235,7 @@ fn id_created(id: &str) -> i64 {
     QueueId::parse(id)
         .ok()
         .and_then(|q| q.created_secs())
-        .unwrap_or_else(crate::spool::now_secs)
+        .unwrap_or_else(qmail_core::spool::now_secs)
 }
 
 /// Reads what ranking a `ready/` or `scheduled/` file needs: `(rank, not_before)`. A file
@@ -334,7 +334,7 @@ pub fn add_deferred(q: &CandidateQueue, spool_idx: usize, spool: &Path, id: &str
 
 /// Scans `ready/`, `scheduled/` and `deferred/` of a spool.
 pub fn scan_spool(q: &CandidateQueue, spool_idx: usize, spool: &Path, step: u64) {
-    let now = crate::spool::now_secs();
+    let now = qmail_core::spool::now_secs();
     for id in names(&spool.join("ready")) {
         add_ready(q, spool_idx, spool, &id, step);
     }
