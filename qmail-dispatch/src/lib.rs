@@ -41,6 +41,7 @@ mod dispatcher;
 pub mod dsn;
 mod housekeeping;
 pub mod metrics;
+pub mod queue;
 pub mod relay;
 pub mod retry;
 mod route;
