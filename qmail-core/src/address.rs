@@ -141,6 +141,36 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Parses an address list given as one string (`"a@example.com, B <b@example.org>"`, an
+    /// RFC 5322 §3.4 address-list; groups are flattened): split at the top-level commas, then
+    /// every member parsed as strictly as [`Mailbox::parse`].
+    ///
+    /// # Errors
+    /// As [`Mailbox::parse`] for the first bad member (the message names it);
+    /// [`ErrorKind::InvalidAddress`] when the list holds no mailbox.
+    pub fn parse_list(s: &str) -> Result<Vec<Mailbox>> {
+        reject_controls(s)?;
+        let members = split_list(s);
+        if members.is_empty() {
+            return Err(invalid(format!("'{}' holds no address", s.trim())));
+        }
+        let many = members.len() > 1;
+        members
+            .iter()
+            .map(|m| {
+                Mailbox::parse(m).map_err(|e| {
+                    if many {
+                        Error::new(e.kind(), format!("list member '{m}': {}", e.message()))
+                    } else {
+                        e
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
 impl std::str::FromStr for Mailbox {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
@@ -198,6 +228,64 @@ impl ReversePath {
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidAddress, msg)
+}
+
+/// Splits an address-list value (RFC 5322 §3.4) at top-level commas and semicolons (outside
+/// quotes, comments, angle brackets and address literals); comments and group display names are
+/// dropped, empty members skipped.
+pub(crate) fn split_list(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut depth, mut angle, mut esc) = (false, 0i32, false, false);
+    let mut literal = false;
+    for c in v.chars() {
+        if esc {
+            cur.push(c);
+            esc = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || depth > 0 => {
+                esc = true;
+                cur.push(c);
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            '(' if !quoted => {
+                depth += 1;
+            }
+            ')' if !quoted && depth > 0 => {
+                depth -= 1;
+            }
+            _ if depth > 0 => {}
+            '<' if !quoted => {
+                angle = true;
+                cur.push(c);
+            }
+            '>' if !quoted => {
+                angle = false;
+                cur.push(c);
+            }
+            '[' if !quoted => {
+                literal = true;
+                cur.push(c);
+            }
+            ']' if !quoted => {
+                literal = false;
+                cur.push(c);
+            }
+            ',' | ';' if !quoted && !angle && !literal => out.push(std::mem::take(&mut cur)),
+            ':' if !quoted && !angle && !literal => cur.clear(), // group display name
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn reject_controls(s: &str) -> Result<()> {

@@ -53,6 +53,13 @@ impl ErrorKind {
         }
     }
 
+    /// True for the kinds a later try (or another spool) may not have: a spool that cannot be
+    /// written and other I/O failures. Every validation kind is permanent: the same input fails
+    /// the same way. The one rule the bindings use (`transient` in Python, Node and C).
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::SpoolUnavailable | ErrorKind::Io)
+    }
+
     /// Every kind, in a fixed order; bindings enumerate this to build their own tables.
     pub const ALL: &'static [ErrorKind] = &[
         ErrorKind::InvalidArgument,
@@ -132,7 +139,7 @@ impl Error {
     /// True when retrying the same call later (or on another spool) may succeed: spool and I/O
     /// failures. Validation failures are permanent.
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind, ErrorKind::SpoolUnavailable | ErrorKind::Io)
+        self.kind.is_transient()
     }
 }
 

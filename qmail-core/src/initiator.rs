@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::raw::RawMessage;
-use crate::spool::{QueueId, Spool, SpoolOptions};
+use crate::spool::{PendingSubmit, QueueId, Spool, SpoolHeader, SpoolOptions};
 
 /// The environment variable naming the default spool(s).
 pub const SPOOL_ENV: &str = "QMAIL_SPOOL";
@@ -38,7 +38,9 @@ impl Initiator {
     /// does not stop the others).
     ///
     /// # Errors
-    /// [`ErrorKind::NoSpoolConfigured`] for an empty list.
+    /// [`ErrorKind::NoSpoolConfigured`] for an empty list; [`ErrorKind::InvalidArgument`]
+    /// naming `spool` for a path that is relative or padded with spaces
+    /// ([`check_spool_path`]).
     pub fn new(
         spools: impl IntoIterator<Item = impl Into<PathBuf>>,
         options: SpoolOptions,
@@ -50,6 +52,9 @@ impl Initiator {
             .collect();
         if spools.is_empty() {
             return Err(no_spool());
+        }
+        for p in &spools {
+            check_spool_path(p)?;
         }
         Ok(Initiator {
             spools,
@@ -82,11 +87,7 @@ impl Initiator {
         Ok(s)
     }
 
-    fn spread(
-        &self,
-        named: Option<&Path>,
-        submit: impl Fn(&Spool) -> Result<QueueId>,
-    ) -> Result<QueueId> {
+    fn spread<T>(&self, named: Option<&Path>, submit: impl Fn(&Spool) -> Result<T>) -> Result<T> {
         if let Some(p) = named {
             return submit(&self.spool(p)?);
         }
@@ -120,6 +121,106 @@ impl Initiator {
     /// As [`Initiator::submit`].
     pub fn submit_raw(&self, message: &RawMessage, spool: Option<&Path>) -> Result<QueueId> {
         self.spread(spool, |s| s.submit_raw(message))
+    }
+
+    /// Begins a streamed spool file ([`Spool::begin`]) on the next spool that takes it.
+    ///
+    /// # Errors
+    /// As [`Initiator::submit`].
+    pub fn begin(&self, header: &SpoolHeader) -> Result<PendingSubmit> {
+        self.spread(None, |s| s.begin(header))
+    }
+}
+
+/// Checks a spool directory given by a caller: absolute, without leading or trailing
+/// whitespace (a path from a settings file padded with a space would otherwise make a new
+/// spool nobody dispatches from; a relative one would depend on the working directory).
+///
+/// # Errors
+/// [`ErrorKind::InvalidArgument`] naming `spool`; [`ErrorKind::NoSpoolConfigured`] for an
+/// empty path.
+pub fn check_spool_path(p: &Path) -> Result<()> {
+    let bad = |m: String| Error::new(ErrorKind::InvalidArgument, m).with_field("spool");
+    let s = p.to_string_lossy();
+    if s.is_empty() {
+        return Err(no_spool());
+    }
+    if s.trim() != s {
+        return Err(bad(format!(
+            "spool path {s:?} starts or ends with whitespace"
+        )));
+    }
+    if !p.is_absolute() {
+        return Err(bad(format!(
+            "spool path {s:?} is relative; give an absolute directory"
+        )));
+    }
+    Ok(())
+}
+
+/// Where a submit goes, as [`route`] decides it.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One spool directory.
+    Spool(Spool),
+    /// Several spools with round-robin and fail-over: the default initiator, or one of the
+    /// caller's.
+    Pool(Arc<Initiator>),
+}
+
+impl Target {
+    /// Submits a built message here.
+    ///
+    /// # Errors
+    /// As [`Spool::submit`] / [`Initiator::submit`].
+    pub fn submit(&self, message: &Message) -> Result<QueueId> {
+        match self {
+            Target::Spool(s) => s.submit(message),
+            Target::Pool(i) => i.spread(None, |s| s.submit(message)),
+        }
+    }
+
+    /// Submits a raw message here.
+    ///
+    /// # Errors
+    /// As [`Spool::submit_raw`].
+    pub fn submit_raw(&self, message: &RawMessage) -> Result<QueueId> {
+        match self {
+            Target::Spool(s) => s.submit_raw(message),
+            Target::Pool(i) => i.submit_raw(message, None),
+        }
+    }
+
+    /// Begins a streamed spool file here.
+    ///
+    /// # Errors
+    /// As [`Spool::begin`].
+    pub fn begin(&self, header: &SpoolHeader) -> Result<PendingSubmit> {
+        match self {
+            Target::Spool(s) => s.begin(header),
+            Target::Pool(i) => i.begin(header),
+        }
+    }
+}
+
+/// The one spool-routing rule of every front end: the spool named for this submit (the call's,
+/// else the message's own), else the process default ([`set_default_spool`]), else
+/// `QMAIL_SPOOL`. `options` applies to a named spool (default: [`SpoolOptions::default`]).
+///
+/// # Errors
+/// [`ErrorKind::InvalidArgument`] naming `spool` ([`check_spool_path`]);
+/// [`ErrorKind::SpoolUnavailable`] when the named spool cannot be opened;
+/// [`ErrorKind::NoSpoolConfigured`] when nothing names a spool.
+pub fn route(named: Option<&Path>, options: Option<SpoolOptions>) -> Result<Target> {
+    match named {
+        Some(p) => {
+            check_spool_path(p)?;
+            Ok(Target::Spool(Spool::open_with(
+                p,
+                options.unwrap_or_default(),
+            )?))
+        }
+        None => Ok(Target::Pool(default_initiator()?)),
     }
 }
 
@@ -174,8 +275,5 @@ pub fn default_initiator() -> Result<Arc<Initiator>> {
 /// # Errors
 /// As [`Initiator::submit`]; [`ErrorKind::NoSpoolConfigured`].
 pub fn submit(message: &Message) -> Result<QueueId> {
-    if let Some(p) = message.spool() {
-        return Spool::open(p)?.submit(message);
-    }
-    default_initiator()?.submit(message)
+    route(message.spool(), None)?.submit(message)
 }

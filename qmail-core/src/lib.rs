@@ -43,16 +43,21 @@ pub mod mime;
 pub mod raw;
 mod render;
 pub mod spool;
+pub mod unsubscribe;
 
 pub use address::{EmailAddress, Mailbox, ReversePath};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};
 pub use initiator::{
-    Initiator, default_initiator, set_default_spool, set_default_spool_with, submit,
+    Initiator, Target, check_spool_path, default_initiator, route, set_default_spool,
+    set_default_spool_with, submit,
 };
 pub use message::{AddressInput, Attachment, AttachmentSource, Message, MessageBuilder, Priority};
-pub use raw::RawMessage;
-pub use spool::{MessageId, QueueId, QueueState, Spool, SpoolFile, SpoolHeader, SpoolOptions};
+pub use raw::{RawMessage, RawStream};
+pub use spool::{
+    MessageId, PendingSubmit, QueueId, QueueState, Spool, SpoolFile, SpoolHeader, SpoolOptions,
+};
+pub use unsubscribe::ListUnsubscribe;
 
 /// `n` random bytes from the OS, as lowercase hex (2n characters).
 pub fn random_hex(n: usize) -> String {

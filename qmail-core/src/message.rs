@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::address::{Mailbox, ReversePath};
+use crate::address::{EmailAddress, Mailbox, ReversePath};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::mime::header;
+use crate::unsubscribe::{ListUnsubscribe, ONE_CLICK};
 
 /// Message priority, written as `X-Priority` (1..5) and `Importance` (RFC 2156 §5.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,11 +145,13 @@ pub enum AddressInput {
 }
 
 impl AddressInput {
-    fn into_mailbox(self) -> Result<Mailbox> {
+    /// The mailboxes: a text is an address list (RFC 5322 §3.4) split at its top-level commas,
+    /// every member strict ([`Mailbox::parse_list`]); parts and mailboxes are one each.
+    fn into_mailboxes(self) -> Result<Vec<Mailbox>> {
         match self {
-            AddressInput::Text(s) => Mailbox::parse(&s),
-            AddressInput::Parts(n, a) => Mailbox::new(n.as_deref(), &a),
-            AddressInput::Mailbox(m) => Ok(m),
+            AddressInput::Text(s) => Mailbox::parse_list(&s),
+            AddressInput::Parts(n, a) => Ok(vec![Mailbox::new(n.as_deref(), &a)?]),
+            AddressInput::Mailbox(m) => Ok(vec![m]),
         }
     }
 }
@@ -228,6 +231,11 @@ pub struct MessageBuilder {
     priority: Option<Priority>,
     read_receipt_to: Option<Mailbox>,
     envelope_from: Option<ReversePath>,
+    envelope_to: Option<Vec<EmailAddress>>,
+    list_unsubscribe: Option<ListUnsubscribe>,
+    /// `List-Unsubscribe` / `List-Unsubscribe-Post` given as custom headers (checked in build).
+    list_unsubscribe_header: Option<String>,
+    one_click_header: bool,
     not_before: Option<i64>,
     spool: Option<PathBuf>,
 }
@@ -248,8 +256,22 @@ macro_rules! chain {
     };
 }
 
+/// Exactly one mailbox (From, Sender, Disposition-Notification-To).
 fn addr(field: &'static str, a: impl Into<AddressInput>) -> Result<Mailbox> {
-    a.into().into_mailbox().map_err(|e| e.with_field(field))
+    let mut list = addrs(field, a)?;
+    if list.len() != 1 {
+        return Err(Error::new(
+            ErrorKind::InvalidAddress,
+            format!("takes one mailbox; the text holds {}", list.len()),
+        )
+        .with_field(field));
+    }
+    Ok(list.remove(0))
+}
+
+/// One mailbox or an address list given as one string.
+fn addrs(field: &'static str, a: impl Into<AddressInput>) -> Result<Vec<Mailbox>> {
+    a.into().into_mailboxes().map_err(|e| e.with_field(field))
 }
 
 fn text_value(field: &'static str, v: &str) -> Result<String> {
@@ -274,12 +296,14 @@ impl MessageBuilder {
         self.sender = Some(addr("sender", a)?);
         Ok(self)
     }
-    /// Adds a Reply-To address (one or more).
+    /// Adds Reply-To addresses: one mailbox, or an address list given as one string
+    /// (`"a@example.com, B <b@example.org>"`, split by the RFC 5322 §3.4 list parser, every
+    /// member strict). The same holds for [`MessageBuilder::add_to`], `add_cc` and `add_bcc`.
     ///
     /// # Errors
     /// As [`MessageBuilder::set_from`], naming `reply_to`.
     pub fn add_reply_to(&mut self, a: impl Into<AddressInput>) -> Result<&mut Self> {
-        self.reply_to.push(addr("reply_to", a)?);
+        self.reply_to.extend(addrs("reply_to", a)?);
         Ok(self)
     }
     /// Adds a To recipient.
@@ -287,7 +311,7 @@ impl MessageBuilder {
     /// # Errors
     /// As [`MessageBuilder::set_from`], naming `to`.
     pub fn add_to(&mut self, a: impl Into<AddressInput>) -> Result<&mut Self> {
-        self.to.push(addr("to", a)?);
+        self.to.extend(addrs("to", a)?);
         Ok(self)
     }
     /// Adds a Cc recipient.
@@ -295,7 +319,7 @@ impl MessageBuilder {
     /// # Errors
     /// As [`MessageBuilder::set_from`], naming `cc`.
     pub fn add_cc(&mut self, a: impl Into<AddressInput>) -> Result<&mut Self> {
-        self.cc.push(addr("cc", a)?);
+        self.cc.extend(addrs("cc", a)?);
         Ok(self)
     }
     /// Adds a Bcc recipient: envelope only, never written into the headers.
@@ -303,7 +327,7 @@ impl MessageBuilder {
     /// # Errors
     /// As [`MessageBuilder::set_from`], naming `bcc`.
     pub fn add_bcc(&mut self, a: impl Into<AddressInput>) -> Result<&mut Self> {
-        self.bcc.push(addr("bcc", a)?);
+        self.bcc.extend(addrs("bcc", a)?);
         Ok(self)
     }
     /// Sets the Subject: any Unicode text on one line (RFC 2047 encoded when needed).
@@ -372,8 +396,94 @@ impl MessageBuilder {
                 })?;
                 self.date = Some(v.to_owned());
             }
+            "in-reply-to" | "references" => {
+                check_msg_id_list(value).map_err(|e| e.with_field(field()))?;
+                self.headers
+                    .push((name.to_owned(), value.trim().to_owned()));
+            }
+            "list-unsubscribe" => {
+                if self.list_unsubscribe_header.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidHeader,
+                        "List-Unsubscribe is given twice (RFC 2369 §3: at most once)",
+                    )
+                    .with_field(field()));
+                }
+                // checked at once (one_click decided in build)
+                ListUnsubscribe::parse_value(value, false, "headers.List-Unsubscribe")?;
+                self.list_unsubscribe_header = Some(value.to_owned());
+            }
+            "list-unsubscribe-post" => {
+                if value.trim() != ONE_CLICK {
+                    return Err(Error::new(
+                        ErrorKind::InvalidHeader,
+                        format!("the only value is {ONE_CLICK:?} (RFC 8058 §3.1)"),
+                    )
+                    .with_field(field()));
+                }
+                self.one_click_header = true;
+            }
             _ => self.headers.push((name.to_owned(), value.to_owned())),
         }
+        Ok(self)
+    }
+    /// Sets the Date from a Unix time in seconds (written in UTC, RFC 5322 §3.3), instead of
+    /// the time of [`MessageBuilder::build`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming `date` outside years 1970..=9999.
+    pub fn set_date_unix(&mut self, unix_secs: i64) -> Result<&mut Self> {
+        if !(0..=253_402_300_799).contains(&unix_secs) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("{unix_secs} is not a Unix time in years 1970..=9999"),
+            )
+            .with_field("date"));
+        }
+        self.date = Some(format_date(unix_secs));
+        Ok(self)
+    }
+    /// Sets the envelope recipients (RCPT TO), apart from the headers (RFC 5321 §2.3.1):
+    /// replaces the recipients derived from To, Cc and Bcc. Each is a bare addr-spec (angle
+    /// brackets allowed), strict; duplicates are dropped.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidAddress`] naming `envelope_to` for a bad address;
+    /// [`ErrorKind::InvalidArgument`] naming `envelope_to` for an empty list.
+    pub fn set_envelope_to<S: AsRef<str>>(&mut self, list: &[S]) -> Result<&mut Self> {
+        if list.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the envelope needs at least one recipient",
+            )
+            .with_field("envelope_to"));
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for a in list {
+            let t = a.as_ref().trim_matches([' ', '\t']);
+            let inner = t
+                .strip_prefix('<')
+                .and_then(|x| x.strip_suffix('>'))
+                .unwrap_or(t);
+            out.push(EmailAddress::parse(inner).map_err(|e| e.with_field("envelope_to"))?);
+        }
+        self.envelope_to = Some(out);
+        Ok(self)
+    }
+    /// Offers unsubscribing: writes `List-Unsubscribe: <url>[, <mailto>]` (RFC 2369 §3.2) and,
+    /// with `one_click`, `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058), for
+    /// which `url` must be `https://`. `mailto` is a `mailto:` URI or a bare address.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] naming `list_unsubscribe.url` or
+    /// `list_unsubscribe.mailto` (see [`ListUnsubscribe::new`]).
+    pub fn set_list_unsubscribe(
+        &mut self,
+        url: &str,
+        mailto: Option<&str>,
+        one_click: bool,
+    ) -> Result<&mut Self> {
+        self.list_unsubscribe = Some(ListUnsubscribe::new(url, mailto, one_click)?);
         Ok(self)
     }
     /// Sets the priority (X-Priority and Importance).
@@ -417,7 +527,8 @@ impl MessageBuilder {
     /// Names the spool directory this message goes to (instead of the initiator's default).
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidArgument`] naming `spool` for an empty path.
+    /// [`ErrorKind::InvalidArgument`] naming `spool` for an empty, relative or space-padded
+    /// path.
     pub fn set_spool(&mut self, path: impl AsRef<Path>) -> Result<&mut Self> {
         let p = path.as_ref();
         if p.as_os_str().is_empty() {
@@ -425,6 +536,7 @@ impl MessageBuilder {
                 Error::new(ErrorKind::InvalidArgument, "spool path is empty").with_field("spool"),
             );
         }
+        crate::initiator::check_spool_path(p)?;
         self.spool = Some(p.to_owned());
         Ok(self)
     }
@@ -475,8 +587,22 @@ impl MessageBuilder {
         content_id: &str,
         content_type: Option<&str>,
     ) -> Result<&mut Self> {
+        self.attach_inline_path_named(path, content_id, None, content_type)
+    }
+    /// As [`MessageBuilder::attach_inline_path`], with the file name written in the part's
+    /// Content-Disposition (default: the path's file name; reduced to its final component).
+    ///
+    /// # Errors
+    /// As [`MessageBuilder::attach_inline_path`].
+    pub fn attach_inline_path_named(
+        &mut self,
+        path: impl AsRef<Path>,
+        content_id: &str,
+        filename: Option<&str>,
+        content_type: Option<&str>,
+    ) -> Result<&mut Self> {
         let field = format!("inline[{}]", self.inline.len());
-        let att = file_attachment(path.as_ref(), None, content_type, Some(content_id))
+        let att = file_attachment(path.as_ref(), filename, content_type, Some(content_id))
             .map_err(|e| e.with_field(field))?;
         self.inline.push(att);
         Ok(self)
@@ -491,8 +617,22 @@ impl MessageBuilder {
         content_id: &str,
         content_type: Option<&str>,
     ) -> Result<&mut Self> {
+        self.attach_inline_bytes_named(data, content_id, None, content_type)
+    }
+    /// As [`MessageBuilder::attach_inline_bytes`], with a file name for the part's
+    /// Content-Disposition (reduced to its final component).
+    ///
+    /// # Errors
+    /// As [`MessageBuilder::attach_inline_bytes`].
+    pub fn attach_inline_bytes_named(
+        &mut self,
+        data: impl Into<Arc<[u8]>>,
+        content_id: &str,
+        filename: Option<&str>,
+        content_type: Option<&str>,
+    ) -> Result<&mut Self> {
         let field = format!("inline[{}]", self.inline.len());
-        let att = bytes_attachment(data.into(), None, content_type, Some(content_id))
+        let att = bytes_attachment(data.into(), filename, content_type, Some(content_id))
             .map_err(|e| e.with_field(field))?;
         self.inline.push(att);
         Ok(self)
@@ -524,6 +664,12 @@ impl MessageBuilder {
         read_receipt_to => set_read_receipt_to(a: impl Into<AddressInput>));
     chain!(/// Sets the envelope sender (`<>` allowed).
         envelope_from => set_envelope_from(s: &str));
+    chain!(/// Sets the envelope recipients (RCPT TO), apart from the headers.
+        envelope_to => set_envelope_to(list: &[&str]));
+    chain!(/// Offers one-click unsubscribe (RFC 2369, RFC 8058).
+        list_unsubscribe => set_list_unsubscribe(url: &str, mailto: Option<&str>, one_click: bool));
+    chain!(/// Sets the Date from a Unix time.
+        date_unix => set_date_unix(unix_secs: i64));
     chain!(/// Holds the message until this Unix time (seconds).
         not_before => set_not_before(unix_secs: i64));
     chain!(/// Names the spool.
@@ -578,13 +724,46 @@ impl MessageBuilder {
             Some(p) => p.clone(),
             None => ReversePath::Address(self.sender.as_ref().unwrap_or(&from).address().clone()),
         };
-        let rcpt = crate::envelope::unique_recipients(
-            self.to
-                .iter()
-                .chain(&self.cc)
-                .chain(&self.bcc)
-                .map(|m| m.address().to_string()),
-        );
+        let rcpt = match &self.envelope_to {
+            Some(list) => crate::envelope::unique_recipients(list.iter().map(|a| a.to_string())),
+            None => crate::envelope::unique_recipients(
+                self.to
+                    .iter()
+                    .chain(&self.cc)
+                    .chain(&self.bcc)
+                    .map(|m| m.address().to_string()),
+            ),
+        };
+        let list_unsubscribe = match (&self.list_unsubscribe, &self.list_unsubscribe_header) {
+            (Some(_), Some(_)) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidHeader,
+                    "List-Unsubscribe is given both as a header and by list_unsubscribe",
+                )
+                .with_field("headers.List-Unsubscribe"));
+            }
+            (Some(l), None) if self.one_click_header && !l.one_click() => {
+                return Err(Error::new(
+                    ErrorKind::InvalidHeader,
+                    "List-Unsubscribe-Post is given as a header; use list_unsubscribe's one_click",
+                )
+                .with_field("headers.List-Unsubscribe-Post"));
+            }
+            (Some(l), None) => Some(l.clone()),
+            (None, Some(v)) => Some(ListUnsubscribe::parse_value(
+                v,
+                self.one_click_header,
+                "headers.List-Unsubscribe",
+            )?),
+            (None, None) if self.one_click_header => {
+                return Err(Error::new(
+                    ErrorKind::InvalidHeader,
+                    "List-Unsubscribe-Post without List-Unsubscribe (RFC 8058 §3.1)",
+                )
+                .with_field("headers.List-Unsubscribe-Post"));
+            }
+            (None, None) => None,
+        };
         let smtputf8 = std::iter::once(&from)
             .chain(&self.sender)
             .chain(&self.reply_to)
@@ -593,7 +772,12 @@ impl MessageBuilder {
             .chain(&self.bcc)
             .chain(&self.read_receipt_to)
             .any(|m| m.address().needs_smtputf8())
-            || matches!(&reverse_path, ReversePath::Address(a) if a.needs_smtputf8());
+            || matches!(&reverse_path, ReversePath::Address(a) if a.needs_smtputf8())
+            || self
+                .envelope_to
+                .iter()
+                .flatten()
+                .any(EmailAddress::needs_smtputf8);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -624,6 +808,7 @@ impl MessageBuilder {
             attachments: self.attachments.clone(),
             inline: self.inline.clone(),
             headers: self.headers.clone(),
+            list_unsubscribe,
             priority: self.priority,
             read_receipt_to: self.read_receipt_to.clone(),
             not_before: self.not_before,
@@ -685,14 +870,28 @@ fn check_content_type(ct: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_filename(name: &str) -> Result<()> {
-    if name.is_empty() || name.chars().any(|c| c.is_control()) {
+/// The file name written into Content-Disposition: the final path component of `name`
+/// (RFC 2183 §2.3: "the receiving MUA SHOULD NOT respect any directory path information"; so
+/// it is never sent). `../../etc/passwd` becomes `passwd`, `C:\\dir\\report.pdf` `report.pdf`.
+///
+/// # Errors
+/// [`ErrorKind::InvalidArgument`] when nothing is left (`""`, `"dir/"`, `".."`) or the name has
+/// control characters.
+pub fn attachment_filename(name: &str) -> Result<String> {
+    if name.chars().any(|c| c.is_control()) {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
-            format!("file name {name:?} is empty or has control characters"),
+            format!("file name {name:?} has control characters"),
         ));
     }
-    Ok(())
+    let last = name.rsplit(['/', '\\']).next().unwrap_or_default().trim();
+    if last.is_empty() || last == "." || last == ".." {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("file name {name:?} has no final component to use (RFC 2183 §2.3)"),
+        ));
+    }
+    Ok(last.to_owned())
 }
 
 fn check_content_id(cid: &str) -> Result<()> {
@@ -746,10 +945,11 @@ fn file_attachment(
         ));
     }
     let default_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let filename = filename.map(str::to_owned).or(default_name);
-    if let Some(f) = &filename {
-        check_filename(f)?;
-    }
+    let filename = filename
+        .map(str::to_owned)
+        .or(default_name)
+        .map(|f| attachment_filename(&f))
+        .transpose()?;
     if let Some(c) = cid {
         check_content_id(c)?;
     }
@@ -767,16 +967,14 @@ fn bytes_attachment(
     content_type: Option<&str>,
     cid: Option<&str>,
 ) -> Result<Attachment> {
-    if let Some(f) = filename {
-        check_filename(f)?;
-    }
+    let filename = filename.map(attachment_filename).transpose()?;
     if let Some(c) = cid {
         check_content_id(c)?;
     }
     Ok(Attachment {
-        content_type: resolve_type(filename, content_type)?,
+        content_type: resolve_type(filename.as_deref(), content_type)?,
         source: AttachmentSource::Bytes(data),
-        filename: filename.map(str::to_owned),
+        filename,
         content_id: cid.map(|c| c.trim_start_matches('<').trim_end_matches('>').to_owned()),
     })
 }
@@ -851,6 +1049,19 @@ fn check_message_id(v: &str) -> Result<()> {
     Ok(())
 }
 
+/// In-Reply-To / References (RFC 5322 §3.6.4): one or more msg-ids `<left@right>` separated
+/// by whitespace.
+fn check_msg_id_list(v: &str) -> Result<()> {
+    let ids: Vec<&str> = v.split_whitespace().collect();
+    if ids.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidHeader,
+            "holds no msg-id <left@right> (RFC 5322 §3.6.4)",
+        ));
+    }
+    ids.iter().try_for_each(|id| check_message_id(id))
+}
+
 /// RFC 5322 §3.3 date-time in UTC, e.g. `Tue, 01 Jul 2025 10:00:00 +0000`.
 pub fn format_date(unix_secs: i64) -> String {
     chrono::DateTime::from_timestamp(unix_secs, 0)
@@ -887,6 +1098,7 @@ pub struct Message {
     pub(crate) attachments: Vec<Attachment>,
     pub(crate) inline: Vec<Attachment>,
     pub(crate) headers: Vec<(String, String)>,
+    pub(crate) list_unsubscribe: Option<ListUnsubscribe>,
     pub(crate) priority: Option<Priority>,
     pub(crate) read_receipt_to: Option<Mailbox>,
     pub(crate) not_before: Option<i64>,
@@ -952,5 +1164,9 @@ impl Message {
     /// The inline parts, in order.
     pub fn inline_parts(&self) -> &[Attachment] {
         &self.inline
+    }
+    /// The unsubscribe offer (RFC 2369 / RFC 8058), if any.
+    pub fn list_unsubscribe(&self) -> Option<&ListUnsubscribe> {
+        self.list_unsubscribe.as_ref()
     }
 }

@@ -8,8 +8,10 @@
 //! message without To or Cc gets `To: undisclosed-recipients:;` (RFC 5322 §3.6.3 group).
 //! File attachments are streamed in chunks of [`crate::mime::transfer::B64_CHUNK_RAW`] bytes.
 
-use std::fs::File;
-use std::io::Write;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use crate::address::Mailbox;
 use crate::error::{Error, ErrorKind, Result};
@@ -98,41 +100,7 @@ impl Node<'_> {
                 AttachmentSource::Bytes(b) => {
                     transfer::base64_lines(b, &mut WriteDyn(out)).map_err(io_err)?
                 }
-                AttachmentSource::Path(p) => {
-                    let mut f = File::open(p).map_err(|e| {
-                        Error::io(
-                            ErrorKind::Attachment,
-                            format_args!("cannot open {}", p.display()),
-                            e,
-                        )
-                        .with_field(field.clone())
-                    })?;
-                    let expected = f.metadata().map(|m| m.len()).ok();
-                    let read = transfer::base64_stream(&mut f, &mut WriteDyn(out)).map_err(
-                        |e| match e {
-                            Ok(read) => Error::io(
-                                ErrorKind::Attachment,
-                                format_args!("cannot read {}", p.display()),
-                                read,
-                            )
-                            .with_field(field.clone()),
-                            Err(write) => io_err(write),
-                        },
-                    )?;
-                    // a file truncated or extended while it was read would be spooled cut
-                    // short or torn: refuse it (the submit is rolled back)
-                    if expected.is_some_and(|n| n != read) {
-                        return Err(Error::new(
-                            ErrorKind::Attachment,
-                            format!(
-                                "{} changed size while it was read ({} bytes expected, {read} read)",
-                                p.display(),
-                                expected.unwrap_or_default()
-                            ),
-                        )
-                        .with_field(field.clone()));
-                    }
-                }
+                AttachmentSource::Path(p) => stream_file(p, field, out)?,
             },
             Node::Multi {
                 boundary, children, ..
@@ -151,6 +119,77 @@ impl Node<'_> {
         }
         Ok(())
     }
+}
+
+/// Streams a file attachment as base64, safely against a file swapped or changed after
+/// `attach()`: opened non-blocking (a FIFO swapped in cannot hang the submit), refused unless it
+/// is still a regular file (a device such as /dev/zero cannot fill the spool), and read up to
+/// its length as `fstat` gives it at open; a file that grows or shrinks meanwhile fails the
+/// submit (which is rolled back) instead of being spooled torn.
+fn stream_file(p: &Path, field: &str, out: &mut dyn Write) -> Result<()> {
+    let att = |msg: String| Error::new(ErrorKind::Attachment, msg).with_field(field.to_owned());
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(|e| {
+            Error::io(
+                ErrorKind::Attachment,
+                format_args!("cannot open {}", p.display()),
+                e,
+            )
+            .with_field(field.to_owned())
+        })?;
+    let meta = f.metadata().map_err(|e| {
+        Error::io(
+            ErrorKind::Attachment,
+            format_args!("cannot stat {}", p.display()),
+            e,
+        )
+        .with_field(field.to_owned())
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(att(format!(
+            "{} is no longer a regular file (replaced since it was attached)",
+            p.display()
+        )));
+    }
+    let expected = meta.len();
+    let read_err = |e: std::io::Error| {
+        Error::io(
+            ErrorKind::Attachment,
+            format_args!("cannot read {}", p.display()),
+            e,
+        )
+        .with_field(field.to_owned())
+    };
+    let read =
+        transfer::base64_stream(&mut (&mut f).take(expected), &mut WriteDyn(out)).map_err(|e| {
+            match e {
+                Ok(read) => read_err(read),
+                Err(write) => io_err(write),
+            }
+        })?;
+    let mut more = [0u8; 1];
+    let grew = loop {
+        match f.read(&mut more) {
+            Ok(n) => break n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        }
+    };
+    if read != expected || grew {
+        return Err(att(format!(
+            "{} changed size while it was read ({expected} bytes at open, {})",
+            p.display(),
+            if grew {
+                "more on reading".to_owned()
+            } else {
+                format!("{read} read")
+            }
+        )));
+    }
+    Ok(())
 }
 
 struct WriteDyn<'a>(&'a mut dyn Write);
@@ -341,6 +380,9 @@ impl Message {
         }
         for (n, v) in &self.headers {
             write_unstructured(n, v, out);
+        }
+        if let Some(l) = &self.list_unsubscribe {
+            l.write(out);
         }
         out.extend_from_slice(b"MIME-Version: 1.0\r\n");
     }

@@ -219,7 +219,7 @@ impl Spool {
             envelope: message.envelope().clone(),
             created: now_secs(),
             not_before: message.not_before(),
-            priority: 3,
+            priority: message.priority().number(),
             message_id: message.message_id().to_owned(),
         };
         self.commit(&header, |w| {
@@ -234,6 +234,31 @@ impl Spool {
         header: &SpoolHeader,
         body: impl FnOnce(&mut BufWriter<File>) -> Result<u64>,
     ) -> Result<QueueId> {
+        let mut pending = self.begin(header)?;
+        let len = body(&mut pending.w).map_err(|e| match e.kind() {
+            ErrorKind::Io => match e.io_error() {
+                Some(io) => unavailable(
+                    "cannot write the spool file",
+                    std::io::Error::new(io.kind(), io.to_string()),
+                ),
+                None => Error::new(ErrorKind::SpoolUnavailable, e.message()).with_field("spool"),
+            },
+            _ => e,
+        })?;
+        pending.len = len;
+        pending.commit()
+    }
+
+    /// Starts a spool file whose message bytes are written piece by piece
+    /// ([`PendingSubmit::write`]): `tmp/ID` is created exclusively and the spool header
+    /// written. Nothing is visible to a dispatcher until [`PendingSubmit::commit`]; dropping the
+    /// [`PendingSubmit`] removes the file. Used for messages streamed from another library
+    /// (`RawStream`), so memory stays bounded whatever the message size.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SpoolUnavailable`] naming `spool`; [`ErrorKind::InvalidMessage`] for an
+    /// envelope too large for the spool header.
+    pub fn begin(&self, header: &SpoolHeader) -> Result<PendingSubmit> {
         // encoded once, before any file exists: an oversized envelope leaves nothing behind
         let encoded = record::encode_header(header)?;
         let id = QueueId::generate();
@@ -244,54 +269,118 @@ impl Spool {
             .mode(self.options.file_mode)
             .open(&tmp)
             .map_err(|e| unavailable(format_args!("cannot create {}", tmp.display()), e))?;
-        let result = (|| {
-            // umask may have cleared bits the caller asked for (e.g. 0640 under umask 077)
-            if self.options.file_mode & 0o077 != 0 {
-                file.set_permissions(fs::Permissions::from_mode(self.options.file_mode))
-                    .map_err(|e| unavailable("cannot set the file mode", e))?;
-            }
-            let mut w = BufWriter::with_capacity(128 * 1024, file);
-            record::write_encoded_header(&mut w, &encoded)
-                .map_err(|e| unavailable("cannot write the spool file", e))?;
-            let len = body(&mut w).map_err(|e| match e.kind() {
-                ErrorKind::Io => match e.io_error() {
-                    Some(io) => unavailable(
-                        "cannot write the spool file",
-                        std::io::Error::new(io.kind(), io.to_string()),
-                    ),
-                    None => {
-                        Error::new(ErrorKind::SpoolUnavailable, e.message()).with_field("spool")
-                    }
-                },
-                _ => e,
-            })?;
-            record::write_trailer(&mut w, len)
-                .map_err(|e| unavailable("cannot write the spool file", e))?;
-            let file = w
-                .into_inner()
-                .map_err(|e| unavailable("cannot write the spool file", e.into_error()))?;
-            if self.options.durable {
-                file.sync_all()
-                    .map_err(|e| unavailable("cannot fsync the spool file", e))?;
-            }
-            let state = match header.not_before {
-                Some(t) if t > now_secs() => QueueState::Scheduled,
-                _ => QueueState::Ready,
-            };
-            let dir = self.state_dir(state);
-            fs::rename(&tmp, dir.join(id.as_str())).map_err(|e| {
-                unavailable(format_args!("cannot rename into {}", dir.display()), e)
-            })?;
-            if self.options.durable {
-                sync_dir(&dir).map_err(|e| unavailable("cannot fsync the spool directory", e))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
+        let mut pending = PendingSubmit {
+            spool: self.clone(),
+            header: header.clone(),
+            encoded_len: encoded.len(),
+            id,
+            tmp,
+            w: BufWriter::with_capacity(128 * 1024, file),
+            len: 0,
+            done: false,
+        };
+        // umask may have cleared bits the caller asked for (e.g. 0640 under umask 077)
+        if self.options.file_mode & 0o077 != 0 {
+            pending
+                .w
+                .get_ref()
+                .set_permissions(fs::Permissions::from_mode(self.options.file_mode))
+                .map_err(|e| unavailable("cannot set the file mode", e))?;
         }
-        Ok(id)
+        record::write_encoded_header(&mut pending.w, &encoded)
+            .map_err(|e| unavailable("cannot write the spool file", e))?;
+        Ok(pending)
+    }
+}
+
+/// A spool file being written: `tmp/ID` with its header, waiting for the message bytes. See
+/// [`Spool::begin`]. Dropped without [`PendingSubmit::commit`], the file is removed.
+#[derive(Debug)]
+pub struct PendingSubmit {
+    spool: Spool,
+    header: SpoolHeader,
+    encoded_len: usize,
+    id: QueueId,
+    tmp: PathBuf,
+    w: BufWriter<File>,
+    len: u64,
+    done: bool,
+}
+
+impl PendingSubmit {
+    /// Appends message bytes (already CRLF, as the dispatcher will send them).
+    ///
+    /// # Errors
+    /// [`ErrorKind::SpoolUnavailable`] naming `spool`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.w
+            .write_all(bytes)
+            .map_err(|e| unavailable("cannot write the spool file", e))?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The spool header as begun.
+    pub fn header(&self) -> &SpoolHeader {
+        &self.header
+    }
+
+    /// Marks the envelope as needing 8BITMIME (RFC 6152), learnt from the bytes streamed; the
+    /// header is rewritten in place at commit (its encoded length does not change).
+    pub fn set_eightbitmime(&mut self) {
+        self.header.envelope.eightbitmime = true;
+    }
+
+    /// Writes the trailer, fsyncs (when durable), renames into `ready/` (or `scheduled/`) and
+    /// fsyncs the directory; returns the queue id.
+    ///
+    /// # Errors
+    /// [`ErrorKind::SpoolUnavailable`] naming `spool`; the file is removed.
+    pub fn commit(mut self) -> Result<QueueId> {
+        record::write_trailer(&mut self.w, self.len)
+            .map_err(|e| unavailable("cannot write the spool file", e))?;
+        self.w
+            .flush()
+            .map_err(|e| unavailable("cannot write the spool file", e))?;
+        let file = self.w.get_ref();
+        if self.header.envelope.eightbitmime {
+            let encoded = record::encode_header(&self.header)?;
+            if encoded.len() != self.encoded_len {
+                return Err(Error::new(
+                    ErrorKind::SpoolUnavailable,
+                    "the spool header changed length when rewritten",
+                )
+                .with_field("spool"));
+            }
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&encoded, record::PREFIX_LEN)
+                .map_err(|e| unavailable("cannot write the spool file", e))?;
+        }
+        let durable = self.spool.options.durable;
+        if durable {
+            file.sync_all()
+                .map_err(|e| unavailable("cannot fsync the spool file", e))?;
+        }
+        let state = match self.header.not_before {
+            Some(t) if t > now_secs() => QueueState::Scheduled,
+            _ => QueueState::Ready,
+        };
+        let dir = self.spool.state_dir(state);
+        fs::rename(&self.tmp, dir.join(self.id.as_str()))
+            .map_err(|e| unavailable(format_args!("cannot rename into {}", dir.display()), e))?;
+        self.done = true;
+        if durable {
+            sync_dir(&dir).map_err(|e| unavailable("cannot fsync the spool directory", e))?;
+        }
+        Ok(self.id.clone())
+    }
+}
+
+impl Drop for PendingSubmit {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
