@@ -233,10 +233,15 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Spool { .. } | Command::GenerateAssets { .. } => Ok(ExitCode::SUCCESS),
         Command::CheckConfig => {
-            for r in &s.dispatch.relays {
-                RelayEndpoint::new(r.clone()).map_err(|e| anyhow::anyhow!(e))?;
-            }
-            let findings = check::check(&s);
+            // every problem at once: the relays (TLS roots), then what check.rs looks at
+            let mut findings: Vec<check::Finding> = s
+                .dispatch
+                .relays
+                .iter()
+                .filter_map(|r| RelayEndpoint::new(r.clone()).err())
+                .map(|e| check::Finding::Error(e.to_string()))
+                .collect();
+            findings.extend(check::check(&s));
             for f in &findings {
                 match f {
                     check::Finding::Error(m) => eprintln!("error: {m}"),
