@@ -4,7 +4,32 @@
 //  - submit() and submitRaw() always return a Promise: an argument of the wrong JS type makes
 //    the native call throw before it can return one, so that throw becomes a rejection;
 //  - transport(): a nodemailer transport object (nodemailer composes, qmail spools).
-const native = require('./index.js')
+// The addon comes from the per-platform package (qmail-linux-x64-gnu, an optional dependency
+// npm installs only where its os/cpu/libc fit) or, in a checkout, ./qmail.<platform>.node.
+// Without one, say which platform has none instead of the loader's generic message.
+function loadNative() {
+  try {
+    return require('./index.js')
+  } catch (cause) {
+    let libc = ''
+    if (process.platform === 'linux') {
+      const report = process.report && process.report.getReport ? process.report.getReport() : null
+      libc = report && report.header && report.header.glibcVersionRuntime ? '-gnu' : '-musl'
+    }
+    const platform = `${process.platform}-${process.arch}${libc}`
+    const err = new Error(
+      `qmail: no native addon for this platform (${platform}): qmail ships one for linux-x64-gnu ` +
+        `(package qmail-linux-x64-gnu). Install it next to qmail (npm installs it itself on ` +
+        `linux-x64-gnu unless optional dependencies are omitted), or build from source with ` +
+        `\`npx napi build --platform --release\` in bindings/node.`,
+    )
+    err.code = 'ERR_QMAIL_NO_NATIVE_ADDON'
+    err.platform = platform
+    err.cause = cause
+    throw err
+  }
+}
+const native = loadNative()
 const { version } = require('./package.json')
 
 function submit(message, options) {

@@ -2,8 +2,13 @@
 //! The engine is the `qmail_dispatch` crate; this binary adds the command line, the TOML
 //! configuration, logging, signals and the metrics endpoint. See `docs/dispatcher.md`.
 
+mod assets;
+mod check;
+mod journal;
 mod metrics_http;
+mod service;
 mod settings;
+mod spool_init;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use qmail_dispatch::{Dispatcher, admin, smtp::RelayEndpoint};
 
 use settings::{LogFormat, Overrides};
@@ -82,8 +87,20 @@ enum Command {
         /// Queue ids.
         ids: Vec<String>,
     },
-    /// Check the configuration and exit.
+    /// Check the configuration and what `run` needs (spools, log files, TLS files, the
+    /// metrics address) as this user, and exit (non-zero on a problem).
     CheckConfig,
+    /// Spool administration (`spool init DIR`: the two-user layout).
+    Spool {
+        #[command(subcommand)]
+        command: spool_init::SpoolCommand,
+    },
+    /// Write the man pages and shell completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -98,9 +115,20 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         // colours only on a terminal: not in files or the journal
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // under systemd each line starts with its syslog priority (`journalctl -p err`)
+    let journal = journal::stderr_is_journal();
+    let fmt = tracing_subscriber::fmt::format;
     let _ = match format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Human => b.try_init(),
+        LogFormat::Json => b
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(journal::Prefixed::new(
+                fmt().json().flatten_event(true),
+                journal,
+            ))
+            .try_init(),
+        LogFormat::Human => b
+            .event_format(journal::Prefixed::new(fmt(), journal))
+            .try_init(),
     };
 }
 
@@ -116,6 +144,14 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
+    // commands that need no configuration
+    match &cli.command {
+        Command::Spool { command } => return spool_init::run(command).map(|()| ExitCode::SUCCESS),
+        Command::GenerateAssets { dir } => {
+            return assets::write(Cli::command(), dir).map(|()| ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let o = Overrides {
         config: cli.config.clone(),
         spools: cli.spools.clone(),
@@ -195,9 +231,30 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 admin::requeue_failed(sp, ids, &admin_id)
             })
         }
+        Command::Spool { .. } | Command::GenerateAssets { .. } => Ok(ExitCode::SUCCESS),
         Command::CheckConfig => {
-            for r in &s.dispatch.relays {
-                RelayEndpoint::new(r.clone()).map_err(|e| anyhow::anyhow!(e))?;
+            // every problem at once: the relays (TLS roots), then what check.rs looks at
+            let mut findings: Vec<check::Finding> = s
+                .dispatch
+                .relays
+                .iter()
+                .filter_map(|r| RelayEndpoint::new(r.clone()).err())
+                .map(|e| check::Finding::Error(e.to_string()))
+                .collect();
+            findings.extend(check::check(&s));
+            for f in &findings {
+                match f {
+                    check::Finding::Error(m) => eprintln!("error: {m}"),
+                    check::Finding::Warning(m) => eprintln!("warning: {m}"),
+                }
+            }
+            let errors = findings
+                .iter()
+                .filter(|f| matches!(f, check::Finding::Error(_)))
+                .count();
+            if errors > 0 {
+                eprintln!("qmail-dispatcher: check-config: {errors} problem(s); `run` would fail");
+                return Ok(ExitCode::FAILURE);
             }
             println!(
                 "configuration ok: {} spool(s), {} relay(s), {} worker(s){}",
@@ -339,6 +396,7 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
     let mut shown: Option<metrics_http::Shown> = None;
     loop {
         let d = Dispatcher::new(s.dispatch.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        service::ready(&format!("serving {} spool(s)", s.dispatch.spools.len()));
         tracing::info!(
             instance = d.instance(),
             spools = ?s.dispatch.spools,
@@ -366,10 +424,17 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
         let relay_flags = {
             let (stop, term, hup) = (Arc::clone(&stop), Arc::clone(&term), Arc::clone(&hup));
             std::thread::spawn(move || {
+                let mut watchdog = service::Watchdog::from_env();
                 while !stop.load(Ordering::SeqCst) {
+                    if term.load(Ordering::SeqCst) {
+                        service::stopping();
+                    } else if hup.load(Ordering::SeqCst) {
+                        service::reloading();
+                    }
                     if term.load(Ordering::SeqCst) || hup.load(Ordering::SeqCst) {
                         stop.store(true, Ordering::SeqCst);
                     }
+                    watchdog.tick();
                     std::thread::sleep(Duration::from_millis(20));
                 }
             })

@@ -44,7 +44,8 @@ fn submit_writes_a_verified_file_into_ready() {
     let path = spool.state_dir(QueueState::Ready).join(id.as_str());
     assert_eq!(
         fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
+        0o640,
+        "group-readable by default: the dispatcher reads it through the submit group"
     );
     assert!(files(&spool.state_dir(QueueState::Tmp)).is_empty());
     let f = SpoolFile::open(&path).unwrap();

@@ -114,6 +114,26 @@ pub(crate) fn bytes_arg<'a>(
     Ok(unsafe { std::slice::from_raw_parts(data, len) })
 }
 
+/// `len` UTF-8 strings at `ptr` (an array of `const char *`); NULL is allowed when `len` is 0.
+/// A NULL array or element is `Failure::Null(param)`.
+pub(crate) fn str_array_arg<'a>(
+    ptr: *const *const c_char,
+    len: usize,
+    param: &'static str,
+) -> Result<Vec<&'a str>, Failure> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if ptr.is_null() {
+        return Err(Failure::Null(param));
+    }
+    // SAFETY: non-NULL, and qmail.h requires `ptr` to point to `len` readable pointers that
+    // stay valid and unmodified during the call; `len` elements of one C array never exceed
+    // isize::MAX bytes.
+    let items = unsafe { std::slice::from_raw_parts(ptr, len) };
+    items.iter().map(|&p| str_arg(p, param)).collect()
+}
+
 /// Writes `s` into `buf` (`len` bytes) snprintf-style: as much as fits with a NUL, cut at a
 /// UTF-8 character boundary. Returns `s.len()`. Writes nothing when `buf` is NULL or `len` 0.
 pub(crate) fn write_truncated(buf: *mut c_char, len: usize, s: &str) -> usize {

@@ -28,6 +28,7 @@ mod panic;
 // in this order in qmail.h
 pub mod error;
 pub mod message;
+pub mod raw;
 pub mod spool;
 
 use std::ffi::{CString, c_char};
@@ -48,6 +49,10 @@ const _: () = assert!(QMAIL_ID_BUF_LEN == QMAIL_ID_MAX + 1);
 /// SONAME carries its major number).
 ///
 /// Ownership: a static string; do not free or modify it. Never NULL. Threads: safe anywhere.
+///
+/// The header's `QMAIL_VERSION_MAJOR`, `QMAIL_VERSION_MINOR`, `QMAIL_VERSION_PATCH` and
+/// `QMAIL_VERSION` say which version a program was compiled against; this says which library
+/// it runs with.
 #[unsafe(no_mangle)]
 pub extern "C" fn qmail_version() -> *const c_char {
     static VERSION: OnceLock<CString> = OnceLock::new();

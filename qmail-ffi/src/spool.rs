@@ -81,7 +81,8 @@ pub extern "C" fn qmail_submit(
 /// Sets the process-wide default spool(s): one or more directories separated by ':', the
 /// syntax of the `QMAIL_SPOOL` environment variable (which it overrides), e.g.
 /// `"/var/spool/qmail:/mnt/nfs/qmail"`. Submits spread over them round-robin and skip a spool
-/// that fails. Durable: every submit is fsynced; files are created with mode 0600.
+/// that fails. Durable: every submit is fsynced; files are created with mode 0640 (readable by
+/// the spool's group: the dispatcher user reads them through the submit group).
 ///
 /// Shape: `spools` must not be NULL; UTF-8; copied. The directories are opened (and created
 /// when missing) lazily by the first submit that uses each.
@@ -105,8 +106,8 @@ pub extern "C" fn qmail_set_default_spool(spools: *const c_char) -> qmail_result
 /// `durable`: true fsyncs each spool file and its directory before `qmail_submit()` returns
 /// (a committed message survives power loss); false skips both syncs: much faster, and a
 /// crash may lose the last submits (it never exposes a partial one). `file_mode`: permission
-/// bits of spool files, at most 0777, e.g. 0600 (the default of `qmail_set_default_spool()`)
-/// or 0640 for a dispatcher that reads through a group; directories it creates get the same
+/// bits of spool files, at most 0777, e.g. 0640 (the default of `qmail_set_default_spool()`:
+/// the dispatcher reads through the submit group) or 0600 when one user does both; directories it creates get the same
 /// bits plus search (x) where read is granted.
 ///
 /// Errors: as `qmail_set_default_spool()`; `QMAIL_RESULT_INVALID_ARGUMENT` naming `file_mode`

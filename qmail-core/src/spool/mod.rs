@@ -12,7 +12,7 @@
 //! A message's state is the directory its file is in; a state change is one `rename(2)`.
 //!
 //! # Durability
-//! A submit writes `tmp/ID` (created with `O_EXCL`, mode 0600 by default), writes the header,
+//! A submit writes `tmp/ID` (created with `O_EXCL`, mode 0640 by default), writes the header,
 //! the message and the trailer, `fsync`s the file, renames it into `ready/` (or `scheduled/`)
 //! and `fsync`s that directory. After `Ok` the message survives a crash or power loss; a
 //! dispatcher never sees a half-written file. With `durable = false` both syncs are skipped
@@ -22,6 +22,16 @@
 //! I/O failures on the spool are [`ErrorKind::SpoolUnavailable`] (transient: another spool or
 //! a later try may work); unreadable attachments are [`ErrorKind::Attachment`]. On any error the
 //! temporary file is removed: nothing is left in `ready/`.
+//!
+//! # Two users
+//! In a deployment the web application (the initiator) and the dispatcher run as different
+//! users, as Postfix's maildrop/postdrop: `qmail-dispatcher spool init DIR` makes the spool
+//! root 0750 and `tmp/ ready/ scheduled/` mode 3730, owned by the dispatcher user and group
+//! `qmail-submit` (setgid: files keep the group; sticky: no web user removes another's file;
+//! no group read: no web user lists the queue); every other directory is the dispatcher's
+//! alone. Files are created 0640 so that the dispatcher (a member of the group) reads them.
+//! [`Spool::open`] then creates nothing and changes no mode; a dispatcher-only directory it
+//! cannot create is left to the dispatcher.
 
 pub mod queue_id;
 pub mod record;
@@ -88,8 +98,9 @@ impl QueueState {
 pub struct SpoolOptions {
     /// fsync the file and the directory on submit (default true).
     pub durable: bool,
-    /// Mode of spool files (default 0o600; e.g. 0o640 for a dispatcher group). Directories
-    /// created by [`Spool::open`] get the same bits plus search (x) where read is granted.
+    /// Mode of spool files (default 0o640: readable by the spool's group, so by a dispatcher
+    /// running as another user in that group; 0o600 for one user alone). Directories created
+    /// by [`Spool::open`] get the same bits plus search (x) where read is granted.
     pub file_mode: u32,
 }
 
@@ -97,7 +108,7 @@ impl Default for SpoolOptions {
     fn default() -> Self {
         SpoolOptions {
             durable: true,
-            file_mode: 0o600,
+            file_mode: 0o640,
         }
     }
 }
@@ -120,8 +131,9 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Spool {
-    /// Opens a spool with default options (durable, files 0600), creating the directory and
-    /// its state subdirectories when missing.
+    /// Opens a spool with default options (durable, files 0640), creating the directory and
+    /// its state subdirectories when missing (see "Two users" in the module docs: a directory
+    /// only the dispatcher writes, which this user may not create, is left to the dispatcher).
     ///
     /// # Errors
     /// [`ErrorKind::SpoolUnavailable`] naming `spool` when the directory cannot be created or
@@ -169,8 +181,24 @@ impl Spool {
         for st in QueueState::ALL {
             let d = root.join(st.dir_name());
             if !d.is_dir() {
-                b.create(&d)
-                    .map_err(|e| unavailable(format_args!("cannot create {}", d.display()), e))?;
+                match b.create(&d) {
+                    Ok(()) => {}
+                    // an initiator in the submit group cannot create active/, deferred/, ...:
+                    // those are the dispatcher's, which creates them; tmp/ ready/ scheduled/
+                    // are what a submit needs
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::PermissionDenied
+                            && !matches!(
+                                st,
+                                QueueState::Tmp | QueueState::Ready | QueueState::Scheduled
+                            ) => {}
+                    Err(e) => {
+                        return Err(unavailable(
+                            format_args!("cannot create {}", d.display()),
+                            e,
+                        ));
+                    }
+                }
             }
         }
         Ok(Spool { root, options })

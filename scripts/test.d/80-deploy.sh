@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Deployment as users do it (issue 13): build every artifact once (scripts/package, into
+# target/dist/), then install each in a clean place and use it:
+#   - the systemd unit: Type=notify, watchdog, paths, `systemd-analyze security` <= 2.0;
+#   - the C SDK tarball: install-c under a prefix (and a DESTDIR), a C and a C++ program built
+#     with pkg-config and with CMake (shared and static), run without LD_LIBRARY_PATH;
+#   - the wheel (manylinux_2_17, abi3, licenses) into a fresh venv with no Rust on PATH; the
+#     sdist's contents (and, with QMAIL_DEPLOY_SDIST_BUILD=1, a build from it in another venv);
+#   - the npm tarballs into a fresh app directory (real copies, no symlink), and the error
+#     naming the platform when the addon package is missing;
+#   - the .deb, unpacked with dpkg-deb: contents, conffile, maintainer scripts;
+#   - two users (as root): a web user only in the submit group submits from C, C++, Python and
+#     Node; the dispatcher user delivers (outbox); neither reads or writes what it should not.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+target=$CARGO_TARGET_DIR
+dist=$target/dist
+version=$(cargo pkgid -p qmail-ffi | sed 's/.*[#@]//')
+t0=$(date +%s)
+step() { printf -- '-- deploy: %s (%ds)\n' "$*" "$(($(date +%s) - t0))"; }
+fail() { echo "deploy: FAIL: $*" >&2; exit 1; }
+checks=0
+ok() { checks=$((checks + 1)); }
+
+step "build the artifacts once (scripts/package)"
+scripts/package
+for f in "qmail-c-sdk-$version-x86_64-linux-gnu.tar.gz" "qmail-$version.tgz" \
+    "qmail-linux-x64-gnu-$version.tgz" "qmail_spool-$version.tar.gz"; do
+    [ -f "$dist/$f" ] || fail "scripts/package made no $f"
+done
+wheel=$(ls "$dist"/qmail_spool-"$version"-*.whl)
+deb=$(ls "$dist"/qmail-dispatcher_"$version"*_amd64.deb)
+ok
+
+work=$(mktemp -d /tmp/qmail-deploy.XXXXXX)
+chmod 0755 "$work"   # the two users below must reach what is built here
+users_made=()
+cleanup() {
+    for u in "${users_made[@]}"; do
+        case $u in g:*) groupdel "${u#g:}" 2>/dev/null || true ;; *) userdel "$u" 2>/dev/null || true ;; esac
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------------------------------
+step "systemd unit: Type=notify, watchdog, paths that agree with the docs, hardening score"
+unit=dispatcher-bin/qmail-dispatcher.service
+grep -qx 'Type=notify' "$unit" || fail "unit is not Type=notify"
+grep -q '^WatchdogSec=' "$unit" || fail "unit has no WatchdogSec"
+grep -q '^ExecStart=/usr/bin/qmail-dispatcher ' "$unit" || fail "ExecStart is not the packaged /usr/bin binary"
+rw=$(sed -n 's/^ReadWritePaths=//p' "$unit")
+for p in $(sed -n 's/^spools = \["\(.*\)"\]/\1/p; s/^delivery_log = "\(.*\)\/[^/]*"/\1/p' dispatcher-bin/debian/dispatcher.toml); do
+    case " $rw " in *" $p "*) ;; *) fail "the packaged configuration writes $p, not in ReadWritePaths=$rw" ;; esac
+done
+grep -q '/var/log/qmail/' docs/dispatcher.md || fail "docs/dispatcher.md's log path"
+score=$(systemd-analyze security --offline=yes "$unit" 2>/dev/null \
+    | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p')
+[ -n "$score" ] || fail "systemd-analyze security printed no score"
+awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "exposure $score > 2.0"
+echo "   systemd-analyze security: $score"
+ok
+
+# ---------------------------------------------------------------------------------------
+step "C SDK: the tarball's contents"
+tar -C "$work" -xzf "$dist/qmail-c-sdk-$version-x86_64-linux-gnu.tar.gz"
+sdk=$work/qmail-c-sdk-$version
+for f in include/qmail.h include/qmail.hpp "lib/libqmail.so.$version" lib/libqmail.a \
+    lib/pkgconfig/qmail.pc lib/cmake/qmail/qmail-config.cmake lib/cmake/qmail/qmail-config-version.cmake \
+    share/doc/qmail/LICENSE-MIT share/doc/qmail/LICENSE-APACHE install-c; do
+    [ -e "$sdk/$f" ] || fail "SDK has no $f"
+done
+[ "$(readlink "$sdk/lib/libqmail.so.${version%%.*}")" = "libqmail.so.$version" ] || fail "SONAME link"
+[ "$(readlink "$sdk/lib/libqmail.so")" = "libqmail.so.${version%%.*}" ] || fail "dev link"
+file -L "$sdk/lib/libqmail.so" | grep -q ', stripped' || fail "libqmail.so is not stripped"
+ok
+
+step "C SDK: install-c --prefix --libdir --destdir (staged), then --prefix (real)"
+prefix=$work/prefix
+"$sdk/install-c" --prefix "$prefix" --libdir lib64 --destdir "$work/stage" >/dev/null
+[ -f "$work/stage$prefix/lib64/libqmail.so.$version" ] || fail "DESTDIR install"
+grep -qx "libdir=$prefix/lib64" "$work/stage$prefix/lib64/pkgconfig/qmail.pc" || fail "staged .pc names the final libdir"
+"$sdk/install-c" --prefix "$prefix" --libdir lib64 >/dev/null
+ok
+
+step "C and C++ programs built with pkg-config, run without LD_LIBRARY_PATH"
+export PKG_CONFIG_PATH=$prefix/lib64/pkgconfig
+[ "$(pkg-config --modversion qmail)" = "$version" ] || fail "pkg-config version"
+libdir=$(pkg-config --variable=libdir qmail)
+bin=$work/bin
+mkdir -p "$bin"
+# shellcheck disable=SC2046
+cc -std=c99 -Wall -Wextra -Werror -o "$bin/hello_c" tests/deploy/hello.c \
+    $(pkg-config --cflags --libs qmail) -Wl,-rpath,"$libdir"
+# shellcheck disable=SC2046
+g++ -std=c++11 -Wall -Wextra -Werror -o "$bin/hello_cpp" tests/deploy/hello.cpp \
+    $(pkg-config --cflags --libs qmail) -Wl,-rpath,"$libdir"
+unset PKG_CONFIG_PATH
+spool=$work/single-spool
+for p in hello_c hello_cpp; do
+    out=$(env -u LD_LIBRARY_PATH "$bin/$p" "$spool" c@example.org) || fail "$p failed"
+    for id in $out; do [ -f "$spool/ready/$id" ] || fail "$p: no $spool/ready/$id"; done
+done
+ldd "$bin/hello_c" | grep -q "$libdir/libqmail.so.${version%%.*}" || fail "hello_c does not load the installed library"
+ok
+
+step "C and C++ programs built with CMake (find_package(qmail), shared and static)"
+cmake -S tests/deploy -B "$work/cmake" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$work/cmake" -j 2 >/dev/null
+for p in hello_c hello_cpp hello_c_static; do
+    out=$(env -u LD_LIBRARY_PATH "$work/cmake/$p" "$spool" c@example.org) || fail "cmake $p failed"
+    [ "$(echo "$out" | wc -l)" = 2 ] || fail "cmake $p printed $out"
+done
+if ldd "$work/cmake/hello_c_static" | grep -q libqmail; then fail "the static build loads libqmail.so"; fi
+ok
+
+# ---------------------------------------------------------------------------------------
+step "Python: the wheel's tags and contents"
+case $(basename "$wheel") in
+    *-cp39-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl | *-cp39-abi3-manylinux_2_17_x86_64.whl) ;;
+    *) fail "wheel tag: $(basename "$wheel")" ;;
+esac
+py=python3
+listing=$($py -m zipfile -l "$wheel")
+for f in LICENSE-MIT LICENSE-APACHE qmail/__init__.py qmail/py.typed; do
+    echo "$listing" | grep -q "$f" || fail "wheel has no $f"
+done
+$py -m zipfile -e "$wheel" "$work/wheel"
+file "$work"/wheel/qmail/_qmail*.so | grep -q ', stripped' || fail "the extension is not stripped"
+ok
+
+step "Python: the wheel into a fresh venv, no Rust on PATH"
+$py -m venv "$work/venv"
+nopath=/usr/local/bin:/usr/bin:/bin
+env PATH=$nopath "$work/venv/bin/pip" install -q --no-index --disable-pip-version-check "$wheel"
+env PATH=$nopath bash -c '! command -v cargo && ! command -v rustc' >/dev/null || fail "Rust is on the clean PATH"
+out=$(cd "$work" && env -u PYTHONPATH PATH=$nopath "$work/venv/bin/python" "$root/tests/deploy/submit.py" "$spool" p@example.org) \
+    || fail "submit.py"
+for id in $out; do [ -f "$spool/ready/$id" ] || fail "python: no ready/$id"; done
+"$work/venv/bin/pip" show qmail-spool | grep -qx "Name: qmail-spool" || fail "distribution name"
+ok
+
+step "Python: the sdist's contents"
+sd=$dist/qmail_spool-$version.tar.gz
+sl=$(tar -tzf "$sd")
+for f in pyproject.toml LICENSE-MIT LICENSE-APACHE qmail-core/src/lib.rs python/qmail/__init__.py; do
+    echo "$sl" | grep -q "$f" || fail "sdist has no $f"
+done
+if [ "${QMAIL_DEPLOY_SDIST_BUILD:-0}" = 1 ]; then
+    step "Python: pip install the sdist in another venv (builds with Rust)"
+    $py -m venv "$work/venv-sdist"
+    "$work/venv-sdist/bin/pip" install -q --disable-pip-version-check "$sd"
+    "$work/venv-sdist/bin/python" -c 'import qmail; print(qmail.__name__)' >/dev/null
+else
+    echo "   skipped: building the sdist (set QMAIL_DEPLOY_SDIST_BUILD=1; a full Rust build, ~5 min)"
+fi
+ok
+
+# ---------------------------------------------------------------------------------------
+step "Node: the tarballs into a fresh app directory"
+app=$work/app
+mkdir -p "$app"
+printf '{ "name": "deploy-app", "version": "1.0.0", "private": true }\n' > "$app/package.json"
+(cd "$app" && npm install --no-audit --no-fund --silent \
+    "$dist/qmail-linux-x64-gnu-$version.tgz" "$dist/qmail-$version.tgz")
+[ -d "$app/node_modules/qmail" ] && [ ! -L "$app/node_modules/qmail" ] || fail "node_modules/qmail is not a real directory"
+addon=$app/node_modules/qmail-linux-x64-gnu/qmail.linux-x64-gnu.node
+[ -f "$addon" ] || fail "no addon from the platform package"
+file "$addon" | grep -q ', stripped' || fail "the addon is not stripped"
+[ ! -e "$app/node_modules/qmail/qmail.linux-x64-gnu.node" ] || fail "the main package carries an addon"
+for f in LICENSE-MIT LICENSE-APACHE README.md; do [ -f "$app/node_modules/qmail/$f" ] || fail "npm: no $f"; done
+grep -q '"private"' "$app/node_modules/qmail/package.json" && fail "the main package is private"
+cp tests/deploy/submit.js "$app/"
+out=$(cd "$app" && node submit.js "$spool" n@example.org) || fail "submit.js"
+for id in $out; do [ -f "$spool/ready/$id" ] || fail "node: no ready/$id"; done
+# without the platform package: an error naming the platform
+cp -r "$app" "$work/app-noaddon"
+rm -rf "$work/app-noaddon/node_modules/qmail-linux-x64-gnu"
+err=$(cd "$work/app-noaddon" && node -e "try { require('qmail') } catch (e) { console.log(e.code, e.message) }")
+echo "$err" | grep -q 'ERR_QMAIL_NO_NATIVE_ADDON.*linux-x64-gnu' || fail "no-addon error: $err"
+ok
+
+# ---------------------------------------------------------------------------------------
+step "Debian package: dpkg-deb contents, conffile, maintainer scripts"
+info=$(dpkg-deb -I "$deb")
+echo "$info" | grep -q '^ Package: qmail-dispatcher$' || fail "package name"
+echo "$info" | grep -q '^ Depends:.*libc6' || fail "Depends: $info"
+contents=$(dpkg-deb -c "$deb")
+for f in ./usr/bin/qmail-dispatcher ./lib/systemd/system/qmail-dispatcher.service \
+    ./usr/lib/sysusers.d/qmail-dispatcher.conf ./etc/qmail/dispatcher.toml \
+    ./usr/share/doc/qmail-dispatcher/dispatcher.md ./usr/share/doc/qmail-dispatcher/LICENSE-MIT \
+    ./usr/share/doc/qmail-dispatcher/LICENSE-APACHE ./usr/share/man/man1/qmail-dispatcher \
+    ./usr/share/man/man1/qmail-dispatcher-spool-init \
+    ./usr/share/bash-completion/completions/qmail-dispatcher \
+    ./usr/share/zsh/vendor-completions/_qmail-dispatcher \
+    ./usr/share/fish/vendor_completions.d/qmail-dispatcher.fish; do
+    echo "$contents" | grep -q " $f" || fail "the .deb has no $f"
+done
+ctl=$work/deb-control
+dpkg-deb -e "$deb" "$ctl"
+grep -qx /etc/qmail/dispatcher.toml "$ctl/conffiles" || fail "dispatcher.toml is not a conffile"
+for s in postinst prerm postrm; do
+    [ -x "$ctl/$s" ] || fail "no executable $s"
+    sh -n "$ctl/$s" || fail "$s: syntax"
+done
+grep -q 'spool init /var/spool/qmail --user qmail --submit-group qmail-submit' "$ctl/postinst" || fail "postinst spool init"
+grep -q 'systemd-sysusers qmail-dispatcher.conf' "$ctl/postinst" || fail "postinst sysusers"
+grep -q 'useradd --system' "$ctl/postinst" || fail "postinst useradd fallback"
+dpkg-deb -x "$deb" "$work/deb-root"
+file "$work/deb-root/usr/bin/qmail-dispatcher" | grep -q ', stripped' || fail "the packaged binary is not stripped"
+doc=$(sed -n 's|^Documentation=.*file://\(/[^ ]*\).*|\1|p' "$work/deb-root/lib/systemd/system/qmail-dispatcher.service")
+[ -f "$work/deb-root$doc" ] || fail "Documentation=$doc is not in the package"
+man -l "$work"/deb-root/usr/share/man/man1/qmail-dispatcher.1* >/dev/null 2>&1 \
+    || zcat -f "$work"/deb-root/usr/share/man/man1/qmail-dispatcher.1* | grep -q '^.TH' \
+    || fail "the man page is not roff"
+"$work/deb-root/usr/bin/qmail-dispatcher" --version | grep -q "$version" || fail "packaged binary --version"
+ok
+
+# ---------------------------------------------------------------------------------------
+if [ "$(id -u)" != 0 ] || ! command -v setpriv >/dev/null; then
+    echo "   skipped: the two-user run needs root and setpriv (it creates users)"
+else
+    step "two users: spool init, a web user only in the submit group, the dispatcher user"
+    # test users with names of their own (removed at exit); the package makes qmail/qmail-submit
+    sfx=$$
+    g=qmts$sfx d=qmtd$sfx w=qmtw$sfx w2=qmtx$sfx
+    groupadd --system "$g"; users_made+=("g:$g")
+    useradd --system --user-group --no-create-home --shell /usr/sbin/nologin -G "$g" "$d"; users_made+=("$d" "g:$d")
+    useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$w"; users_made+=("$w" "g:$w")
+    useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$w2"; users_made+=("$w2" "g:$w2")
+    qd=$work/deb-root/usr/bin/qmail-dispatcher
+    sp=$work/two/spool
+    "$qd" spool init "$sp" --user "$d" --submit-group "$g" >/dev/null
+    chmod 0755 "$work/two"
+    # the web user: its own uid/gid plus the submit group, nothing else
+    as_web() { setpriv --reuid "$w" --regid "$w" --groups "$g" --inh-caps=-all -- "$@"; }
+    as_web2() { setpriv --reuid "$w2" --regid "$w2" --groups "$g" --inh-caps=-all -- "$@"; }
+    as_disp() { setpriv --reuid "$d" --regid "$d" --init-groups --inh-caps=-all -- "$@"; }
+    ids=()
+    ids+=($(as_web env -u LD_LIBRARY_PATH "$bin/hello_c" "$sp" c@example.org)) || fail "web: C"
+    ids+=($(as_web env -u LD_LIBRARY_PATH "$work/cmake/hello_cpp" "$sp" cpp@example.org)) || fail "web: C++"
+    ids+=($(cd "$work" && as_web env PATH=$nopath "$work/venv/bin/python" "$root/tests/deploy/submit.py" "$sp" p@example.org)) || fail "web: Python"
+    ids+=($(cd "$app" && as_web node submit.js "$sp" n@example.org)) || fail "web: Node"
+    [ ${#ids[@]} = 8 ] || fail "web submitted ${#ids[@]} messages, expected 8: ${ids[*]}"
+    for id in "${ids[@]}"; do
+        f=$sp/ready/$id
+        [ "$(stat -c '%U %G %a' "$f")" = "$w $g 640" ] || fail "$f: $(stat -c '%U %G %a' "$f"), expected $w $g 640"
+    done
+    # what the web user may not do: list the queue, read or write the dispatcher's directories,
+    # remove another web user's file (sticky)
+    if as_web ls "$sp/ready" >/dev/null 2>&1; then fail "the web user lists ready/"; fi
+    for dd in active deferred state outbox; do
+        if as_web ls "$sp/$dd" >/dev/null 2>&1; then fail "the web user lists $dd/"; fi
+        if as_web touch "$sp/$dd/x" 2>/dev/null; then fail "the web user writes into $dd/"; fi
+    done
+    if as_web2 rm -f "$sp/ready/${ids[0]}" 2>/dev/null && [ ! -e "$sp/ready/${ids[0]}" ]; then
+        fail "another web user removed a message"
+    fi
+    if as_web2 cat "$sp/ready/${ids[0]}" >/dev/null 2>&1; then :; fi  # group read is by design
+    # a file the dispatcher cannot read (0600, as an older qmail made them): check-config names it
+    as_web sh -c "umask 077; printf x > '$sp/tmp/stray' && mv '$sp/tmp/stray' '$sp/ready/zz-stray'"
+    if out=$(as_disp "$qd" --spool "$sp" check-config 2>&1); then fail "check-config passed an unreadable file: $out"; fi
+    echo "$out" | grep -q 'zz-stray' || fail "check-config did not name the file: $out"
+    rm -f "$sp/ready/zz-stray"
+    as_disp "$qd" --spool "$sp" check-config >/dev/null || fail "check-config as the dispatcher user"
+    # the dispatcher cannot modify what the web user wrote (group read only)
+    if as_disp sh -c "printf x >> '$sp/ready/${ids[0]}'" 2>/dev/null; then fail "the dispatcher wrote into a web user's file"; fi
+    out=$(as_disp "$qd" --spool "$sp" drain) || fail "drain as the dispatcher user"
+    [ "$out" = "delivered 8, deferred 0, failed 0, corrupt 0" ] || fail "drain: $out"
+    [ "$(ls "$sp/outbox" | wc -l)" -ge 8 ] || fail "outbox: $(ls "$sp/outbox")"
+    for id in "${ids[@]}"; do ls "$sp/outbox" | grep -q "$id" || fail "$id is not in outbox/"; done
+    if as_web cat "$sp/outbox/"* >/dev/null 2>&1; then fail "the web user reads delivered mail"; fi
+    as_disp "$qd" --spool "$sp" status >/dev/null || fail "status as the dispatcher user"
+    ok
+fi
+
+step "sizes (bytes)"
+cat "$dist/sizes.txt"
+printf 'deploy: %d passed, 0 failed (%ds)\n' "$checks" "$(($(date +%s) - t0))"
