@@ -591,9 +591,11 @@ fn open(srv: &Raw) -> Session {
         .and_then(RelayConfig::resolve)
         .unwrap();
     let ep = RelayEndpoint::new(cfg).unwrap();
-    let mut t = qmail_dispatch::TimeoutConfig::default();
-    t.greeting_secs = 5;
-    t.data_end_secs = 5;
+    let t = qmail_dispatch::TimeoutConfig {
+        greeting_secs: 5,
+        data_end_secs: 5,
+        ..Default::default()
+    };
     Session::open(&ep, "client.test", &t).unwrap()
 }
 
