@@ -691,3 +691,103 @@ fn the_fence_stops_before_data_and_before_the_final_dot() {
         "stuffed: {head:?}"
     );
 }
+
+fn auth_session(offer: &str, exchange: Vec<Value>) -> Vec<Value> {
+    let mut v = vec![
+        send("220 raw.test\r\n"),
+        expect("EHLO"),
+        send(&ehlo_reply(&["STARTTLS"])),
+        expect("STARTTLS"),
+        send("220 go\r\n"),
+        json!({"starttls": true}),
+        expect("EHLO"),
+        send(&ehlo_reply(&[offer, "PIPELINING"])),
+    ];
+    v.extend(exchange);
+    v.extend(transaction());
+    v
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn auth_xoauth2_reads_the_token_file_at_each_auth_and_login_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_cert(dir.path(), "localhost", "DNS:localhost,IP:127.0.0.1");
+    let token_file = dir.path().join("token");
+    let ok = vec![expect("AUTH XOAUTH2 "), send("235 2.7.0 accepted\r\n")];
+    let srv = Raw::start(
+        vec![
+            auth_session("AUTH XOAUTH2 PLAIN", ok.clone()),
+            auth_session("AUTH XOAUTH2", ok),
+        ],
+        Some((&cert, &key)),
+    );
+    let (_d, sp) = spool();
+    let mut c = cfg(&sp, &[]);
+    c.relays = vec![RelayConfig {
+        url: Some(srv.url("localhost", "tls=required")),
+        username: Some("app@example.com".into()),
+        token_file: Some(token_file.clone()),
+        ca_file: Some(cert.clone()),
+        max_messages_per_connection: 1,
+        ..Default::default()
+    }];
+    std::fs::write(&token_file, "tok-one\n").unwrap();
+    assert_eq!(one(&c, MSG).1.delivered, 1);
+    // the refresher rewrote the file: the next AUTH sends the new token
+    std::fs::write(&token_file, "tok-two\n").unwrap();
+    assert_eq!(one(&c, MSG).1.delivered, 1);
+    for (i, tok) in ["tok-one", "tok-two"].iter().enumerate() {
+        let want = format!(
+            "AUTH XOAUTH2 {}",
+            b64(&format!(
+                "user=app@example.com\x01auth=Bearer {tok}\x01\x01"
+            ))
+        );
+        assert!(srv.lines(i).contains(&want), "{:?}", srv.lines(i));
+    }
+
+    // LOGIN when only LOGIN is offered; a refusal names AUTH and never the secret
+    let login = vec![
+        expect("AUTH LOGIN"),
+        send("334 VXNlcm5hbWU6\r\n"),
+        expect(&b64("app@example.com")),
+        send("334 UGFzc3dvcmQ6\r\n"),
+        expect(&b64("s3cret")),
+        send("235 ok\r\n"),
+    ];
+    let refuse = vec![expect("AUTH LOGIN"), send("535 5.7.8 no\r\n")];
+    let srv = Raw::start(
+        vec![
+            auth_session("AUTH LOGIN", login),
+            auth_session("AUTH LOGIN", refuse),
+        ],
+        Some((&cert, &key)),
+    );
+    let (_d2, sp2) = spool();
+    let mut c2 = cfg(&sp2, &[]);
+    c2.relays = vec![RelayConfig {
+        url: Some(srv.url("localhost", "tls=required")),
+        username: Some("app@example.com".into()),
+        password: Some("s3cret".into()),
+        ca_file: Some(cert.clone()),
+        max_messages_per_connection: 1,
+        ..Default::default()
+    }];
+    assert_eq!(one(&c2, MSG).1.delivered, 1);
+    let (id, s) = one(&c2, MSG);
+    assert_eq!(s.deferred, 1);
+    let d = diagnosis(&sp2, &id);
+    assert!(d.starts_with("535 AUTH failed: 5.7.8 no"), "{d}");
+    let state = std::fs::read_to_string(
+        sp2.path()
+            .join("state")
+            .join(format!("{}.json", id.as_str())),
+    )
+    .unwrap_or_default();
+    assert!(!state.contains("s3cret") && !state.contains(&b64("s3cret")));
+}
