@@ -67,6 +67,9 @@ pub struct RelayConfig {
     pub password: Option<String>,
     /// Read the AUTH password from this file (first line), instead of `password`.
     pub password_file: Option<PathBuf>,
+    /// AUTH XOAUTH2 with the OAuth 2.0 bearer token on this file's first line, read again at
+    /// each AUTH (the operator's token refresher keeps it current); needs `username`.
+    pub token_file: Option<PathBuf>,
     /// Lower is tried first; relays of equal priority share the load by weight.
     pub priority: u32,
     /// Share of the messages among relays of equal priority.
@@ -96,6 +99,7 @@ impl Default for RelayConfig {
             username: None,
             password: None,
             password_file: None,
+            token_file: None,
             priority: 0,
             weight: 1,
             max_connections: 0,
@@ -134,7 +138,8 @@ fn percent_decode(s: &str) -> Result<String> {
 impl RelayConfig {
     /// Parses `smtp://[user:pass@]host[:port][?tls=required|opportunistic|none&priority=N&
     /// weight=N&max_connections=N&max_messages_per_connection=N&max_messages_per_second=X&
-    /// cooldown_secs=N&ca_file=PATH&dangerous_accept_invalid_certs=true]` or `smtps://...`.
+    /// cooldown_secs=N&ca_file=PATH&token_file=PATH&dangerous_accept_invalid_certs=true]` or
+    /// `smtps://...`.
     /// User and password may be %-encoded.
     ///
     /// # Errors
@@ -226,6 +231,7 @@ impl RelayConfig {
                 "cooldown_secs" => self.cooldown_secs = num(&v)?,
                 "name" => self.name = v,
                 "ca_file" => self.ca_file = Some(PathBuf::from(v)),
+                "token_file" => self.token_file = Some(PathBuf::from(v)),
                 "dangerous_accept_invalid_certs" => {
                     self.dangerous_accept_invalid_certs = v == "true" || v == "1"
                 }
@@ -264,6 +270,15 @@ impl RelayConfig {
             } else {
                 25
             };
+        }
+        if self.token_file.is_some() && self.username.is_none() {
+            return Err(invalid(
+                "relay",
+                format!(
+                    "relay {}: token_file needs a username (XOAUTH2 sends both)",
+                    self.host
+                ),
+            ));
         }
         if self.tls.is_none() {
             self.tls = Some(if self.username.is_some() {
@@ -319,41 +334,82 @@ impl Default for RetryConfig {
     }
 }
 
-/// SMTP timeouts.
+/// SMTP timeouts: each a deadline for one whole reply (however slowly it trickles in), or for
+/// one write of the message. The defaults are RFC 5321 §4.5.3.2's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimeoutConfig {
-    /// TCP connect (and TLS handshake) timeout.
+    /// TCP connect, and each TLS handshake (not in the RFC; 30 s).
     pub connect_secs: u64,
-    /// Wait for the greeting and for each command's reply (RFC 5321 §4.5.3.2: 5 min).
-    pub command_secs: u64,
-    /// Wait for the reply to end-of-data, and for each DATA write (RFC 5321 §4.5.3.2.6:
-    /// 10 min; at least 600 s by default so a slow receiver does not cause a duplicate).
+    /// Initial 220 greeting (§4.5.3.2.1: 5 min).
+    pub greeting_secs: u64,
+    /// Reply to MAIL FROM (§4.5.3.2.2: 5 min).
+    pub mail_secs: u64,
+    /// Reply to each RCPT TO (§4.5.3.2.3: 5 min).
+    pub rcpt_secs: u64,
+    /// The 354 to DATA (§4.5.3.2.4: 2 min).
+    pub data_secs: u64,
+    /// Each write of the message, at most 64 KiB (§4.5.3.2.5, "data block": 3 min).
+    pub data_block_secs: u64,
+    /// Reply to end-of-data (§4.5.3.2.6: 10 min; shorter risks a duplicate, since the relay
+    /// may deliver after the client gave up).
     pub data_end_secs: u64,
+    /// Every other command: EHLO, STARTTLS, AUTH, RSET, QUIT (5 min, as §4.5.3.2.7 for the
+    /// server side).
+    pub command_secs: u64,
 }
 
 impl Default for TimeoutConfig {
     fn default() -> Self {
         TimeoutConfig {
             connect_secs: 30,
-            command_secs: 300,
+            greeting_secs: 300,
+            mail_secs: 300,
+            rcpt_secs: 300,
+            data_secs: 120,
+            data_block_secs: 180,
             data_end_secs: 600,
+            command_secs: 300,
         }
     }
 }
 
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n.max(1))
+}
+
 impl TimeoutConfig {
-    /// The connect timeout.
+    /// The connect (and TLS handshake) timeout.
     pub fn connect(&self) -> Duration {
-        Duration::from_secs(self.connect_secs.max(1))
+        secs(self.connect_secs)
     }
-    /// The command timeout.
-    pub fn command(&self) -> Duration {
-        Duration::from_secs(self.command_secs.max(1))
+    /// The greeting timeout.
+    pub fn greeting(&self) -> Duration {
+        secs(self.greeting_secs)
+    }
+    /// The MAIL FROM timeout.
+    pub fn mail(&self) -> Duration {
+        secs(self.mail_secs)
+    }
+    /// The RCPT TO timeout.
+    pub fn rcpt(&self) -> Duration {
+        secs(self.rcpt_secs)
+    }
+    /// The DATA (354) timeout.
+    pub fn data(&self) -> Duration {
+        secs(self.data_secs)
+    }
+    /// The timeout of each write of the message.
+    pub fn data_block(&self) -> Duration {
+        secs(self.data_block_secs)
     }
     /// The end-of-data timeout.
     pub fn data_end(&self) -> Duration {
-        Duration::from_secs(self.data_end_secs.max(1))
+        secs(self.data_end_secs)
+    }
+    /// The timeout of the other commands.
+    pub fn command(&self) -> Duration {
+        secs(self.command_secs)
     }
 }
 
@@ -543,6 +599,17 @@ mod tests {
     fn defaults() {
         let t = TimeoutConfig::default();
         assert!(t.data_end_secs >= 600, "RFC 5321 §4.5.3.2.6");
+        assert_eq!(
+            (
+                t.greeting_secs,
+                t.mail_secs,
+                t.rcpt_secs,
+                t.data_secs,
+                t.data_block_secs
+            ),
+            (300, 300, 300, 120, 180),
+            "RFC 5321 §4.5.3.2"
+        );
         let r = RetryConfig::default();
         assert_eq!(
             (r.first_secs, r.max_secs, r.lifetime_secs),

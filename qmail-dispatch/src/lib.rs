@@ -9,14 +9,15 @@
 //! - [`state`]: the per-message JSON sidecar (attempts, remaining recipients, diagnosis).
 //! - [`schedule`]: which message next (priority with aging, not-before, retry due times),
 //!   directory scans and the inotify wake-up.
-//! - [`relay`] and [`smtp`]: relay choice (priority, weight, cooldown, limits) and the SMTP
-//!   session with per-recipient outcomes.
+//! - [`relay`] and [`smtp`]: relay choice (priority, weight, cooldown, limits) and qmail's own
+//!   SMTP client (replies, deadlines, STARTTLS, AUTH, PIPELINING, SIZE) with per-recipient
+//!   outcomes.
 //! - [`content`]: the re-check of every message read from a spool (no bare CR/LF).
 //! - [`retry`]: backoff; [`admin`]: `status`, `show`, `retry`, `requeue-failed`;
 //!   [`dsn`]: delivery status notifications; [`metrics`]: counters.
 //!
 //! # Threads, not async
-//! Each worker is a blocking OS thread driving lettre's synchronous `SmtpConnection`. A
+//! Each worker is a blocking OS thread driving its own synchronous [`smtp::Session`]s. A
 //! dispatcher runs a handful to a few dozen concurrent SMTP sessions, not thousands, so a
 //! thread per session costs little memory (the body is streamed in 64 KiB chunks), and the
 //! blocking code keeps the per-recipient protocol logic linear and easy to audit. The spool

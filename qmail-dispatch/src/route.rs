@@ -1,29 +1,31 @@
-//! Relay choice within one attempt: failover, connection limits, reconnection of a dead reused connection.
+//! Relay choice within one attempt: failover, connection limits, reconnection of a dead
+//! reused connection, and relays that cannot take this message (SIZE, 8BITMIME, SMTPUTF8).
 
-#![allow(unused_imports)]
-use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use qmail_core::error::{Error, ErrorKind, Result};
-use qmail_core::spool::{QueueState, Spool, SpoolFile, now_secs};
+use qmail_core::spool::SpoolFile;
 
-use crate::dispatcher::{Shared, io_err};
-use crate::housekeeping::{purge_sent, purge_stale};
-use crate::relay::RelayPool;
-use crate::retry::Jitter;
-use crate::schedule::{self, Candidate, CandidateQueue, Dir, Pop};
-use crate::smtp::{Session, Transaction, TxError};
-use crate::worker::{Claimed, Worker, now_ms};
+use crate::dispatcher::Shared;
+use crate::smtp::{BodyError, Session, Transaction, TxError};
+use crate::worker::Worker;
 use crate::*;
 
+/// How one attempt through the relays ended.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    /// The relay used last (its name), `local` (refused before any relay) or `none`.
+    pub(crate) relay: String,
+    /// One result per recipient.
+    pub(crate) results: Vec<RcptResult>,
+    /// Why the message was refused for good, when it was (the state file's `reason`).
+    pub(crate) refused: Option<String>,
+}
+
 impl Shared {
-    /// Sends through the relays: failover to the next relay when one cannot be used,
-    /// reconnection (not counted) when a reused connection turns out dead.
+    /// Sends through the relays: failover to the next relay when one cannot be used or cannot
+    /// take this message, reconnection (not counted) when a reused connection turns out dead.
     pub(crate) fn via_relays(
         &self,
         w: &mut Worker,
@@ -31,7 +33,7 @@ impl Shared {
         small: Option<&[u8]>,
         rcpts: &[String],
         summary: content::ContentSummary,
-    ) -> (String, Vec<RcptResult>, Option<String>) {
+    ) -> Routed {
         let env = &file.header.envelope;
         let all = |st: RcptStatus, reply: &Reply| -> Vec<RcptResult> {
             rcpts
@@ -43,8 +45,16 @@ impl Shared {
                 })
                 .collect()
         };
+        let routed = |relay: String, results: Vec<RcptResult>| Routed {
+            relay,
+            results,
+            refused: None,
+        };
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(String, Reply)> = None;
+        // a relay that cannot take this message (too big, needs an extension): permanent
+        // unless another relay takes it
+        let mut unfit: Option<(String, Reply)> = None;
         let mut reconnects = 0;
         let mut waits = 0u32;
         loop {
@@ -53,21 +63,23 @@ impl Shared {
                 .select(&tried, |i| w.sessions.contains_key(&i), &mut w.rng)
             {
                 None => {
+                    if let Some((name, reply)) = unfit {
+                        return routed(name, all(RcptStatus::Failed, &reply));
+                    }
                     let (name, reply) = last.unwrap_or_else(|| {
                         ("none".into(), Reply::local("every relay is in cooldown"))
                     });
-                    return (name, all(RcptStatus::Deferred, &reply), None);
+                    return routed(name, all(RcptStatus::Deferred, &reply));
                 }
                 Some(Err(())) => {
                     waits += 1;
                     if waits > 3000 {
-                        return (
+                        return routed(
                             "none".into(),
                             all(
                                 RcptStatus::Deferred,
                                 &Reply::local("every relay is at its connection limit"),
                             ),
-                            None,
                         );
                     }
                     std::thread::sleep(Duration::from_millis(10));
@@ -98,10 +110,11 @@ impl Shared {
                         if e.relay_fault {
                             self.pool.cool_down(i);
                         }
-                        tracing::warn!(relay = %name, reply = %e.reply, "relay unusable; trying the next one");
+                        let reply = e.reply();
+                        tracing::warn!(relay = %name, reply = %reply, "relay unusable; trying the next one");
                         self.metrics.add(&self.metrics.relay_failures, 1);
                         tried.push(i);
-                        last = Some((name, e.reply));
+                        last = Some((name, reply));
                         continue;
                     }
                 }
@@ -112,14 +125,14 @@ impl Shared {
                 None => match file.body_reader() {
                     Ok(b) => Box::new(b),
                     Err(e) => {
-                        return (
+                        return routed(
                             name,
                             all(RcptStatus::Deferred, &Reply::local(e.to_string())),
-                            None,
                         );
                     }
                 },
             };
+            let fence = || true;
             let tx = Transaction {
                 mail_from: &env.mail_from,
                 rcpts,
@@ -127,11 +140,13 @@ impl Shared {
                 eight_bit: summary.eight_bit || env.eightbitmime,
                 body_len: file.body_len,
                 ends_with_crlf: summary.ends_with_crlf,
+                fence: &fence,
+                prefix: &[],
             };
             let Some((session, used)) = w.sessions.get_mut(&i) else {
                 continue;
             };
-            let res = session.send(&tx, body, &self.cfg.timeouts);
+            let res = session.send(&tx, body);
             *used = Instant::now();
             match res {
                 Ok(results) => {
@@ -142,35 +157,58 @@ impl Shared {
                     if n > 0 {
                         relay.delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    return (name, results, None);
+                    return routed(name, results);
                 }
-                Err(TxError::DiedBefore(reply)) => {
+                Err(e @ (TxError::TooBig { .. } | TxError::Unsupported(_))) => {
+                    // nothing was sent; the session stays open for other messages
+                    tracing::info!(relay = %name, reason = %e, "relay cannot take this message; trying the next one");
+                    tried.push(i);
+                    unfit = Some((name, Reply::local(e.to_string())));
+                }
+                Err(TxError::DiedBefore(err)) => {
                     self.drop_session(w, i, false);
+                    let reply = err.reply();
                     if !fresh && reconnects < 2 {
                         reconnects += 1;
                         tracing::debug!(relay = %name, reply = %reply, "reused connection is dead; reconnecting");
                         continue;
                     }
-                    return (name, all(RcptStatus::Deferred, &reply), None);
+                    if matches!(err, crate::smtp::SmtpError::Protocol { .. }) {
+                        self.pool.cool_down(i);
+                    }
+                    return routed(name, all(RcptStatus::Deferred, &reply));
                 }
                 Err(TxError::DiedAfterData(results)) => {
                     self.drop_session(w, i, false);
-                    return (name, results, None);
+                    return routed(name, results);
                 }
-                Err(TxError::Body(Ok(why))) => {
+                Err(TxError::Body(BodyError::Refused(why))) => {
                     self.drop_session(w, i, false);
                     let reason = format!(
                         "refused: the message has a {why} (never sent: SMTP smuggling guard)"
                     );
-                    return (
-                        "local".into(),
-                        all(RcptStatus::Failed, &Reply::local(reason.clone())),
-                        Some(reason),
-                    );
+                    return Routed {
+                        relay: "local".into(),
+                        results: all(RcptStatus::Failed, &Reply::local(reason.clone())),
+                        refused: Some(reason),
+                    };
                 }
-                Err(TxError::Body(Err(e))) => {
+                Err(TxError::Body(BodyError::Read(e))) => {
                     self.drop_session(w, i, false);
-                    return (name, all(RcptStatus::Deferred, &Reply::local(e)), None);
+                    return routed(name, all(RcptStatus::Deferred, &Reply::local(e)));
+                }
+                Err(TxError::Fenced) => {
+                    // nothing was delivered; the claim may be someone else's now
+                    self.drop_session(w, i, false);
+                    return routed(
+                        name,
+                        all(
+                            RcptStatus::Deferred,
+                            &Reply::local(
+                                "abandoned before end-of-data: the claim may have been taken back",
+                            ),
+                        ),
+                    );
                 }
             }
         }

@@ -17,7 +17,7 @@ use crate::housekeeping::{purge_sent, purge_stale};
 use crate::relay::RelayPool;
 use crate::retry::Jitter;
 use crate::schedule::{self, Candidate, CandidateQueue, Dir, Pop};
-use crate::smtp::{Session, Transaction, TxError};
+use crate::smtp::Session;
 use crate::*;
 
 pub(crate) fn now_ms() -> i64 {
@@ -180,9 +180,8 @@ impl Shared {
                     (r, res, None)
                 }
                 Ok(summary) => {
-                    let (r, res, reason) =
-                        self.via_relays(w, &file, small.as_deref(), &rcpts, summary);
-                    (r, res, reason)
+                    let r = self.via_relays(w, &file, small.as_deref(), &rcpts, summary);
+                    (r.relay, r.results, r.refused)
                 }
             }
         };

@@ -275,8 +275,9 @@ fn pipelined_commands_go_in_one_write() {
     assert_eq!(s.failed, 3, "bad@ failed for good, a{{i}}@ delivered");
     assert_eq!(srv.delivered().len(), 3);
     let sess = &srv.wait_sessions(1, T)[0];
-    // the client wrote RSET, MAIL and both RCPTs before reading a reply: one read got them all
-    let want = b"RSET\r\nMAIL FROM:<noreply@example.com>\r\nRCPT TO:<a1@example.org>\r\nRCPT TO:<bad@example.org>\r\n";
+    // the client wrote RSET, MAIL, both RCPTs and DATA before reading a reply (RFC 2920
+    // §3.1): one read got them all
+    let want = b"RSET\r\nMAIL FROM:<noreply@example.com>\r\nRCPT TO:<a1@example.org>\r\nRCPT TO:<bad@example.org>\r\nDATA\r\n";
     assert!(
         sess.chunks.iter().any(|c| c == want),
         "{:?}",

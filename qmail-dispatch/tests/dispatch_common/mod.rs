@@ -363,6 +363,11 @@ pub fn config(spool: &Path, relays: &[String]) -> DispatchConfig {
     c.retry.jitter = 0.0;
     c.timeouts.connect_secs = 5;
     c.timeouts.command_secs = 10;
+    c.timeouts.greeting_secs = 10;
+    c.timeouts.mail_secs = 10;
+    c.timeouts.rcpt_secs = 10;
+    c.timeouts.data_secs = 10;
+    c.timeouts.data_block_secs = 10;
     c.timeouts.data_end_secs = 10;
     c.lease_secs = 5;
     c.durable = false;

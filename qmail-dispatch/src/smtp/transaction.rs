@@ -1,0 +1,466 @@
+//! One mail transaction (RFC 5321 §3.3): MAIL FROM, RCPT TO per recipient, DATA, the
+//! message, end-of-data; with PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152)
+//! and SMTPUTF8 (RFC 6531).
+//!
+//! - With PIPELINING, `[RSET] MAIL RCPT… DATA` go in one write and the replies are matched
+//!   in order (RFC 2920 §3.1); a relay that refused every recipient but answered 354 to DATA
+//!   gets a lone `.` (RFC 2920 §3.1) and nothing is delivered.
+//! - Without it, one command per reply; no RCPT after a refused MAIL, no DATA without an
+//!   accepted recipient.
+//! - `SIZE=` (the prefix plus the spooled message, before dot-stuffing) is declared when the
+//!   relay offers SIZE; a message over the relay's limit is not sent to it at all
+//!   ([`TxError::TooBig`]), nor an 8-bit one to a relay without 8BITMIME, nor one that needs
+//!   SMTPUTF8 to a relay without it ([`TxError::Unsupported`]): the route tries another relay.
+//! - Each recipient gets its own outcome; "accepted" becomes delivered only with the 2xx to
+//!   end-of-data.
+
+use std::io::Read;
+
+use super::data::{CHUNK, DotStuffer};
+use super::session::{Phase, Session, SmtpError};
+use super::{Command, Response};
+use crate::content::ContentScanner;
+use crate::state::{RcptResult, RcptStatus, Reply};
+
+/// Messages up to this size are read whole and sent, stuffed and terminated, in one write.
+pub const SMALL_BODY: u64 = 64 * 1024;
+
+/// The parts of a message a transaction needs.
+pub struct Transaction<'a> {
+    /// MAIL FROM address (empty = `<>`).
+    pub mail_from: &'a str,
+    /// The recipients to do in this attempt.
+    pub rcpts: &'a [String],
+    /// Needs SMTPUTF8 (RFC 6531); also implied by a non-ASCII address.
+    pub smtputf8: bool,
+    /// Has 8-bit content: `BODY=8BITMIME` (RFC 6152).
+    pub eight_bit: bool,
+    /// Length of the spooled message in bytes.
+    pub body_len: u64,
+    /// The message ends with CRLF (informational: the terminator is chosen from the bytes
+    /// actually sent).
+    pub ends_with_crlf: bool,
+    /// The fence (contract C1): called right before `DATA` and again right before the
+    /// end-of-data of a message larger than [`SMALL_BODY`]. `false` means the claim may have
+    /// been taken back: `DATA` is not sent (or the connection is dropped without the final
+    /// dot), nothing is delivered, and the send returns [`TxError::Fenced`].
+    pub fence: &'a dyn Fn() -> bool,
+    /// Bytes written before the spooled message inside DATA (a CRLF-terminated header field
+    /// such as `DKIM-Signature:`), dot-stuffed like the rest, counted in `SIZE=`. Empty =
+    /// nothing.
+    pub prefix: &'a [u8],
+}
+
+/// A required extension the relay does not offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// RFC 6152.
+    EightBitMime,
+    /// RFC 6531.
+    SmtpUtf8,
+}
+
+/// Why the body was not sent to the end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// The content fails the re-check (bare CR/LF, NUL, long line): never sent.
+    #[error("{0}")]
+    Refused(String),
+    /// The spool file could not be read to its end.
+    #[error("{0}")]
+    Read(String),
+}
+
+/// How a transaction ended, when not with a result per recipient.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// The connection died (network error, timeout, protocol error or 421) before
+    /// end-of-data was sent: nothing was delivered, the transaction may be retried on a new
+    /// connection.
+    #[error("{0}")]
+    DiedBefore(SmtpError),
+    /// The connection died after the end-of-data was sent and before its reply: the message
+    /// may or may not have been delivered (the duplicate window). The results mark the
+    /// accepted recipients deferred.
+    #[error("no reply to end-of-data")]
+    DiedAfterData(Vec<RcptResult>),
+    /// The body could not be read, or changed under us: the connection must be dropped
+    /// without end-of-data (nothing was delivered).
+    #[error("{0}")]
+    Body(BodyError),
+    /// The fence said the claim may have been taken back: nothing was delivered; drop the
+    /// connection.
+    #[error("the claim may have been taken back: abandoned before end-of-data")]
+    Fenced,
+    /// The message is larger than the relay's SIZE limit (RFC 1870 §6): nothing was sent, the
+    /// session is still usable.
+    #[error("the message is {size} bytes and the relay accepts at most {limit} (SIZE, RFC 1870)")]
+    TooBig {
+        /// The message's size (prefix included).
+        size: u64,
+        /// The relay's limit.
+        limit: u64,
+    },
+    /// The message needs an extension the relay does not offer: nothing was sent, the
+    /// session is still usable.
+    #[error("{}", match .0 {
+        Extension::EightBitMime => "the message has 8-bit content and the relay does not offer 8BITMIME (RFC 6152)",
+        Extension::SmtpUtf8 => "the message needs SMTPUTF8 and the relay does not offer it (RFC 6531)",
+    })]
+    Unsupported(Extension),
+}
+
+impl TxError {
+    /// True when the session can be used for another transaction.
+    pub fn session_usable(&self) -> bool {
+        matches!(self, TxError::TooBig { .. } | TxError::Unsupported(_))
+    }
+}
+
+/// The outcome of one command: accepted (2xx, or 354 to DATA), or refused for now (4xx) or
+/// for good (5xx).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// 2xx (or the 3xx the command expects).
+    Accepted(Response),
+    /// 4xx (or an unexpected reply): try again later.
+    Transient(Response),
+    /// 5xx.
+    Permanent(Response),
+}
+
+impl CommandOutcome {
+    fn of(r: Response, expect_intermediate: bool) -> CommandOutcome {
+        let ok = if expect_intermediate {
+            r.code == 354
+        } else {
+            r.is_positive()
+        };
+        if ok {
+            CommandOutcome::Accepted(r)
+        } else if r.is_permanent() {
+            CommandOutcome::Permanent(r)
+        } else {
+            CommandOutcome::Transient(r)
+        }
+    }
+
+    /// The recipient status this outcome gives.
+    pub fn status(&self) -> RcptStatus {
+        match self {
+            CommandOutcome::Accepted(_) => RcptStatus::Delivered,
+            CommandOutcome::Transient(_) => RcptStatus::Deferred,
+            CommandOutcome::Permanent(_) => RcptStatus::Failed,
+        }
+    }
+
+    /// The reply.
+    pub fn response(&self) -> &Response {
+        match self {
+            CommandOutcome::Accepted(r)
+            | CommandOutcome::Transient(r)
+            | CommandOutcome::Permanent(r) => r,
+        }
+    }
+
+    fn accepted(&self) -> bool {
+        matches!(self, CommandOutcome::Accepted(_))
+    }
+
+    /// 421: the relay is closing the connection (RFC 5321 §3.8).
+    fn closing(&self) -> bool {
+        self.response().code == 421
+    }
+}
+
+fn dead_421(phase: Phase, o: &CommandOutcome) -> TxError {
+    TxError::DiedBefore(SmtpError::Rejected {
+        phase,
+        response: o.response().clone(),
+    })
+}
+
+impl Session {
+    /// Runs one transaction. On `Ok`, one result per recipient of `tx.rcpts`, in order. On
+    /// `Err`, the session must be dropped (aborted) unless [`TxError::session_usable`].
+    ///
+    /// # Errors
+    /// [`TxError`].
+    pub fn send(
+        &mut self,
+        tx: &Transaction<'_>,
+        body: impl Read,
+    ) -> Result<Vec<RcptResult>, TxError> {
+        let non_ascii = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
+        let smtputf8 = tx.smtputf8 || non_ascii;
+        if smtputf8 && !self.caps.smtputf8 {
+            return Err(TxError::Unsupported(Extension::SmtpUtf8));
+        }
+        if tx.eight_bit && !self.caps.eight_bit_mime {
+            return Err(TxError::Unsupported(Extension::EightBitMime));
+        }
+        let size = tx.body_len + tx.prefix.len() as u64;
+        if let Some(limit) = self.caps.size_limit()
+            && size > limit
+        {
+            return Err(TxError::TooBig { size, limit });
+        }
+        if self.transactions > 0 && !self.is_alive() {
+            return Err(TxError::DiedBefore(SmtpError::Closed {
+                phase: Phase::Idle,
+            }));
+        }
+        let reset = self.transactions > 0 || self.needs_reset;
+        self.transactions += 1;
+        self.needs_reset = true;
+        let t = self.timeouts.clone();
+        let mail = Command::MailFrom {
+            from: tx.mail_from,
+            size: self.caps.size.map(|_| size),
+            eight_bit: tx.eight_bit,
+            smtputf8,
+        };
+        let mut rcpt_out: Vec<CommandOutcome> = Vec::with_capacity(tx.rcpts.len());
+        let mail_out;
+        let data_out;
+        let read = |s: &mut Session, phase, timeout, inter| {
+            s.conn
+                .read_reply(phase, timeout)
+                .map(|r| CommandOutcome::of(r, inter))
+                .map_err(TxError::DiedBefore)
+        };
+        if self.caps.pipelining {
+            if !(tx.fence)() {
+                return Err(TxError::Fenced);
+            }
+            let mut batch = Vec::with_capacity(64 * (tx.rcpts.len() + 3));
+            if reset {
+                Command::Rset.encode(&mut batch).map_err(cmd_err)?;
+            }
+            mail.encode(&mut batch).map_err(cmd_err)?;
+            for r in tx.rcpts {
+                Command::RcptTo(r).encode(&mut batch).map_err(cmd_err)?;
+            }
+            Command::Data.encode(&mut batch).map_err(cmd_err)?;
+            self.conn
+                .write_all(&batch, Phase::Mail, t.command())
+                .map_err(TxError::DiedBefore)?;
+            if reset {
+                let o = read(self, Phase::Rset, t.command(), false)?;
+                if !o.accepted() {
+                    return Err(dead_421(Phase::Rset, &o));
+                }
+            }
+            let m = read(self, Phase::Mail, t.mail(), false)?;
+            if m.closing() {
+                return Err(dead_421(Phase::Mail, &m));
+            }
+            mail_out = m;
+            for _ in tx.rcpts {
+                let o = read(self, Phase::Rcpt, t.rcpt(), false)?;
+                if o.closing() {
+                    return Err(dead_421(Phase::Rcpt, &o));
+                }
+                rcpt_out.push(o);
+            }
+            let d = read(self, Phase::Data, t.data(), true)?;
+            if d.closing() {
+                return Err(dead_421(Phase::Data, &d));
+            }
+            let wanted = mail_out.accepted() && rcpt_out.iter().any(CommandOutcome::accepted);
+            if d.accepted() && !wanted {
+                // RFC 2920 §3.1: DATA accepted with no valid recipient: send an empty message
+                // terminator; the relay delivers nothing
+                self.conn
+                    .write_all(b".\r\n", Phase::Body, t.data_block())
+                    .map_err(TxError::DiedBefore)?;
+                let _ = read(self, Phase::DataEnd, t.data_end(), false)?;
+                self.needs_reset = false;
+            }
+            data_out = Some(d);
+        } else {
+            if reset {
+                let o = self
+                    .conn
+                    .command(Command::Rset, Phase::Rset, t.command())
+                    .map_err(TxError::DiedBefore)?;
+                if !o.is_positive() {
+                    return Err(TxError::DiedBefore(SmtpError::Rejected {
+                        phase: Phase::Rset,
+                        response: o,
+                    }));
+                }
+            }
+            let m = self.command(mail, Phase::Mail, t.mail(), false)?;
+            mail_out = m;
+            if mail_out.accepted() {
+                for r in tx.rcpts {
+                    let o = self.command(Command::RcptTo(r), Phase::Rcpt, t.rcpt(), false)?;
+                    rcpt_out.push(o);
+                }
+            }
+            data_out = if rcpt_out.iter().any(CommandOutcome::accepted) {
+                if !(tx.fence)() {
+                    return Err(TxError::Fenced);
+                }
+                Some(self.command(Command::Data, Phase::Data, t.data(), true)?)
+            } else {
+                None
+            };
+        }
+        // per-recipient outcomes so far ("Delivered" = RCPT accepted)
+        if !mail_out.accepted() {
+            let reply = mail_out.response().to_reply();
+            let st = mail_out.status();
+            return Ok(tx
+                .rcpts
+                .iter()
+                .map(|r| RcptResult {
+                    rcpt: r.clone(),
+                    status: st,
+                    reply: reply.clone(),
+                })
+                .collect());
+        }
+        let mut results: Vec<RcptResult> = tx
+            .rcpts
+            .iter()
+            .zip(&rcpt_out)
+            .map(|(r, o)| RcptResult {
+                rcpt: r.clone(),
+                status: o.status(),
+                reply: o.response().to_reply(),
+            })
+            .collect();
+        let set_accepted = |results: &mut Vec<RcptResult>, st: RcptStatus, reply: &Reply| {
+            for r in results
+                .iter_mut()
+                .filter(|r| r.status == RcptStatus::Delivered)
+            {
+                r.status = st;
+                r.reply = reply.clone();
+            }
+        };
+        let Some(data_out) = data_out else {
+            return Ok(results);
+        };
+        if !results.iter().any(|r| r.status == RcptStatus::Delivered) {
+            return Ok(results);
+        }
+        if !data_out.accepted() {
+            set_accepted(
+                &mut results,
+                data_out.status(),
+                &data_out.response().to_reply(),
+            );
+            return Ok(results);
+        }
+        match self.send_body(tx, body)? {
+            Ok(end) => {
+                self.needs_reset = false;
+                let o = CommandOutcome::of(end, false);
+                let reply = o.response().to_reply();
+                if o.accepted() {
+                    for r in results
+                        .iter_mut()
+                        .filter(|r| r.status == RcptStatus::Delivered)
+                    {
+                        r.reply = reply.clone();
+                    }
+                } else {
+                    set_accepted(&mut results, o.status(), &reply);
+                }
+                Ok(results)
+            }
+            Err(e) => {
+                let r = Reply::local(format!(
+                    "no reply to end-of-data (the message may have been delivered): {e}"
+                ));
+                set_accepted(&mut results, RcptStatus::Deferred, &r);
+                Err(TxError::DiedAfterData(results))
+            }
+        }
+    }
+
+    fn command(
+        &mut self,
+        cmd: Command<'_>,
+        phase: Phase,
+        timeout: std::time::Duration,
+        inter: bool,
+    ) -> Result<CommandOutcome, TxError> {
+        let o = self
+            .conn
+            .command(cmd, phase, timeout)
+            .map(|r| CommandOutcome::of(r, inter))
+            .map_err(TxError::DiedBefore)?;
+        if o.closing() {
+            return Err(dead_421(phase, &o));
+        }
+        Ok(o)
+    }
+
+    /// Writes the prefix and the message, stuffed, then end-of-data, and reads its reply.
+    /// The outer `Err` is a failure before end-of-data was complete on the wire (nothing
+    /// delivered); the inner `Err` a failure after (the duplicate window).
+    fn send_body(
+        &mut self,
+        tx: &Transaction<'_>,
+        mut body: impl Read,
+    ) -> Result<Result<Response, SmtpError>, TxError> {
+        let t = self.timeouts.clone();
+        let mut stuffer = DotStuffer::new();
+        let mut scanner = ContentScanner::new();
+        let total = tx.body_len;
+        let mut out: Vec<u8> =
+            Vec::with_capacity((total.min(SMALL_BODY) as usize + tx.prefix.len()) * 33 / 32 + 8);
+        stuffer.stuff(tx.prefix, &mut out);
+        let mut buf = vec![0u8; (total.min(CHUNK as u64) as usize).max(1)];
+        let mut sent: u64 = 0;
+        let large = total > SMALL_BODY;
+        while sent < total {
+            let want = ((total - sent) as usize).min(buf.len());
+            let n = match body.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(TxError::Body(BodyError::Read(format!(
+                        "the spool file ended at byte {sent} of {total}"
+                    ))));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(TxError::Body(BodyError::Read(format!(
+                        "cannot read the spool file: {e}"
+                    ))));
+                }
+            };
+            let chunk = &buf[..n];
+            scanner
+                .feed(chunk)
+                .map_err(|r| TxError::Body(BodyError::Refused(r)))?;
+            stuffer.stuff(chunk, &mut out);
+            sent += n as u64;
+            if large && out.len() >= CHUNK && sent < total {
+                self.conn
+                    .write_all(&out, Phase::Body, t.data_block())
+                    .map_err(TxError::DiedBefore)?;
+                out.clear();
+            }
+        }
+        scanner
+            .finish()
+            .map_err(|r| TxError::Body(BodyError::Refused(r)))?;
+        if large && !(tx.fence)() {
+            return Err(TxError::Fenced);
+        }
+        out.extend_from_slice(stuffer.terminator());
+        if let Err(e) = self.conn.write_all(&out, Phase::Body, t.data_block()) {
+            return Ok(Err(e));
+        }
+        Ok(self.conn.read_reply(Phase::DataEnd, t.data_end()))
+    }
+}
+
+fn cmd_err(e: super::command::CommandError) -> TxError {
+    TxError::DiedBefore(SmtpError::Command(e))
+}
