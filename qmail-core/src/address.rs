@@ -171,6 +171,26 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Parses text that must hold exactly one mailbox (From, an SMTP envelope address): as
+    /// [`Mailbox::parse_list`], then a list of several is refused with a clear message (not
+    /// "local part has '@'").
+    ///
+    /// # Errors
+    /// As [`Mailbox::parse_list`]; [`ErrorKind::InvalidAddress`] for more than one mailbox.
+    pub fn parse_one(s: &str) -> Result<Mailbox> {
+        let mut list = Mailbox::parse_list(s)?;
+        if list.len() != 1 {
+            return Err(invalid(format!(
+                "takes one mailbox; {:?} holds {} (give each address separately)",
+                s.trim(),
+                list.len()
+            )));
+        }
+        Ok(list.remove(0))
+    }
+}
+
 impl std::str::FromStr for Mailbox {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {

@@ -258,15 +258,12 @@ macro_rules! chain {
 
 /// Exactly one mailbox (From, Sender, Disposition-Notification-To).
 fn addr(field: &'static str, a: impl Into<AddressInput>) -> Result<Mailbox> {
-    let mut list = addrs(field, a)?;
-    if list.len() != 1 {
-        return Err(Error::new(
-            ErrorKind::InvalidAddress,
-            format!("takes one mailbox; the text holds {}", list.len()),
-        )
-        .with_field(field));
+    match a.into() {
+        AddressInput::Text(s) => Mailbox::parse_one(&s),
+        AddressInput::Parts(n, a) => Mailbox::new(n.as_deref(), &a),
+        AddressInput::Mailbox(m) => Ok(m),
     }
-    Ok(list.remove(0))
+    .map_err(|e| e.with_field(field))
 }
 
 /// One mailbox or an address list given as one string.
