@@ -81,7 +81,7 @@ def test_email_message_send_with_bcc_and_default_from(spool: Path, read) -> None
     assert p["Reply-To"] == "r@example.com"
     assert p["Cc"] == "b@example.org"
     # the bytes are Django's own, line ends aside
-    assert s.body.replace(b"\r\n", b"\n").endswith(b"\n\ntext")
+    assert s.body.replace(b"\r\n", b"\n").rstrip(b"\n").endswith(b"\n\ntext")
 
 
 def test_multi_alternatives_with_attachments(tmp_path: Path, spool: Path, read) -> None:
