@@ -446,11 +446,11 @@ impl MessageBuilder {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidAddress`] naming `envelope_to` for a bad address;
-    /// [`ErrorKind::InvalidArgument`] naming `envelope_to` for an empty list.
+    /// [`ErrorKind::InvalidMessage`] naming `envelope_to` for an empty list.
     pub fn set_envelope_to<S: AsRef<str>>(&mut self, list: &[S]) -> Result<&mut Self> {
         if list.is_empty() {
             return Err(Error::new(
-                ErrorKind::InvalidArgument,
+                ErrorKind::InvalidMessage,
                 "the envelope needs at least one recipient",
             )
             .with_field("envelope_to"));
