@@ -176,6 +176,65 @@ extern "C" {
 const char *qmail_version(void);
 
 /**
+ * Copies the text of the calling thread's last error into `buf`.
+ *
+ * The text names the field at fault first, e.g. `"reply_to: contains a forbidden character
+ * '\r'"` or `"attachments[0]: cannot read /tmp/a.pdf: No such file or directory (os error
+ * 2)"`. It is UTF-8.
+ *
+ * Shape: like `snprintf`: writes at most `len` bytes including a terminating NUL (when `len`
+ * is at least 1; truncated at a UTF-8 character boundary), and returns the length of the
+ * whole text in bytes, without the NUL. A return value `>= len` means the text was
+ * truncated: call again with a buffer of `return value + 1` bytes. `buf` may be NULL when
+ * `len` is 0 (to ask for the length). Returns 0 and writes `""` when there is no last error.
+ *
+ * Errors: the last error is set by every call that returns a `qmail_result` other than
+ * `QMAIL_RESULT_OK` (and by `qmail_message_new()` returning NULL), and cleared by every call
+ * that returns `QMAIL_RESULT_OK`. This function and the other `qmail_last_error_*` and
+ * `qmail_result_*` functions neither set nor clear it.
+ *
+ * Ownership: the caller owns `buf`. Threads: each thread has its own last error; safe to
+ * call from any thread at any time.
+ */
+size_t qmail_last_error_message(char *buf, size_t len);
+
+/**
+ * Copies the name of the field at fault in the calling thread's last error into `buf`:
+ * `"from"`, `"to"`, `"reply_to"`, `"subject"`, `"headers.X-Trace"`, `"attachments[2]"`,
+ * `"inline[0]"`, `"spool"`, or the parameter name for `QMAIL_RESULT_NULL_PARAMETER` and
+ * `QMAIL_RESULT_INVALID_UTF8` (`"msg"`, `"address"`, ...).
+ *
+ * Shape: as `qmail_last_error_message()` (snprintf-like, returns the full length). Writes
+ * `""` and returns 0 when there is no last error or it names no field. Threads: as
+ * `qmail_last_error_message()`.
+ */
+size_t qmail_last_error_field(char *buf, size_t len);
+
+/**
+ * The result number of the calling thread's last error, or `QMAIL_RESULT_OK` when there is
+ * none. Useful after `qmail_message_new()` returned NULL. Threads: per thread; safe anywhere.
+ */
+qmail_result qmail_last_error_result(void);
+
+/**
+ * The stable name of a result number, e.g. `"InvalidAddress"` for 2002: the same string that
+ * the Rust, Python and Node APIs use for that kind of error. `"Unknown"` for a number that is
+ * not a `qmail_result`.
+ *
+ * Ownership: the string is static; do not free or modify it. Never NULL. Threads: safe
+ * anywhere.
+ */
+const char *qmail_result_name(uint32_t result);
+
+/**
+ * True when the same call may succeed if tried again later or on another spool
+ * (`QMAIL_RESULT_SPOOL_UNAVAILABLE`, `QMAIL_RESULT_IO`); false for `QMAIL_RESULT_OK`, for
+ * permanent errors (a bad address stays bad) and for numbers that are not a `qmail_result`.
+ * The rule is qmail-core's `Error::is_transient`. Threads: safe anywhere.
+ */
+bool qmail_result_is_transient(uint32_t result);
+
+/**
  * A new, empty message.
  *
  * Ownership: the caller owns the result and must release it with `qmail_message_free()`.
@@ -522,63 +581,21 @@ qmail_result qmail_set_default_spool(const char *spools);
 qmail_result qmail_set_default_spool_with(const char *spools, bool durable, uint32_t file_mode);
 
 /**
- * Copies the text of the calling thread's last error into `buf`.
+ * Offers unsubscribing: writes `List-Unsubscribe: <url>[, <mailto>]` (RFC 2369 §3.2) and,
+ * when `one_click` is non-zero, `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+ * (RFC 8058), for which `url` must be an `https://` URI. `mailto` (may be NULL) is a
+ * `mailto:` URI or a bare address, written after `url`. UTF-8, NUL-terminated; the strings are
+ * copied. Threads: one thread at a time per message.
  *
- * The text names the field at fault first, e.g. `"reply_to: contains a forbidden character
- * '\r'"` or `"attachments[0]: cannot read /tmp/a.pdf: No such file or directory (os error
- * 2)"`. It is UTF-8.
- *
- * Shape: like `snprintf`: writes at most `len` bytes including a terminating NUL (when `len`
- * is at least 1; truncated at a UTF-8 character boundary), and returns the length of the
- * whole text in bytes, without the NUL. A return value `>= len` means the text was
- * truncated: call again with a buffer of `return value + 1` bytes. `buf` may be NULL when
- * `len` is 0 (to ask for the length). Returns 0 and writes `""` when there is no last error.
- *
- * Errors: the last error is set by every call that returns a `qmail_result` other than
- * `QMAIL_RESULT_OK` (and by `qmail_message_new()` returning NULL), and cleared by every call
- * that returns `QMAIL_RESULT_OK`. This function and the other `qmail_last_error_*` and
- * `qmail_result_*` functions neither set nor clear it.
- *
- * Ownership: the caller owns `buf`. Threads: each thread has its own last error; safe to
- * call from any thread at any time.
+ * Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg` or `url`;
+ * `QMAIL_RESULT_INVALID_ARGUMENT` naming `list_unsubscribe.url` (not an http(s) URI, not
+ * https with `one_click`, spaces, `<`, `>`, `"` or `,` in it, over 900 octets) or
+ * `list_unsubscribe.mailto` (not a mailto: URI of a valid address).
  */
-size_t qmail_last_error_message(char *buf, size_t len);
-
-/**
- * Copies the name of the field at fault in the calling thread's last error into `buf`:
- * `"from"`, `"to"`, `"reply_to"`, `"subject"`, `"headers.X-Trace"`, `"attachments[2]"`,
- * `"inline[0]"`, `"spool"`, or the parameter name for `QMAIL_RESULT_NULL_PARAMETER` and
- * `QMAIL_RESULT_INVALID_UTF8` (`"msg"`, `"address"`, ...).
- *
- * Shape: as `qmail_last_error_message()` (snprintf-like, returns the full length). Writes
- * `""` and returns 0 when there is no last error or it names no field. Threads: as
- * `qmail_last_error_message()`.
- */
-size_t qmail_last_error_field(char *buf, size_t len);
-
-/**
- * The result number of the calling thread's last error, or `QMAIL_RESULT_OK` when there is
- * none. Useful after `qmail_message_new()` returned NULL. Threads: per thread; safe anywhere.
- */
-qmail_result qmail_last_error_result(void);
-
-/**
- * The stable name of a result number, e.g. `"InvalidAddress"` for 2002: the same string that
- * the Rust, Python and Node APIs use for that kind of error. `"Unknown"` for a number that is
- * not a `qmail_result`.
- *
- * Ownership: the string is static; do not free or modify it. Never NULL. Threads: safe
- * anywhere.
- */
-const char *qmail_result_name(uint32_t result);
-
-/**
- * True when the same call may succeed if tried again later or on another spool
- * (`QMAIL_RESULT_SPOOL_UNAVAILABLE`, `QMAIL_RESULT_IO`); false for `QMAIL_RESULT_OK`, for
- * permanent errors (a bad address stays bad) and for numbers that are not a `qmail_result`.
- * The rule is qmail-core's `Error::is_transient`. Threads: safe anywhere.
- */
-bool qmail_result_is_transient(uint32_t result);
+qmail_result qmail_message_set_list_unsubscribe(qmail_message *msg,
+                                                const char *url,
+                                                const char *mailto,
+                                                int32_t one_click);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -160,10 +160,14 @@ impl Mailbox {
             .iter()
             .map(|m| {
                 Mailbox::parse(m).map_err(|e| {
-                    if many {
-                        Error::new(e.kind(), format!("list member '{m}': {}", e.message()))
-                    } else {
-                        e
+                    if !many {
+                        return e;
+                    }
+                    // `Dupont, Elodie <e@example.com>`: one mailbox whose display name needs
+                    // quoting, not a list; say that rather than "'Dupont' has no '@'"
+                    match Mailbox::parse(s) {
+                        Err(whole) if whole.message().starts_with("display name") => whole,
+                        _ => Error::new(e.kind(), format!("list member '{m}': {}", e.message())),
                     }
                 })
             })
@@ -179,6 +183,9 @@ impl Mailbox {
     /// # Errors
     /// As [`Mailbox::parse_list`]; [`ErrorKind::InvalidAddress`] for more than one mailbox.
     pub fn parse_one(s: &str) -> Result<Mailbox> {
+        if let Ok(m) = Mailbox::parse(s) {
+            return Ok(m);
+        }
         let mut list = Mailbox::parse_list(s)?;
         if list.len() != 1 {
             return Err(invalid(format!(

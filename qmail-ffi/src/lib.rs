@@ -29,6 +29,8 @@ mod panic;
 pub mod error;
 pub mod message;
 pub mod spool;
+// one-click unsubscribe (issue 16), after the message setters in qmail.h
+pub mod list;
 
 use std::ffi::{CString, c_char};
 use std::sync::OnceLock;
