@@ -9,6 +9,36 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/**
+ * A raw message spooled as it is streamed (nodemailer's `createReadStream()`), in bounded
+ * memory: the header section is buffered (at most 1 MiB) and checked as {@link submitRaw}
+ * checks it; then each `write()` goes straight into the spool file (`tmp/`, invisible to the
+ * dispatcher), and `finish()` commits it durably. The same bytes are spooled as `submitRaw` of
+ * the whole message would. A stream not finished (or `abort()`ed, or failed) leaves nothing.
+ */
+export declare class RawSubmit {
+  /**
+   * Starts a streamed submit. Throws the routing errors of {@link submit} (no spool, a bad
+   * spool path) and `QMAIL_INVALID_ARGUMENT` for a bad option.
+   */
+  constructor(options?: RawOptions | undefined | null)
+  /**
+   * Takes the next piece of the message (written into the spool file once the header
+   * section is complete). Throws the errors of {@link submitRaw}; after one, the stream is
+   * failed and nothing is spooled.
+   */
+  write(chunk: Buffer): void
+  /** The Message-ID, once the header section has been read (else null). */
+  get messageId(): string | null
+  /**
+   * Ends the message: fsyncs, commits and resolves to the queue id (on the libuv thread
+   * pool). Rejects with the errors of {@link submitRaw}.
+   */
+  finish(): Promise<string>
+  /** Drops the stream: nothing is spooled (the temporary file is removed). */
+  abort(): void
+}
+
 /** A mailbox as an object, as nodemailer takes it: `{ name: 'Shop', address: 'noreply@example.com' }`. */
 export interface Address {
   /**
@@ -47,6 +77,30 @@ export interface Attachment {
    * `cid:...`.
    */
   cid?: string
+  /**
+   * How a string `content` is encoded: `'base64'`, `'hex'`, `'utf8'` / `'utf-8'` (the
+   * default) or `'latin1'` / `'binary'`; the decoded bytes are attached (as nodemailer
+   * does). Anything else is refused (`attachments[N].encoding`).
+   */
+  encoding?: string
+  /**
+   * `'attachment'` (the default) or `'inline'`; `'inline'` needs `cid` (an inline part is
+   * referenced from the HTML, RFC 2392); anything else is refused.
+   */
+  contentDisposition?: string
+  /**
+   * Headers of the part: not supported (the part's fields are the core's); a non-empty
+   * value is refused with `QMAIL_INVALID_ARGUMENT` (`attachments[N].headers`).
+   */
+  headers?: Record<string, string | Array<string>>
+}
+
+/** Options of {@link setDefaultSpool}. */
+export interface DefaultSpoolOptions {
+  /** fsync on submit (default true). */
+  durable?: boolean
+  /** The mode of spool files (default: the core's). */
+  fileMode?: number
 }
 
 /** The SMTP envelope, when it must differ from the headers (RFC 5321 §2.3.1). */
@@ -58,9 +112,13 @@ export interface Envelope {
   from?: string
   /**
    * RCPT TO: one address or a list, replacing the recipients taken from to, cc and bcc.
-   * Bare addresses (`a@example.org`), no display names.
+   * Bare addresses (`a@example.org`, angle brackets allowed), no display names.
    */
   to?: string | Array<string>
+  /** More RCPT TO addresses (nodemailer's envelope form); merged after `to`. */
+  cc?: string | Array<string>
+  /** More RCPT TO addresses (nodemailer's envelope form); merged after `cc`. */
+  bcc?: string | Array<string>
 }
 
 /** One entry of {@link errorCodes}. */
@@ -82,6 +140,50 @@ export interface Header {
   key: string
   /** The value: one line, any Unicode (RFC 2047 encoded when needed). */
   value: string
+}
+
+/**
+ * nodemailer's `list` option (RFC 2369 / RFC 2919 List-* fields). `unsubscribe` goes to the
+ * core's one-click rule (see {@link ListUnsubscribe}): one web URL (https for one-click) and
+ * at most one mailto.
+ */
+export interface ListOptions {
+  /** List-Unsubscribe URLs: one web URL and optionally one mailto. */
+  unsubscribe?: string | ListUrl | Array<string | ListUrl>
+  /** List-Help. */
+  help?: string | ListUrl | Array<string | ListUrl>
+  /** List-Subscribe. */
+  subscribe?: string | ListUrl | Array<string | ListUrl>
+  /** List-Post. */
+  post?: string | ListUrl | Array<string | ListUrl>
+  /** List-Owner. */
+  owner?: string | ListUrl | Array<string | ListUrl>
+  /** List-Archive. */
+  archive?: string | ListUrl | Array<string | ListUrl>
+  /** List-Id (RFC 2919): `'list.example.com'` or `{ url: 'list.example.com', comment: 'Name' }`. */
+  id?: string | ListUrl
+}
+
+/**
+ * One-click unsubscribe, qmail's form (the core's `list_unsubscribe`): `List-Unsubscribe:
+ * <url>[, <mailto>]` (RFC 2369) and, with `oneClick` (default true), `List-Unsubscribe-Post:
+ * List-Unsubscribe=One-Click` (RFC 8058, needs an https url).
+ */
+export interface ListUnsubscribe {
+  /** The unsubscribe URL: https (http only with `oneClick: false`). */
+  url: string
+  /** A mailto: URI or a bare address, written after `url`. */
+  mailto?: string
+  /** Write List-Unsubscribe-Post (RFC 8058). Default true. */
+  oneClick?: boolean
+}
+
+/** One URL of nodemailer's `list` option: a string, or `{ url, comment }`. */
+export interface ListUrl {
+  /** The URL (`https://...`, `mailto:...`, or a bare address for mailto). */
+  url: string
+  /** A comment written after it (RFC 2369 allows comments). */
+  comment?: string
 }
 
 /**
@@ -123,8 +225,29 @@ export interface Message {
   attachments?: Array<Attachment>
   /** The SMTP envelope, when it must differ from the headers. */
   envelope?: Envelope
-  /** Hold the message until this time, in Unix seconds (scheduled send). */
-  notBefore?: number
+  /**
+   * Hold the message until this time, in Unix seconds (scheduled send); qmail.js also takes
+   * a `Date`.
+   */
+  notBefore?: number | Date
+  /**
+   * The Date header: a `Date` or Unix seconds (written in UTC), or an RFC 5322 date-time
+   * string. Default: the time of the submit.
+   */
+  date?: Date | number | string
+  /**
+   * The Message-ID, `<left@right>` (the brackets are added when missing, as nodemailer
+   * does). Default: generated.
+   */
+  messageId?: string
+  /** In-Reply-To: the Message-ID replied to. */
+  inReplyTo?: string
+  /** References: Message-IDs, as an array or a space-separated string. */
+  references?: string | Array<string>
+  /** nodemailer's List-* fields. */
+  list?: ListOptions
+  /** One-click unsubscribe (qmail's form of `list.unsubscribe`). */
+  listUnsubscribe?: ListUnsubscribe
 }
 
 /** Options of a raw submit. */
@@ -136,8 +259,15 @@ export interface RawOptions {
   envelope?: Envelope
   /** The spool directory, instead of the default spool(s). */
   spool?: string
+  /** The mode of the spool file written into `spool` (default: the core's). */
+  fileMode?: number
   /** Hold the message until this time, in Unix seconds. */
   notBefore?: number
+  /**
+   * The spool priority (`'high'`, 1..5, ...). Default: the message's X-Priority, else
+   * Importance, else Priority header; else normal.
+   */
+  priority?: string | number
 }
 
 /**
@@ -149,7 +279,17 @@ export interface RawOptions {
  * Throws `QMAIL_NO_SPOOL_CONFIGURED` for an empty list, `QMAIL_INVALID_ARGUMENT` for a list
  * element that contains the path-list separator.
  */
-export declare function setDefaultSpool(spool: string | Array<string>): void
+export declare function setDefaultSpool(spool: string | Array<string>, options?: DefaultSpoolOptions | undefined | null): void
+
+/**
+ * The spool directories a submit with this `spool` would write to (the core's routing: the
+ * given one, else the default spool(s), else `QMAIL_SPOOL`). Used by the nodemailer
+ * transport's `verify()`.
+ *
+ * Throws `QMAIL_NO_SPOOL_CONFIGURED`, `QMAIL_INVALID_ARGUMENT` (a relative or space-padded
+ * path), `QMAIL_SPOOL_UNAVAILABLE` (a named spool that cannot be created).
+ */
+export declare function spoolDirectories(spool?: string | undefined | null): Array<string>
 
 /**
  * Builds the message, writes it durably into the spool and resolves to its queue id (the
@@ -167,19 +307,25 @@ export declare function submit(message: Message, options?: SubmitOptions | undef
 export interface SubmitOptions {
   /**
    * The spool directory for this message (created with its state directories when
-   * missing), instead of the default spool(s).
+   * missing), instead of the default spool(s). An absolute path without surrounding spaces.
    */
   spool?: string
+  /**
+   * The mode of the spool file written into `spool` (e.g. `0o640`); default the core's
+   * (the two-user layout's, docs/spool-format.md). Needs `spool` (the default spools take
+   * theirs from {@link setDefaultSpool}).
+   */
+  fileMode?: number
 }
 
 /**
  * Spools an already-composed RFC 5322 message (a Buffer, or a string taken as UTF-8) durably
  * and resolves to its queue id. The work runs on the libuv thread pool.
  *
- * Rejects with `QMAIL_INVALID_MESSAGE` (field `message`: no header/body separator, NUL, a line
- * over 998 octets, no From; field `envelope.to`: no recipient), `QMAIL_INVALID_ADDRESS`
- * (`envelope.from`, `envelope.to`, or the header field), `QMAIL_INVALID_HEADER`, and the spool
- * errors of {@link submit}.
+ * Rejects with `QMAIL_INVALID_MESSAGE` (field `message`: no empty line after the header
+ * section, NUL, a line over 998 octets, no From; field `envelope.to`: no recipient),
+ * `QMAIL_INVALID_ADDRESS` (`envelope.from`, `envelope.to`, or the header field),
+ * `QMAIL_INVALID_HEADER`, and the spool errors of {@link submit}.
  */
 export declare function submitRaw(raw: Buffer | string, options?: RawOptions | undefined | null): Promise<string>
 

@@ -1,5 +1,16 @@
 // The `qmail` package entry (ES module): the same exports as qmail.js.
 import qmail from './qmail.js'
 
-export const { errorCodes, setDefaultSpool, submit, submitSync, submitRaw, submitRawSync, transport } = qmail
+export const {
+  errorCodes,
+  setDefaultSpool,
+  spoolDirectories,
+  RawSubmit,
+  submit,
+  submitSync,
+  submitRaw,
+  submitRawSync,
+  submitRawStream,
+  transport,
+} = qmail
 export default qmail

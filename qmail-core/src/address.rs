@@ -160,14 +160,41 @@ impl Mailbox {
             .iter()
             .map(|m| {
                 Mailbox::parse(m).map_err(|e| {
-                    if many {
-                        Error::new(e.kind(), format!("list member '{m}': {}", e.message()))
-                    } else {
-                        e
+                    if !many {
+                        return e;
+                    }
+                    // `Dupont, Elodie <e@example.com>`: one mailbox whose display name needs
+                    // quoting, not a list; say that rather than "'Dupont' has no '@'"
+                    match Mailbox::parse(s) {
+                        Err(whole) if whole.message().starts_with("display name") => whole,
+                        _ => Error::new(e.kind(), format!("list member '{m}': {}", e.message())),
                     }
                 })
             })
             .collect()
+    }
+}
+
+impl Mailbox {
+    /// Parses text that must hold exactly one mailbox (From, an SMTP envelope address): as
+    /// [`Mailbox::parse_list`], then a list of several is refused with a clear message (not
+    /// "local part has '@'").
+    ///
+    /// # Errors
+    /// As [`Mailbox::parse_list`]; [`ErrorKind::InvalidAddress`] for more than one mailbox.
+    pub fn parse_one(s: &str) -> Result<Mailbox> {
+        if let Ok(m) = Mailbox::parse(s) {
+            return Ok(m);
+        }
+        let mut list = Mailbox::parse_list(s)?;
+        if list.len() != 1 {
+            return Err(invalid(format!(
+                "takes one mailbox; {:?} holds {} (give each address separately)",
+                s.trim(),
+                list.len()
+            )));
+        }
+        Ok(list.remove(0))
     }
 }
 

@@ -258,15 +258,12 @@ macro_rules! chain {
 
 /// Exactly one mailbox (From, Sender, Disposition-Notification-To).
 fn addr(field: &'static str, a: impl Into<AddressInput>) -> Result<Mailbox> {
-    let mut list = addrs(field, a)?;
-    if list.len() != 1 {
-        return Err(Error::new(
-            ErrorKind::InvalidAddress,
-            format!("takes one mailbox; the text holds {}", list.len()),
-        )
-        .with_field(field));
+    match a.into() {
+        AddressInput::Text(s) => Mailbox::parse_one(&s),
+        AddressInput::Parts(n, a) => Mailbox::new(n.as_deref(), &a),
+        AddressInput::Mailbox(m) => Ok(m),
     }
-    Ok(list.remove(0))
+    .map_err(|e| e.with_field(field))
 }
 
 /// One mailbox or an address list given as one string.
@@ -449,11 +446,11 @@ impl MessageBuilder {
     ///
     /// # Errors
     /// [`ErrorKind::InvalidAddress`] naming `envelope_to` for a bad address;
-    /// [`ErrorKind::InvalidArgument`] naming `envelope_to` for an empty list.
+    /// [`ErrorKind::InvalidMessage`] naming `envelope_to` for an empty list.
     pub fn set_envelope_to<S: AsRef<str>>(&mut self, list: &[S]) -> Result<&mut Self> {
         if list.is_empty() {
             return Err(Error::new(
-                ErrorKind::InvalidArgument,
+                ErrorKind::InvalidMessage,
                 "the envelope needs at least one recipient",
             )
             .with_field("envelope_to"));

@@ -81,7 +81,7 @@ fn envelope_override_keeps_headers_and_priority() {
         .unwrap_err();
     assert_eq!(
         (e.kind(), e.field()),
-        (ErrorKind::InvalidArgument, Some("envelope_to"))
+        (ErrorKind::InvalidMessage, Some("envelope_to"))
     );
 }
 

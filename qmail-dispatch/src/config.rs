@@ -200,9 +200,18 @@ impl RelayConfig {
         }
         self.host = host;
         self.port = match port {
-            Some(p) => p
-                .parse()
-                .map_err(|_| invalid("relay", format!("port {p:?} is not a number")))?,
+            Some(p) => match p.parse::<u64>() {
+                Ok(n @ 1..=65535) => n as u16,
+                Ok(n) => {
+                    return Err(invalid(
+                        "relay",
+                        format!("port {n} is out of range 1..=65535 (RFC 793 ports are 16 bits)"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(invalid("relay", format!("port {p:?} is not a number")));
+                }
+            },
             None if implicit => 465,
             None => 25,
         };

@@ -30,6 +30,8 @@ pub mod error;
 pub mod message;
 pub mod raw;
 pub mod spool;
+// one-click unsubscribe (issue 16), after the message setters in qmail.h
+pub mod list;
 
 use std::ffi::{CString, c_char};
 use std::sync::OnceLock;

@@ -8,6 +8,7 @@
  * \t \\ and \xHH; a lone "-" is NULL. Commands: new, free, spool, from, sender, reply_to, to,
  * cc, bcc, FIELD_named NAME ADDRESS (from, sender, reply_to, to, cc, bcc), read_receipt_to,
  * subject, text, html, header NAME VALUE, priority N, envelope_from, not_before N,
+ * list_unsubscribe URL MAILTO ONE_CLICK,
  * attach PATH FILENAME TYPE, attach_bytes HEX FILENAME TYPE, inline PATH CID TYPE,
  * inline_bytes HEX CID TYPE, submit.
  * Each line answers one line: "OK", "OK <id>" for submit, or
@@ -143,6 +144,8 @@ int main(void) {
         else if (!strcmp(cmd, "priority")) r = qmail_message_set_priority(m, a[0] ? atoi(a[0]) : 0);
         else if (!strcmp(cmd, "envelope_from")) r = qmail_message_set_envelope_from(m, a[0]);
         else if (!strcmp(cmd, "not_before")) r = qmail_message_set_not_before(m, a[0] ? atoll(a[0]) : 0);
+        else if (!strcmp(cmd, "list_unsubscribe"))
+            r = qmail_message_set_list_unsubscribe(m, a[0], a[1], a[2] ? atoi(a[2]) : 0);
         else if (!strcmp(cmd, "attach")) r = qmail_attach(m, a[0], a[1], a[2]);
         else if (!strcmp(cmd, "inline")) r = qmail_attach_inline(m, a[0], a[1], a[2]);
         else if (!strcmp(cmd, "attach_bytes")) {

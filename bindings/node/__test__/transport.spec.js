@@ -75,7 +75,7 @@ test('sendMail spools what nodemailer composed, with its envelope', async () => 
   assert.ok(envelope.to.includes('hidden@example.net'))
   assert.deepEqual(info.envelope, envelope)
   assert.equal(info.messageId, f.header.messageId)
-  assert.equal(info.response, `queued as ${info.queueId}`)
+  assert.equal(info.response, `250 queued as ${info.queueId}`)
   // the header section is nodemailer's, byte for byte
   assert.equal(headerSection(f.body), headerSection(raw))
   // and the message parses the same

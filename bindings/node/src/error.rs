@@ -29,7 +29,7 @@ pub fn error_codes() -> Vec<ErrorCode> {
         .map(|&k| ErrorCode {
             code: code(k),
             kind: k.as_str().to_owned(),
-            transient: Error::new(k, "").is_transient(),
+            transient: k.is_transient(),
         })
         .collect()
 }
@@ -53,6 +53,9 @@ pub(crate) fn js_field(core: &str) -> &str {
         "not_before" => "notBefore",
         "envelope_from" => "envelope.from",
         "recipients" => "envelope.to",
+        "envelope_to" => "envelope.to",
+        "list_unsubscribe.url" => "listUnsubscribe.url",
+        "list_unsubscribe.mailto" => "listUnsubscribe.mailto",
         "read_receipt_to" => "readReceiptTo",
         "file_mode" => "fileMode",
         other => other,

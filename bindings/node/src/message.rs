@@ -17,6 +17,7 @@ use napi::bindgen_prelude::{Buffer, Either, Either3};
 use napi_derive::napi;
 use qmail_core::{
     AddressInput, Error, ErrorKind, Message as CoreMessage, MessageBuilder, Priority, RawMessage,
+    SpoolOptions,
 };
 
 /// A mailbox as an object, as nodemailer takes it: `{ name: 'Shop', address: 'noreply@example.com' }`.
@@ -56,6 +57,16 @@ pub struct Attachment {
     /// Makes this an inline part with this Content-ID (RFC 2392), referenced from `html` as
     /// `cid:...`.
     pub cid: Option<String>,
+    /// How a string `content` is encoded: `'base64'`, `'hex'`, `'utf8'` / `'utf-8'` (the
+    /// default) or `'latin1'` / `'binary'`; the decoded bytes are attached (as nodemailer
+    /// does). Anything else is refused (`attachments[N].encoding`).
+    pub encoding: Option<String>,
+    /// `'attachment'` (the default) or `'inline'`; `'inline'` needs `cid` (an inline part is
+    /// referenced from the HTML, RFC 2392); anything else is refused.
+    pub content_disposition: Option<String>,
+    /// Headers of the part: not supported (the part's fields are the core's); a non-empty
+    /// value is refused with `QMAIL_INVALID_ARGUMENT` (`attachments[N].headers`).
+    pub headers: Option<IndexMap<String, Either<String, Vec<String>>>>,
 }
 
 /// The SMTP envelope, when it must differ from the headers (RFC 5321 §2.3.1).
@@ -65,8 +76,55 @@ pub struct Envelope {
     /// Sender address, else From.
     pub from: Option<String>,
     /// RCPT TO: one address or a list, replacing the recipients taken from to, cc and bcc.
-    /// Bare addresses (`a@example.org`), no display names.
+    /// Bare addresses (`a@example.org`, angle brackets allowed), no display names.
     pub to: Option<Either<String, Vec<String>>>,
+    /// More RCPT TO addresses (nodemailer's envelope form); merged after `to`.
+    pub cc: Option<Either<String, Vec<String>>>,
+    /// More RCPT TO addresses (nodemailer's envelope form); merged after `cc`.
+    pub bcc: Option<Either<String, Vec<String>>>,
+}
+
+/// One URL of nodemailer's `list` option: a string, or `{ url, comment }`.
+#[napi(object)]
+pub struct ListUrl {
+    /// The URL (`https://...`, `mailto:...`, or a bare address for mailto).
+    pub url: String,
+    /// A comment written after it (RFC 2369 allows comments).
+    pub comment: Option<String>,
+}
+
+/// nodemailer's `list` option (RFC 2369 / RFC 2919 List-* fields). `unsubscribe` goes to the
+/// core's one-click rule (see {@link ListUnsubscribe}): one web URL (https for one-click) and
+/// at most one mailto.
+#[napi(object)]
+pub struct ListOptions {
+    /// List-Unsubscribe URLs: one web URL and optionally one mailto.
+    pub unsubscribe: Option<Either3<String, ListUrl, Vec<Either<String, ListUrl>>>>,
+    /// List-Help.
+    pub help: Option<Either3<String, ListUrl, Vec<Either<String, ListUrl>>>>,
+    /// List-Subscribe.
+    pub subscribe: Option<Either3<String, ListUrl, Vec<Either<String, ListUrl>>>>,
+    /// List-Post.
+    pub post: Option<Either3<String, ListUrl, Vec<Either<String, ListUrl>>>>,
+    /// List-Owner.
+    pub owner: Option<Either3<String, ListUrl, Vec<Either<String, ListUrl>>>>,
+    /// List-Archive.
+    pub archive: Option<Either3<String, ListUrl, Vec<Either<String, ListUrl>>>>,
+    /// List-Id (RFC 2919): `'list.example.com'` or `{ url: 'list.example.com', comment: 'Name' }`.
+    pub id: Option<Either<String, ListUrl>>,
+}
+
+/// One-click unsubscribe, qmail's form (the core's `list_unsubscribe`): `List-Unsubscribe:
+/// <url>[, <mailto>]` (RFC 2369) and, with `oneClick` (default true), `List-Unsubscribe-Post:
+/// List-Unsubscribe=One-Click` (RFC 8058, needs an https url).
+#[napi(object)]
+pub struct ListUnsubscribe {
+    /// The unsubscribe URL: https (http only with `oneClick: false`).
+    pub url: String,
+    /// A mailto: URI or a bare address, written after `url`.
+    pub mailto: Option<String>,
+    /// Write List-Unsubscribe-Post (RFC 8058). Default true.
+    pub one_click: Option<bool>,
 }
 
 /// The message, in nodemailer's option names. Every address option takes a string
@@ -103,17 +161,35 @@ pub struct Message {
     pub attachments: Option<Vec<Attachment>>,
     /// The SMTP envelope, when it must differ from the headers.
     pub envelope: Option<Envelope>,
-    /// Hold the message until this time, in Unix seconds (scheduled send).
+    /// Hold the message until this time, in Unix seconds (scheduled send); qmail.js also takes
+    /// a `Date`.
+    #[napi(ts_type = "number | Date")]
     pub not_before: Option<f64>,
+    /// The Date header: a `Date` or Unix seconds (written in UTC), or an RFC 5322 date-time
+    /// string. Default: the time of the submit.
+    #[napi(ts_type = "Date | number | string")]
+    pub date: Option<Either<f64, String>>,
+    /// The Message-ID, `<left@right>` (the brackets are added when missing, as nodemailer
+    /// does). Default: generated.
+    pub message_id: Option<String>,
+    /// In-Reply-To: the Message-ID replied to.
+    pub in_reply_to: Option<String>,
+    /// References: Message-IDs, as an array or a space-separated string.
+    pub references: Option<Either<String, Vec<String>>>,
+    /// nodemailer's List-* fields.
+    pub list: Option<ListOptions>,
+    /// One-click unsubscribe (qmail's form of `list.unsubscribe`).
+    pub list_unsubscribe: Option<ListUnsubscribe>,
 }
 
-/// A message ready to spool: built by the core, or (when the caller set its own envelope
-/// recipients) rendered and prepared as a raw message with that envelope.
+/// A message ready to spool, and where it goes (the core's [`qmail_core::route`]: the call's
+/// spool, else the default spool(s), else `QMAIL_SPOOL`).
 pub(crate) enum Prepared {
-    /// Spooled with `qmail_core::submit` (its own spool, else the default initiator).
-    Built(Box<CoreMessage>),
-    /// Spooled with `submit_raw` to `spool`, else the default initiator.
-    Raw(RawMessage, Option<PathBuf>),
+    /// Built by the core (with its envelope override when `envelope` was given: attachments
+    /// stay streamed from disk, the priority stays).
+    Built(Box<CoreMessage>, Option<PathBuf>, Option<SpoolOptions>),
+    /// Composed elsewhere.
+    Raw(RawMessage, Option<PathBuf>, Option<SpoolOptions>),
 }
 
 fn address(a: &Either<String, Address>) -> AddressInput {
@@ -141,23 +217,229 @@ pub(crate) fn recipient_list(to: &Either<String, Vec<String>>) -> Vec<String> {
     }
 }
 
-fn attach(b: &mut MessageBuilder, a: &Attachment) -> qmail_core::Result<()> {
+/// The envelope recipients (`to`, then `cc`, then `bcc`), when any of them is given.
+pub(crate) fn envelope_recipients(e: &Envelope) -> Option<Vec<String>> {
+    if e.to.is_none() && e.cc.is_none() && e.bcc.is_none() {
+        return None;
+    }
+    Some(
+        [&e.to, &e.cc, &e.bcc]
+            .into_iter()
+            .flatten()
+            .flat_map(recipient_list)
+            .collect(),
+    )
+}
+
+fn invalid(field: impl Into<String>, msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidArgument, msg).with_field(field.into())
+}
+
+/// A Message-ID as nodemailer writes it: `<...>` added when missing.
+fn msg_id(id: &str) -> String {
+    let t = id.trim();
+    if t.starts_with('<') {
+        t.to_owned()
+    } else {
+        format!("<{t}>")
+    }
+}
+
+/// The bytes of a string `content` in `encoding` (nodemailer's attachment `encoding`).
+fn decode(text: &str, encoding: Option<&str>) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    match encoding.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("utf8" | "utf-8") => Ok(text.as_bytes().to_vec()),
+        Some("base64") => {
+            // as Node's Buffer.from(text, 'base64'): whitespace, missing padding and the URL-safe
+            // alphabet are accepted
+            let compact: String = text
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .map(|c| match c {
+                    '-' => '+',
+                    '_' => '/',
+                    c => c,
+                })
+                .collect();
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(compact.trim_end_matches('='))
+                .map_err(|e| format!("content is not base64: {e}"))
+        }
+        Some("hex") => {
+            let t = text.trim();
+            if !t.len().is_multiple_of(2) || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err("content is not hex".into());
+            }
+            Ok((0..t.len())
+                .step_by(2)
+                .filter_map(|i| u8::from_str_radix(&t[i..i + 2], 16).ok())
+                .collect())
+        }
+        Some("latin1" | "binary") => text
+            .chars()
+            .map(|c| u8::try_from(u32::from(c)).map_err(|_| format!("{c:?} is not latin1")))
+            .collect(),
+        Some(other) => Err(format!(
+            "encoding {other:?} is not base64, hex, utf8 or latin1"
+        )),
+    }
+}
+
+fn list_urls(
+    v: &Either3<String, ListUrl, Vec<Either<String, ListUrl>>>,
+) -> Vec<(String, Option<String>)> {
+    let one = |e: &Either<String, ListUrl>| match e {
+        Either::A(u) => (u.clone(), None),
+        Either::B(ListUrl { url, comment }) => (url.clone(), comment.clone()),
+    };
+    match v {
+        Either3::A(u) => vec![(u.clone(), None)],
+        Either3::B(ListUrl { url, comment }) => vec![(url.clone(), comment.clone())],
+        Either3::C(list) => list.iter().map(one).collect(),
+    }
+}
+
+/// `<url> (comment), ...` of a List-* field (RFC 2369 §2); a bare address becomes mailto:.
+fn list_value(urls: &[(String, Option<String>)]) -> String {
+    urls.iter()
+        .map(|(u, c)| {
+            let u = u.trim().trim_start_matches('<').trim_end_matches('>');
+            let u = if !u.contains(':') && u.contains('@') {
+                format!("mailto:{u}")
+            } else {
+                u.to_owned()
+            };
+            match c {
+                Some(c) => format!("<{u}> ({c})"),
+                None => format!("<{u}>"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn set_list(b: &mut MessageBuilder, l: &ListOptions) -> qmail_core::Result<()> {
+    if let Some(u) = &l.unsubscribe {
+        let urls = list_urls(u);
+        let (mail, web): (Vec<_>, Vec<_>) = urls.iter().partition(|(u, _)| {
+            let u = u.trim().trim_start_matches('<').to_ascii_lowercase();
+            u.starts_with("mailto:") || (!u.contains(':') && u.contains('@'))
+        });
+        if web.len() != 1 || mail.len() > 1 {
+            return Err(invalid(
+                "list.unsubscribe",
+                "give exactly one http(s) URL and at most one mailto (RFC 8058 §3.1)",
+            ));
+        }
+        let url = web[0]
+            .0
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>');
+        let mailto = mail
+            .first()
+            .map(|(m, _)| m.trim().trim_start_matches('<').trim_end_matches('>'));
+        // one-click whenever the URL allows it (RFC 8058 needs https)
+        let one_click = url.to_ascii_lowercase().starts_with("https://");
+        b.set_list_unsubscribe(url, mailto, one_click)
+            .map_err(|e| relabel(e, "list.unsubscribe"))?;
+    }
+    for (name, v) in [
+        ("List-Help", &l.help),
+        ("List-Subscribe", &l.subscribe),
+        ("List-Post", &l.post),
+        ("List-Owner", &l.owner),
+        ("List-Archive", &l.archive),
+    ] {
+        if let Some(v) = v {
+            b.add_header(name, &list_value(&list_urls(v)))?;
+        }
+    }
+    if let Some(id) = &l.id {
+        let value = match id {
+            Either::A(i) => format!(
+                "<{}>",
+                i.trim().trim_start_matches('<').trim_end_matches('>')
+            ),
+            Either::B(ListUrl { url, comment }) => {
+                let i = url.trim().trim_start_matches('<').trim_end_matches('>');
+                match comment {
+                    Some(c) => format!("\"{}\" <{i}>", c.replace(['"', '\\'], "")),
+                    None => format!("<{i}>"),
+                }
+            }
+        };
+        b.add_header("List-Id", &value)?;
+    }
+    Ok(())
+}
+
+/// A core error about `list_unsubscribe.*` named by the JS option given.
+fn relabel(e: Error, field: &str) -> Error {
+    match e.field() {
+        Some(f) if f.starts_with("list_unsubscribe") => {
+            Error::new(e.kind(), e.message().to_owned()).with_field(field.to_owned())
+        }
+        _ => e,
+    }
+}
+
+fn attach(b: &mut MessageBuilder, a: &Attachment, i: usize) -> qmail_core::Result<()> {
     let content_type = a.content_type.as_deref();
+    let field = |f: &str| format!("attachments[{i}].{f}");
+    if a.headers.as_ref().is_some_and(|h| !h.is_empty()) {
+        return Err(invalid(
+            field("headers"),
+            "headers of an attachment are not supported: its fields are written by qmail",
+        ));
+    }
+    match a
+        .content_disposition
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("attachment") => {}
+        Some("inline") if a.cid.is_some() => {}
+        Some("inline") => {
+            return Err(invalid(
+                field("contentDisposition"),
+                "an inline part needs a cid (it is shown by the HTML through cid:, RFC 2392)",
+            ));
+        }
+        Some(other) => {
+            return Err(invalid(
+                field("contentDisposition"),
+                format!("{other:?} is not 'attachment' or 'inline'"),
+            ));
+        }
+    }
+    if a.encoding.is_some() && !matches!(a.content, Some(Either::B(_))) {
+        return Err(invalid(
+            field("encoding"),
+            "encoding applies to a string content only",
+        ));
+    }
+    let filename = a.filename.as_deref();
     match (&a.path, &a.content, &a.cid) {
-        (Some(path), None, None) => b
-            .attach_path(path, a.filename.as_deref(), content_type)
+        (Some(path), None, None) => b.attach_path(path, filename, content_type).map(drop),
+        (Some(path), None, Some(cid)) => b
+            .attach_inline_path_named(path, cid, filename, content_type)
             .map(drop),
-        (Some(path), None, Some(cid)) => b.attach_inline_path(path, cid, content_type).map(drop),
         (None, Some(content), cid) => {
             let bytes: Arc<[u8]> = match content {
                 Either::A(buf) => Arc::from(&buf[..]),
-                Either::B(text) => Arc::from(text.as_bytes()),
+                Either::B(text) => Arc::from(
+                    decode(text, a.encoding.as_deref())
+                        .map_err(|m| invalid(field("encoding"), m))?,
+                ),
             };
             match cid {
-                None => b
-                    .attach_bytes(bytes, a.filename.as_deref(), content_type)
+                None => b.attach_bytes(bytes, filename, content_type).map(drop),
+                Some(cid) => b
+                    .attach_inline_bytes_named(bytes, cid, filename, content_type)
                     .map(drop),
-                Some(cid) => b.attach_inline_bytes(bytes, cid, content_type).map(drop),
             }
         }
         (Some(_), Some(_), _) => Err(Error::new(
@@ -172,9 +454,13 @@ fn attach(b: &mut MessageBuilder, a: &Attachment) -> qmail_core::Result<()> {
 }
 
 impl Message {
-    /// Calls the core builder's setters in option order and builds. `spool` names the spool
-    /// (`{ spool }` of the call).
-    pub(crate) fn prepare(&self, spool: Option<&str>) -> qmail_core::Result<Prepared> {
+    /// Calls the core builder's setters in option order and builds. `spool` / `options` say
+    /// where it goes (`{ spool, fileMode }` of the call).
+    pub(crate) fn prepare(
+        &self,
+        spool: Option<&str>,
+        options: Option<SpoolOptions>,
+    ) -> qmail_core::Result<Prepared> {
         let mut b = CoreMessage::builder();
         if let Some(a) = &self.from {
             b.set_from(address(a))?;
@@ -223,6 +509,46 @@ impl Message {
                 }
             }
         }
+        match &self.date {
+            None => {}
+            Some(Either::A(secs)) => b.set_date_unix(whole(*secs, "date")?).map(drop)?,
+            Some(Either::B(text)) => b
+                .add_header("Date", text)
+                .map(drop)
+                .map_err(|e| Error::new(e.kind(), e.message().to_owned()).with_field("date"))?,
+        }
+        if let Some(id) = &self.message_id {
+            b.add_header("Message-ID", &msg_id(id)).map_err(|e| {
+                Error::new(e.kind(), e.message().to_owned()).with_field("messageId")
+            })?;
+        }
+        if let Some(id) = &self.in_reply_to {
+            b.add_header("In-Reply-To", &msg_id(id)).map_err(|e| {
+                Error::new(e.kind(), e.message().to_owned()).with_field("inReplyTo")
+            })?;
+        }
+        if let Some(r) = &self.references {
+            let ids: Vec<String> = match r {
+                Either::A(s) => s.split_whitespace().map(msg_id).collect(),
+                Either::B(list) => list.iter().map(|s| msg_id(s)).collect(),
+            };
+            b.add_header("References", &ids.join(" ")).map_err(|e| {
+                Error::new(e.kind(), e.message().to_owned()).with_field("references")
+            })?;
+        }
+        if let Some(l) = &self.list {
+            set_list(&mut b, l)?;
+        }
+        if let Some(l) = &self.list_unsubscribe {
+            b.set_list_unsubscribe(&l.url, l.mailto.as_deref(), l.one_click.unwrap_or(true))
+                .map_err(|e| {
+                    let f = match e.field() {
+                        Some("list_unsubscribe.mailto") => "listUnsubscribe.mailto",
+                        _ => "listUnsubscribe.url",
+                    };
+                    relabel(e, f)
+                })?;
+        }
         match &self.priority {
             None => {}
             Some(Either::A(name)) => b.set_priority(Priority::parse(name)?).map(drop)?,
@@ -232,30 +558,28 @@ impl Message {
         }
         for (i, a) in self.attachments.iter().flatten().enumerate() {
             // the JS index, whether the part ends up an attachment or inline
-            attach(&mut b, a).map_err(|e| e.with_field(format!("attachments[{i}]")))?;
+            attach(&mut b, a, i).map_err(|e| match e.field() {
+                Some(f) if f.starts_with("attachments[") => e,
+                _ => e.with_field(format!("attachments[{i}]")),
+            })?;
         }
         if let Some(t) = self.not_before {
             b.set_not_before(whole(t, "notBefore")?)?;
         }
-        let envelope_from = self.envelope.as_ref().and_then(|e| e.from.as_deref());
-        if let Some(from) = envelope_from {
-            b.set_envelope_from(from)?;
+        if let Some(e) = &self.envelope {
+            if let Some(from) = e.from.as_deref() {
+                b.set_envelope_from(from)?;
+            }
+            if let Some(rcpt) = envelope_recipients(e) {
+                b.set_envelope_to(&rcpt)?;
+            }
         }
         if let Some(p) = spool {
             b.set_spool(p)?;
         }
         let message = b.build()?;
-        let Some(to) = self.envelope.as_ref().and_then(|e| e.to.as_ref()) else {
-            return Ok(Prepared::Built(Box::new(message)));
-        };
-        // The builder derives RCPT TO from to/cc/bcc and has no override; a caller-given list
-        // goes through the raw path, which takes recipients (the bytes are the core's own
-        // rendering, so no rule of the raw parser can refuse them).
-        let mut bytes = Vec::with_capacity(4096);
-        message.render(&mut bytes)?;
-        let mut raw = RawMessage::parse(&bytes, envelope_from, Some(&recipient_list(to)))?;
-        raw.set_not_before(message.not_before());
-        Ok(Prepared::Raw(raw, message.spool().map(Into::into)))
+        let spool = message.spool().map(PathBuf::from);
+        Ok(Prepared::Built(Box::new(message), spool, options))
     }
 }
 

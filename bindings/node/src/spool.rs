@@ -10,7 +10,7 @@ use std::path::Path;
 use napi::Task;
 use napi::bindgen_prelude::{AsyncTask, Either, Env};
 use napi_derive::napi;
-use qmail_core::{Error, ErrorKind, Spool};
+use qmail_core::{Error, ErrorKind, SpoolOptions, Target};
 
 use crate::error::to_js;
 use crate::message::{Message, Prepared};
@@ -19,16 +19,43 @@ use crate::message::{Message, Prepared};
 #[napi(object)]
 pub struct SubmitOptions {
     /// The spool directory for this message (created with its state directories when
-    /// missing), instead of the default spool(s).
+    /// missing), instead of the default spool(s). An absolute path without surrounding spaces.
     pub spool: Option<String>,
+    /// The mode of the spool file written into `spool` (e.g. `0o640`); default the core's
+    /// (the two-user layout's, docs/spool-format.md). Needs `spool` (the default spools take
+    /// theirs from {@link setDefaultSpool}).
+    pub file_mode: Option<u32>,
 }
 
-/// Spools a prepared message and returns the queue id.
+/// The core's spool options for a `fileMode` (the other fields at their defaults).
+pub(crate) fn spool_options(
+    spool: Option<&str>,
+    file_mode: Option<u32>,
+) -> qmail_core::Result<Option<SpoolOptions>> {
+    match (spool, file_mode) {
+        (_, None) => Ok(None),
+        (None, Some(_)) => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "fileMode applies to the spool given with it; the default spools take theirs from \
+             setDefaultSpool",
+        )
+        .with_field("file_mode")),
+        (Some(_), Some(m)) => Ok(Some(SpoolOptions {
+            file_mode: m,
+            ..SpoolOptions::default()
+        })),
+    }
+}
+
+/// Spools a prepared message where the core's routing rule sends it; returns the queue id.
 pub(crate) fn spool_prepared(p: &Prepared) -> qmail_core::Result<String> {
     let id = match p {
-        Prepared::Built(m) => qmail_core::submit(m)?,
-        Prepared::Raw(raw, Some(spool)) => Spool::open(spool)?.submit_raw(raw)?,
-        Prepared::Raw(raw, None) => qmail_core::default_initiator()?.submit_raw(raw, None)?,
+        Prepared::Built(m, spool, options) => {
+            qmail_core::route(spool.as_deref(), *options)?.submit(m)?
+        }
+        Prepared::Raw(raw, spool, options) => {
+            qmail_core::route(spool.as_deref(), *options)?.submit_raw(raw)?
+        }
     };
     Ok(id.to_string())
 }
@@ -85,10 +112,11 @@ impl Task for SpoolTask {
 /// `QMAIL_NO_SPOOL_CONFIGURED` when no spool was named, set or found in `QMAIL_SPOOL`.
 #[napi(ts_return_type = "Promise<string>")]
 pub fn submit(message: Message, options: Option<SubmitOptions>) -> AsyncTask<SpoolTask> {
-    let spool = options.and_then(|o| o.spool);
+    let (spool, file_mode) = options.map_or((None, None), |o| (o.spool, o.file_mode));
     SpoolTask::new(move || {
+        let options = spool_options(spool.as_deref(), file_mode)?;
         message
-            .prepare(spool.as_deref())
+            .prepare(spool.as_deref(), options)
             .and_then(|p| spool_prepared(&p))
     })
 }
@@ -101,11 +129,36 @@ pub fn submit_sync(
     message: Message,
     options: Option<SubmitOptions>,
 ) -> napi::Result<String> {
-    let spool = options.and_then(|o| o.spool);
-    message
-        .prepare(spool.as_deref())
+    let (spool, file_mode) = options.map_or((None, None), |o| (o.spool, o.file_mode));
+    spool_options(spool.as_deref(), file_mode)
+        .and_then(|options| message.prepare(spool.as_deref(), options))
         .and_then(|p| spool_prepared(&p))
         .map_err(|e| to_js(&env, &e))
+}
+
+/// Options of {@link setDefaultSpool}.
+#[napi(object)]
+pub struct DefaultSpoolOptions {
+    /// fsync on submit (default true).
+    pub durable: Option<bool>,
+    /// The mode of spool files (default: the core's).
+    pub file_mode: Option<u32>,
+}
+
+/// The spool directories a submit with this `spool` would write to (the core's routing: the
+/// given one, else the default spool(s), else `QMAIL_SPOOL`). Used by the nodemailer
+/// transport's `verify()`.
+///
+/// Throws `QMAIL_NO_SPOOL_CONFIGURED`, `QMAIL_INVALID_ARGUMENT` (a relative or space-padded
+/// path), `QMAIL_SPOOL_UNAVAILABLE` (a named spool that cannot be created).
+#[napi]
+pub fn spool_directories(env: Env, spool: Option<String>) -> napi::Result<Vec<String>> {
+    let target =
+        qmail_core::route(spool.as_deref().map(Path::new), None).map_err(|e| to_js(&env, &e))?;
+    Ok(match target {
+        Target::Spool(s) => vec![s.path().display().to_string()],
+        Target::Pool(i) => i.spools().iter().map(|p| p.display().to_string()).collect(),
+    })
 }
 
 /// Sets the process-wide default spool(s): one directory, a list, or a path list in
@@ -116,13 +169,28 @@ pub fn submit_sync(
 /// Throws `QMAIL_NO_SPOOL_CONFIGURED` for an empty list, `QMAIL_INVALID_ARGUMENT` for a list
 /// element that contains the path-list separator.
 #[napi]
-pub fn set_default_spool(env: Env, spool: Either<String, Vec<String>>) -> napi::Result<()> {
+pub fn set_default_spool(
+    env: Env,
+    spool: Either<String, Vec<String>>,
+    options: Option<DefaultSpoolOptions>,
+) -> napi::Result<()> {
+    let defaults = SpoolOptions::default();
+    let spool_options = SpoolOptions {
+        durable: options
+            .as_ref()
+            .and_then(|o| o.durable)
+            .unwrap_or(defaults.durable),
+        file_mode: options
+            .as_ref()
+            .and_then(|o| o.file_mode)
+            .unwrap_or(defaults.file_mode),
+    };
     let list = match spool {
         Either::A(list) => Ok(list),
         Either::B(paths) => std::env::join_paths(paths.iter().map(Path::new))
             .map(|l| l.to_string_lossy().into_owned())
             .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()).with_field("spool")),
     };
-    list.and_then(|l| qmail_core::set_default_spool(&l))
+    list.and_then(|l| qmail_core::set_default_spool_with(&l, spool_options))
         .map_err(|e| to_js(&env, &e))
 }

@@ -195,19 +195,23 @@ fn build(py: Python<'_>, e: &qmail_core::Error) -> PyResult<PyErr> {
     let text = e.to_string();
     let errno = e.io_error().and_then(std::io::Error::raw_os_error);
     let is_os = cls.is_subclass(&py.get_type::<PyOSError>())?;
-    let value = match errno {
-        // OSError(errno, strerror): str() reads "[Errno N] <text>", .errno is set
-        Some(n) if is_os => cls.call1((n, text))?,
-        _ => cls.call1((text,))?,
-    };
+    // one argument, so str() is "field: message": OSError(errno, strerror), or errno and
+    // strerror both set, would make it "[Errno N] strerror"; errno alone is set
+    let value = cls.call1((text,))?;
+    if let (Some(n), true) = (errno, is_os) {
+        value.setattr("errno", n)?;
+    }
     value.setattr("code", e.kind().as_str())?;
     value.setattr("field", e.field())?;
     value.setattr("message", e.message())?;
-    value.setattr("transient", e.is_transient())?;
+    value.setattr("transient", e.kind().is_transient())?;
     Ok(PyErr::from_value(value))
 }
 
 /// A core error made by the binding itself (for checks on Python-only input shapes).
-pub(crate) fn invalid_argument(field: &'static str, message: impl Into<String>) -> PyErr {
+pub(crate) fn invalid_argument(
+    field: impl Into<std::borrow::Cow<'static, str>>,
+    message: impl Into<String>,
+) -> PyErr {
     to_py(qmail_core::Error::new(ErrorKind::InvalidArgument, message).with_field(field))
 }

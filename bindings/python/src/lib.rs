@@ -34,7 +34,7 @@ mod _qmail {
     #[pymodule_export]
     use crate::message::Message;
     #[pymodule_export]
-    use crate::spool::{_read_spool_file, Spool, set_default_spool, submit_message};
+    use crate::spool::{_read_spool_file, Spool, parse_mailbox, set_default_spool, submit_message};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

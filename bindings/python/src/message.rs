@@ -14,7 +14,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString, PyTuple, PyType};
 use qmail_core::{AddressInput, MessageBuilder, Priority};
 
-use crate::error::to_py;
+use crate::error::{invalid_argument, to_py};
 use crate::spool::SpoolTarget;
 
 /// An email to build and submit.
@@ -32,18 +32,62 @@ pub struct Message {
     builder: MessageBuilder,
     /// The message's own spool (`spool=`); `submit(spool=...)` overrides it.
     spool: Option<SpoolTarget>,
+    /// How many attachments / inline parts were added (for the field names of errors).
+    attachments: usize,
+    inline: usize,
 }
 
-/// One address: `"Name <a@example.com>"`, `"a@example.com"` or `(name, address)`.
-fn address(obj: &Bound<'_, PyAny>) -> PyResult<AddressInput> {
-    if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(AddressInput::Text(s.to_cow()?.into_owned()));
+/// A Python `str` as Rust text. A `str` holding a lone surrogate (U+D800..U+DFFF, e.g. from
+/// `os.fsdecode` or `errors="surrogateescape"`) is not Unicode text: it is refused as
+/// `InvalidArgument` naming `field`, never passed on as a bare `UnicodeEncodeError` and never
+/// replaced by U+FFFD.
+pub(crate) fn text(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<String> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{field}: expected a str, not {}",
+            obj.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    match s.to_cow() {
+        Ok(v) => Ok(v.into_owned()),
+        Err(_) => {
+            let at = s
+                .to_string_lossy()
+                .chars()
+                .position(|c| c == char::REPLACEMENT_CHARACTER)
+                .unwrap_or(0);
+            Err(invalid_argument(
+                field.to_owned(),
+                format!(
+                    "holds a lone surrogate at index {at} (U+D800..U+DFFF): not Unicode text; \
+                     decode the bytes with their real encoding"
+                ),
+            ))
+        }
+    }
+}
+
+/// An optional text argument (see [`text`]).
+fn opt_text(obj: Option<&Bound<'_, PyAny>>, field: &str) -> PyResult<Option<String>> {
+    obj.filter(|o| !o.is_none())
+        .map(|o| text(o, field))
+        .transpose()
+}
+
+/// One address: `"Name <a@example.com>"`, `"a@example.com"` (in a list field also a whole
+/// address list `"a@x, B <b@y>"`) or `(name, address)`.
+fn address(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<AddressInput> {
+    if obj.is_instance_of::<PyString>() {
+        return Ok(AddressInput::Text(text(obj, field)?));
     }
     if let Ok(t) = obj.cast::<PyTuple>()
         && t.len() == 2
     {
-        let name: Option<String> = t.get_item(0)?.extract()?;
-        let addr: String = t.get_item(1)?.extract()?;
+        let name = opt_text(Some(&t.get_item(0)?), field)?;
+        let addr = text(&t.get_item(1)?, field)?;
         return Ok(AddressInput::Parts(name, addr));
     }
     Err(PyTypeError::new_err(format!(
@@ -53,11 +97,11 @@ fn address(obj: &Bound<'_, PyAny>) -> PyResult<AddressInput> {
 }
 
 /// One address, or an iterable (not a tuple: a tuple is one `(name, address)`) of them.
-fn addresses(obj: &Bound<'_, PyAny>) -> PyResult<Vec<AddressInput>> {
+fn addresses(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Vec<AddressInput>> {
     if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyTuple>() {
-        return Ok(vec![address(obj)?]);
+        return Ok(vec![address(obj, field)?]);
     }
-    obj.try_iter()?.map(|item| address(&item?)).collect()
+    obj.try_iter()?.map(|item| address(&item?, field)).collect()
 }
 
 /// Header pairs from a mapping (`.items()`) or an iterable of `(name, value)` pairs.
@@ -68,14 +112,28 @@ fn header_pairs(obj: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     };
     items
         .try_iter()?
-        .map(|pair| pair?.extract::<(String, String)>())
+        .map(|pair| {
+            let pair = pair?;
+            let t = pair
+                .cast::<PyTuple>()
+                .map_err(|_| PyTypeError::new_err("headers: a mapping or (name, value) pairs"))?;
+            if t.len() != 2 {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "headers: a (name, value) pair has 2 items, not {}",
+                    t.len()
+                )));
+            }
+            let name = text(&t.get_item(0)?, "headers")?;
+            let value = text(&t.get_item(1)?, &format!("headers.{name}"))?;
+            Ok((name, value))
+        })
         .collect()
 }
 
 /// `1`..`5` or `"highest" | "high" | "normal" | "low" | "lowest"`.
-fn priority(obj: &Bound<'_, PyAny>) -> PyResult<Priority> {
-    if let Ok(s) = obj.cast::<PyString>() {
-        return Priority::parse(&s.to_cow()?).map_err(to_py);
+pub(crate) fn priority(obj: &Bound<'_, PyAny>) -> PyResult<Priority> {
+    if obj.is_instance_of::<PyString>() {
+        return Priority::parse(&text(obj, "priority")?).map_err(to_py);
     }
     // bool is an int subclass in Python: True would silently mean "highest"
     if obj.is_instance_of::<pyo3::types::PyBool>() {
@@ -94,10 +152,12 @@ fn priority(obj: &Bound<'_, PyAny>) -> PyResult<Priority> {
 static DATETIME: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// A `datetime` as Unix seconds (`datetime.timestamp()`: a naive datetime is local time).
-pub(crate) fn unix_seconds(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
+pub(crate) fn unix_seconds(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<i64> {
     let datetime = DATETIME.import(obj.py(), "datetime", "datetime")?;
     if !obj.is_instance(datetime)? {
-        return Err(PyTypeError::new_err("not_before is a datetime.datetime"));
+        return Err(PyTypeError::new_err(format!(
+            "{field} is a datetime.datetime"
+        )));
     }
     let secs: f64 = obj.call_method0("timestamp")?.extract()?;
     Ok(secs.floor() as i64)
@@ -135,7 +195,8 @@ impl Message {
     #[pyo3(signature = (
         *, from_, to = None, cc = None, bcc = None, reply_to = None, sender = None,
         subject = None, text = None, html = None, headers = None, priority = None,
-        envelope_from = None, not_before = None, read_receipt_to = None, spool = None,
+        envelope_from = None, envelope_to = None, not_before = None, read_receipt_to = None,
+        date = None, spool = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -145,41 +206,59 @@ impl Message {
         bcc: Option<&Bound<'_, PyAny>>,
         reply_to: Option<&Bound<'_, PyAny>>,
         sender: Option<&Bound<'_, PyAny>>,
-        subject: Option<&str>,
-        text: Option<&str>,
-        html: Option<&str>,
+        subject: Option<&Bound<'_, PyAny>>,
+        text: Option<&Bound<'_, PyAny>>,
+        html: Option<&Bound<'_, PyAny>>,
         headers: Option<&Bound<'_, PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
-        envelope_from: Option<&str>,
+        envelope_from: Option<&Bound<'_, PyAny>>,
+        envelope_to: Option<&Bound<'_, PyAny>>,
         not_before: Option<&Bound<'_, PyAny>>,
         read_receipt_to: Option<&Bound<'_, PyAny>>,
+        date: Option<&Bound<'_, PyAny>>,
         spool: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut b = MessageBuilder::default();
-        b.set_from(address(from_)?).map_err(to_py)?;
+        b.set_from(address(from_, "from")?).map_err(to_py)?;
         if let Some(s) = sender {
-            b.set_sender(address(s)?).map_err(to_py)?;
+            b.set_sender(address(s, "sender")?).map_err(to_py)?;
         }
-        for a in reply_to.map(addresses).transpose()?.unwrap_or_default() {
+        for a in reply_to
+            .map(|o| addresses(o, "reply_to"))
+            .transpose()?
+            .unwrap_or_default()
+        {
             b.add_reply_to(a).map_err(to_py)?;
         }
-        for a in to.map(addresses).transpose()?.unwrap_or_default() {
+        for a in to
+            .map(|o| addresses(o, "to"))
+            .transpose()?
+            .unwrap_or_default()
+        {
             b.add_to(a).map_err(to_py)?;
         }
-        for a in cc.map(addresses).transpose()?.unwrap_or_default() {
+        for a in cc
+            .map(|o| addresses(o, "cc"))
+            .transpose()?
+            .unwrap_or_default()
+        {
             b.add_cc(a).map_err(to_py)?;
         }
-        for a in bcc.map(addresses).transpose()?.unwrap_or_default() {
+        for a in bcc
+            .map(|o| addresses(o, "bcc"))
+            .transpose()?
+            .unwrap_or_default()
+        {
             b.add_bcc(a).map_err(to_py)?;
         }
-        if let Some(s) = subject {
-            b.set_subject(s).map_err(to_py)?;
+        if let Some(s) = opt_text(subject, "subject")? {
+            b.set_subject(&s).map_err(to_py)?;
         }
-        if let Some(s) = text {
-            b.set_text(s).map_err(to_py)?;
+        if let Some(s) = opt_text(text, "text")? {
+            b.set_text(&s).map_err(to_py)?;
         }
-        if let Some(s) = html {
-            b.set_html(s).map_err(to_py)?;
+        if let Some(s) = opt_text(html, "html")? {
+            b.set_html(&s).map_err(to_py)?;
         }
         for (name, value) in headers.map(header_pairs).transpose()?.unwrap_or_default() {
             b.add_header(&name, &value).map_err(to_py)?;
@@ -187,14 +266,29 @@ impl Message {
         if let Some(p) = priority {
             b.set_priority(self::priority(p)?).map_err(to_py)?;
         }
-        if let Some(s) = envelope_from {
-            b.set_envelope_from(s).map_err(to_py)?;
+        if let Some(s) = opt_text(envelope_from, "envelope_from")? {
+            b.set_envelope_from(&s).map_err(to_py)?;
+        }
+        if let Some(list) = envelope_to {
+            let list: Vec<String> = if list.is_instance_of::<PyString>() {
+                vec![self::text(list, "envelope_to")?]
+            } else {
+                list.try_iter()?
+                    .map(|a| self::text(&a?, "envelope_to"))
+                    .collect::<PyResult<_>>()?
+            };
+            b.set_envelope_to(&list).map_err(to_py)?;
         }
         if let Some(t) = not_before {
-            b.set_not_before(unix_seconds(t)?).map_err(to_py)?;
+            b.set_not_before(unix_seconds(t, "not_before")?)
+                .map_err(to_py)?;
         }
         if let Some(a) = read_receipt_to {
-            b.set_read_receipt_to(address(a)?).map_err(to_py)?;
+            b.set_read_receipt_to(address(a, "read_receipt_to")?)
+                .map_err(to_py)?;
+        }
+        if let Some(d) = date {
+            b.set_date_unix(unix_seconds(d, "date")?).map_err(to_py)?;
         }
         let spool = spool.map(SpoolTarget::extract).transpose()?;
         if let Some(SpoolTarget::Dir(p)) = &spool {
@@ -202,7 +296,32 @@ impl Message {
             // that submit(spool=...) can override it
             MessageBuilder::default().set_spool(p).map_err(to_py)?;
         }
-        Ok(Message { builder: b, spool })
+        Ok(Message {
+            builder: b,
+            spool,
+            attachments: 0,
+            inline: 0,
+        })
+    }
+
+    /// Offers unsubscribing (RFC 2369 List-Unsubscribe; with one_click also RFC 8058
+    /// List-Unsubscribe-Post: List-Unsubscribe=One-Click, which needs an https url). mailto is
+    /// a mailto: URI or a bare address.
+    ///
+    /// Raises InvalidArgument (field "list_unsubscribe.url" / "list_unsubscribe.mailto").
+    #[pyo3(signature = (url, /, mailto = None, one_click = true))]
+    fn list_unsubscribe(
+        &mut self,
+        url: &Bound<'_, PyAny>,
+        mailto: Option<&Bound<'_, PyAny>>,
+        one_click: bool,
+    ) -> PyResult<()> {
+        let url = text(url, "list_unsubscribe.url")?;
+        let mailto = opt_text(mailto, "list_unsubscribe.mailto")?;
+        self.builder
+            .set_list_unsubscribe(&url, mailto.as_deref(), one_click)
+            .map_err(to_py)?;
+        Ok(())
     }
 
     /// Adds an attachment: a file (str or os.PathLike, streamed from disk at submit time) or
@@ -215,14 +334,19 @@ impl Message {
     fn attach(
         &mut self,
         path_or_bytes: &Bound<'_, PyAny>,
-        filename: Option<&str>,
-        content_type: Option<&str>,
+        filename: Option<&Bound<'_, PyAny>>,
+        content_type: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let field = format!("attachments[{}]", self.attachments);
+        let filename = opt_text(filename, &field)?;
+        let content_type = opt_text(content_type, &field)?;
+        let (filename, content_type) = (filename.as_deref(), content_type.as_deref());
         match content(path_or_bytes)? {
             Content::Bytes(b) => self.builder.attach_bytes(b, filename, content_type),
             Content::Path(p) => self.builder.attach_path(p, filename, content_type),
         }
         .map_err(to_py)?;
+        self.attachments += 1;
         Ok(())
     }
 
@@ -231,18 +355,31 @@ impl Message {
     ///
     /// Raises AttachmentError (field "inline[N]"), InvalidHeader for a bad Content-ID,
     /// InvalidArgument for a bad content type.
-    #[pyo3(signature = (path_or_bytes, /, cid, content_type = None))]
+    #[pyo3(signature = (path_or_bytes, /, cid, content_type = None, filename = None))]
     fn attach_inline(
         &mut self,
         path_or_bytes: &Bound<'_, PyAny>,
-        cid: &str,
-        content_type: Option<&str>,
+        cid: &Bound<'_, PyAny>,
+        content_type: Option<&Bound<'_, PyAny>>,
+        filename: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let field = format!("inline[{}]", self.inline);
+        let cid = text(cid, &field)?;
+        let content_type = opt_text(content_type, &field)?;
+        let filename = opt_text(filename, &field)?;
+        let (filename, content_type) = (filename.as_deref(), content_type.as_deref());
         match content(path_or_bytes)? {
-            Content::Bytes(b) => self.builder.attach_inline_bytes(b, cid, content_type),
-            Content::Path(p) => self.builder.attach_inline_path(p, cid, content_type),
+            Content::Bytes(b) => {
+                self.builder
+                    .attach_inline_bytes_named(b, &cid, filename, content_type)
+            }
+            Content::Path(p) => {
+                self.builder
+                    .attach_inline_path_named(p, &cid, filename, content_type)
+            }
         }
         .map_err(to_py)?;
+        self.inline += 1;
         Ok(())
     }
 
@@ -272,7 +409,7 @@ impl Message {
         };
         let id = py.detach(move || match &target {
             Some(t) => t.submit(&message),
-            None => qmail_core::submit(&message),
+            None => qmail_core::route(None, None)?.submit(&message),
         });
         Ok(id.map_err(to_py)?.to_string())
     }

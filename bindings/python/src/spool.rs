@@ -13,10 +13,10 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyMemoryView, PyString};
-use qmail_core::{Initiator, QueueId, RawMessage, SpoolFile, SpoolOptions};
+use qmail_core::{Initiator, Priority, QueueId, RawMessage, SpoolFile, SpoolOptions, Target};
 
 use crate::error::{invalid_argument, to_py};
-use crate::message::unix_seconds;
+use crate::message::{text, unix_seconds};
 
 /// A resolved `spool=` argument.
 #[derive(Clone)]
@@ -41,20 +41,17 @@ impl SpoolTarget {
         )))
     }
 
-    /// Submits a built message (call detached).
-    pub(crate) fn submit(&self, message: &qmail_core::Message) -> qmail_core::Result<QueueId> {
+    /// The core's target for this argument ([`qmail_core::route`] for a directory).
+    pub(crate) fn target(&self) -> qmail_core::Result<Target> {
         match self {
-            SpoolTarget::Dir(p) => qmail_core::Spool::open(p)?.submit(message),
-            SpoolTarget::Pool(i) => i.submit(message),
+            SpoolTarget::Dir(p) => qmail_core::route(Some(p), None),
+            SpoolTarget::Pool(i) => Ok(Target::Pool(i.clone())),
         }
     }
 
-    /// Submits a raw message (call detached).
-    fn submit_raw(&self, message: &RawMessage) -> qmail_core::Result<QueueId> {
-        match self {
-            SpoolTarget::Dir(p) => qmail_core::Spool::open(p)?.submit_raw(message),
-            SpoolTarget::Pool(i) => i.submit_raw(message, None),
-        }
+    /// Submits a built message (call detached).
+    pub(crate) fn submit(&self, message: &qmail_core::Message) -> qmail_core::Result<QueueId> {
+        self.target()?.submit(message)
     }
 }
 
@@ -88,8 +85,9 @@ pub struct Spool {
 #[pymethods]
 impl Spool {
     #[new]
-    #[pyo3(signature = (paths, /, *, durable = true, file_mode = 0o600))]
-    fn new(paths: &Bound<'_, PyAny>, durable: bool, file_mode: u32) -> PyResult<Self> {
+    #[pyo3(signature = (paths, /, *, durable = true, file_mode = None))]
+    fn new(paths: &Bound<'_, PyAny>, durable: bool, file_mode: Option<u32>) -> PyResult<Self> {
+        let file_mode = file_mode.unwrap_or(SpoolOptions::default().file_mode);
         let options = SpoolOptions { durable, file_mode };
         let initiator = Initiator::new(path_list(paths)?, options).map_err(to_py)?;
         Ok(Spool {
@@ -139,8 +137,13 @@ impl Spool {
 ///
 /// Raises NoSpoolConfigured for an empty list, InvalidArgument for a path containing ':'.
 #[pyfunction]
-#[pyo3(signature = (spools, /, *, durable = true, file_mode = 0o600))]
-pub fn set_default_spool(spools: &Bound<'_, PyAny>, durable: bool, file_mode: u32) -> PyResult<()> {
+#[pyo3(signature = (spools, /, *, durable = true, file_mode = None))]
+pub fn set_default_spool(
+    spools: &Bound<'_, PyAny>,
+    durable: bool,
+    file_mode: Option<u32>,
+) -> PyResult<()> {
+    let file_mode = file_mode.unwrap_or(SpoolOptions::default().file_mode);
     let list = match spools.cast::<PyString>() {
         Ok(s) => s.to_cow()?.into_owned(),
         Err(_) => {
@@ -189,24 +192,48 @@ fn message_bytes(message: &Bound<'_, PyAny>) -> PyResult<PyBackedBytes> {
 /// Raises InvalidMessage, InvalidHeader, InvalidAddress (field "envelope_from", "recipients",
 /// "to", ...), SpoolError, NoSpoolConfigured; TypeError for anything but a message or bytes.
 #[pyfunction]
-#[pyo3(signature = (message, /, spool = None, envelope_from = None, recipients = None, *, not_before = None))]
+#[pyo3(signature = (message, /, spool = None, envelope_from = None, recipients = None, *, not_before = None, priority = None))]
 pub fn submit_message(
     py: Python<'_>,
     message: &Bound<'_, PyAny>,
     spool: Option<&Bound<'_, PyAny>>,
-    envelope_from: Option<String>,
-    recipients: Option<Vec<String>>,
+    envelope_from: Option<&Bound<'_, PyAny>>,
+    recipients: Option<&Bound<'_, PyAny>>,
     not_before: Option<&Bound<'_, PyAny>>,
+    priority: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<String> {
     let bytes = message_bytes(message)?;
     let target = spool.map(SpoolTarget::extract).transpose()?;
-    let not_before = not_before.map(unix_seconds).transpose()?;
+    let not_before = not_before
+        .map(|t| unix_seconds(t, "not_before"))
+        .transpose()?;
+    let envelope_from = envelope_from
+        .filter(|o| !o.is_none())
+        .map(|o| text(o, "envelope_from"))
+        .transpose()?;
+    let recipients: Option<Vec<String>> = match recipients.filter(|o| !o.is_none()) {
+        None => None,
+        Some(r) if r.is_instance_of::<PyString>() => {
+            return Err(PyTypeError::new_err(
+                "recipients is an iterable of addresses, not one str",
+            ));
+        }
+        Some(r) => Some(
+            r.try_iter()?
+                .map(|a| text(&a?, "recipients"))
+                .collect::<PyResult<_>>()?,
+        ),
+    };
+    let priority: Option<Priority> = priority.map(crate::message::priority).transpose()?;
     let id = py.detach(move || {
         let mut raw = RawMessage::parse(&bytes, envelope_from.as_deref(), recipients.as_deref())?;
         raw.set_not_before(not_before);
+        if let Some(p) = priority {
+            raw.set_priority(p);
+        }
         match &target {
-            Some(t) => t.submit_raw(&raw),
-            None => qmail_core::default_initiator()?.submit_raw(&raw, None),
+            Some(t) => t.target()?.submit_raw(&raw),
+            None => qmail_core::route(None, None)?.submit_raw(&raw),
         }
     });
     Ok(id.map_err(to_py)?.to_string())
@@ -242,4 +269,20 @@ pub fn _read_spool_file<'py>(
     d.set_item("priority", h.priority)?;
     d.set_item("message_id", &h.message_id)?;
     Ok((d, PyBytes::new(py, &body)))
+}
+
+/// Parses text holding exactly one mailbox as strictly as the core does everywhere
+/// (RFC 5322 §3.4, RFC 5321 §4.1.2; an internationalised domain becomes IDNA A-labels) and
+/// returns ``(display name or None, addr-spec)``. Web-framework backends use it to check
+/// every envelope address as Django's SMTP backend does, before anything is spooled.
+///
+/// Raises InvalidAddress / InvalidHeader naming ``field`` (also for a list of several
+/// addresses), InvalidArgument for a lone surrogate.
+#[pyfunction]
+#[pyo3(signature = (text, /, field = "address"))]
+pub fn parse_mailbox(text: &Bound<'_, PyAny>, field: &str) -> PyResult<(Option<String>, String)> {
+    let t = crate::message::text(text, field)?;
+    let m =
+        qmail_core::Mailbox::parse_one(&t).map_err(|e| to_py(e.with_field(field.to_owned())))?;
+    Ok((m.name().map(str::to_owned), m.address().to_string()))
 }

@@ -26,6 +26,7 @@ def test_public_names() -> None:
             "Spool",
             "SpoolError",
             "__version__",
+            "parse_mailbox",
             "set_default_spool",
             "submit_message",
         ]
@@ -56,7 +57,7 @@ def test_docstrings_on_everything_public() -> None:
 
 
 def test_signatures_are_introspectable() -> None:
-    assert str(inspect.signature(qmail.submit_message)) == "(message, /, spool=None, envelope_from=None, recipients=None, *, not_before=None)"
+    assert str(inspect.signature(qmail.submit_message)) == "(message, /, spool=None, envelope_from=None, recipients=None, *, not_before=None, priority=None)"
     assert str(inspect.signature(qmail.Message.submit)) == "(self, /, spool=None)"
     params = inspect.signature(qmail.Message).parameters
     assert list(params)[:3] == ["from_", "to", "cc"]

@@ -108,6 +108,20 @@ pub fn build(input: &Value) -> qmail_core::Result<qmail_core::Message> {
         };
         b.attach_bytes(data, a["filename"].as_str(), a["content_type"].as_str())?;
     }
+    if let Some(p) = input["priority"].as_i64() {
+        b.set_priority(qmail_core::Priority::from_number(p)?)?;
+    }
+    if let Some(list) = input["envelope_to"].as_array() {
+        let list: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+        b.set_envelope_to(&list)?;
+    }
+    if let Some(l) = input["list_unsubscribe"].as_object() {
+        b.set_list_unsubscribe(
+            l["url"].as_str().unwrap_or_default(),
+            l.get("mailto").and_then(Value::as_str),
+            l.get("one_click").and_then(Value::as_bool).unwrap_or(true),
+        )?;
+    }
     b.build()
 }
 

@@ -14,7 +14,15 @@ Build a message and spool it; the qmail dispatcher relays it over SMTP::
     queue_id = msg.submit()  # durable once this returns
 
 Messages composed with Python's standard library go through :func:`submit_message`; Django
-projects set ``EMAIL_BACKEND = "qmail.django.EmailBackend"``.
+projects set ``EMAIL_BACKEND = "qmail.django.EmailBackend"`` (or use it in Django 6.1's
+``MAILERS``), Flask-Mailman projects ``MAIL_BACKEND = "qmail.flask_mailman.EmailBackend"``.
+
+asyncio: a submit is a short, local, durable file write that releases the GIL, so the plain
+functions are the API; from a coroutine, run them in a thread::
+
+    queue_id = await asyncio.to_thread(msg.submit)
+
+(async twins would add nothing but a thread hop: there is no network to wait on.)
 
 Every rule (address syntax, header checks, MIME, the spool format) lives in the Rust core,
 ``qmail-core``; this package is a thin, typed binding to it. Errors are :class:`QmailError`
@@ -35,6 +43,7 @@ from ._qmail import (
     Spool,
     SpoolError,
     __version__,
+    parse_mailbox,
     set_default_spool,
     submit_message,
 )
@@ -53,6 +62,7 @@ __all__ = [
     "Spool",
     "SpoolError",
     "__version__",
+    "parse_mailbox",
     "set_default_spool",
     "submit_message",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "Message",
     "Spool",
     "_read_spool_file",
+    "parse_mailbox",
     "set_default_spool",
     "submit_message",
     "__version__",
@@ -64,7 +65,9 @@ class Message:
 
     Args:
         from_: the From mailbox (RFC 5322 3.6.2).
-        to: To recipients.
+        to: To recipients: a mailbox, a list of them, or one string holding an address list
+            (``"a@example.org, B <b@example.org>"``, split by the core's RFC 5322 parser,
+            every member strict). The same for cc, bcc and reply_to.
         cc: Cc recipients.
         bcc: Bcc recipients: envelope only, never written into the headers.
         reply_to: Reply-To mailboxes.
@@ -78,6 +81,9 @@ class Message:
         priority: X-Priority / Importance.
         envelope_from: MAIL FROM (the return path): an address, or ``"<>"`` for none.
             Default: Sender if given, else From.
+        envelope_to: RCPT TO (RFC 5321 2.3.1): bare addresses replacing the recipients taken
+            from to, cc and bcc (the headers stay as given).
+        date: the Date header (default: the time of :meth:`submit`).
         not_before: hold the message until this time (a naive datetime is local time).
         read_receipt_to: ask for a read receipt (Disposition-Notification-To, RFC 8098).
         spool: where :meth:`submit` writes by default (else the process default).
@@ -111,10 +117,26 @@ class Message:
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         priority: _Priority | None = None,
         envelope_from: str | None = None,
+        envelope_to: str | Iterable[str] | None = None,
         not_before: datetime.datetime | None = None,
         read_receipt_to: _Address | None = None,
+        date: datetime.datetime | None = None,
         spool: _SpoolArg | None = None,
     ) -> Message: ...
+    def list_unsubscribe(self, url: str, /, mailto: str | None = None, one_click: bool = True) -> None:
+        """Offers unsubscribing: ``List-Unsubscribe: <url>[, <mailto:...>]`` (RFC 2369) and,
+        with ``one_click`` (the default), ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``
+        (RFC 8058), for which ``url`` must be ``https://``.
+
+        Args:
+            url: the unsubscribe URI, ``https://`` (``http://`` only with ``one_click=False``).
+            mailto: a ``mailto:`` URI or a bare address, written after ``url``.
+            one_click: write ``List-Unsubscribe-Post`` (RFC 8058).
+
+        Raises:
+            InvalidArgument: a bad URI (``field`` = ``"list_unsubscribe.url"`` or
+                ``"list_unsubscribe.mailto"``).
+        """
     def attach(
         self,
         path_or_bytes: _StrPath | bytes | bytearray | memoryview,
@@ -128,7 +150,9 @@ class Message:
             path_or_bytes: a file (``str`` or ``os.PathLike``), streamed from disk at submit
                 time in bounded chunks; or the content itself (``bytes``-like, copied now).
             filename: the name written in Content-Disposition (RFC 2231 encoded when not
-                ASCII). Default: the file's name; none for bytes.
+                ASCII), reduced to its final path component (RFC 2183 2.3:
+                ``"../../etc/passwd"`` is written ``"passwd"``). Default: the file's name;
+                none for bytes.
             content_type: the MIME type, e.g. ``"application/pdf"``. Default: guessed from
                 the file name, else ``application/octet-stream``.
 
@@ -145,6 +169,7 @@ class Message:
         /,
         cid: str,
         content_type: str | None = None,
+        filename: str | None = None,
     ) -> None:
         """Adds an inline part (an image the HTML shows as ``<img src="cid:CID">``, RFC 2392).
 
@@ -152,6 +177,8 @@ class Message:
             path_or_bytes: a file (``str`` or ``os.PathLike``) or the content as bytes.
             cid: the Content-ID, without angle brackets.
             content_type: the MIME type. Default: guessed from the file name.
+            filename: the name in the part's Content-Disposition (default: the file's name;
+                reduced to its final path component).
 
         Raises:
             AttachmentError: the file cannot be read (``field`` = ``"inline[N]"``).
@@ -178,7 +205,9 @@ class Message:
         Raises:
             InvalidMessage: no recipient at all (``field`` = ``"to"``), or the HTML references
                 ``cid:X`` with no inline part ``X`` (``field`` = ``"html"``).
-            AttachmentError: an attached file cannot be read any more.
+            AttachmentError: an attached file cannot be read any more, is no longer a regular
+                file (a FIFO or device swapped in fails at once), or changed size while it was
+                read (``field`` = ``"attachments[N]"``).
             SpoolError: the spool cannot be written (transient: ``exc.transient`` is True).
             NoSpoolConfigured: no spool given and none configured.
         """
@@ -196,8 +225,8 @@ class Spool:
             iterable of directories.
         durable: fsync the file and its directory on submit (default). ``False`` is faster; a
             crash may then lose the last submits, but never exposes a partial one.
-        file_mode: the mode of spool files (default ``0o600``; e.g. ``0o640`` for a
-            dispatcher group).
+        file_mode: the mode of spool files; default (``None``) the core's default (see
+            docs/spool-format.md; the two-user layout's ``0o640``).
 
     Raises:
         NoSpoolConfigured: ``paths`` names no directory.
@@ -209,7 +238,7 @@ class Spool:
         /,
         *,
         durable: bool = True,
-        file_mode: int = 0o600,
+        file_mode: int | None = None,
     ) -> Spool: ...
     @property
     def paths(self) -> list[pathlib.Path]:
@@ -228,7 +257,7 @@ def set_default_spool(
     /,
     *,
     durable: bool = True,
-    file_mode: int = 0o600,
+    file_mode: int | None = None,
 ) -> None:
     """Sets the process-wide default spool(s), used when a submit names none.
 
@@ -239,7 +268,7 @@ def set_default_spool(
         spools: a directory, a ``str`` list in ``QMAIL_SPOOL`` syntax (``"/a:/b"``), or an
             iterable of directories.
         durable: fsync on submit (default); see :class:`Spool`.
-        file_mode: the mode of spool files (default ``0o600``).
+        file_mode: the mode of spool files (default: the core's, see :class:`Spool`).
 
     Raises:
         NoSpoolConfigured: ``spools`` names no directory.
@@ -254,6 +283,7 @@ def submit_message(
     recipients: Iterable[str] | None = None,
     *,
     not_before: datetime.datetime | None = None,
+    priority: _Priority | None = None,
 ) -> str:
     """Spools a message composed with Python's standard library, or any RFC 5322 bytes.
 
@@ -268,6 +298,8 @@ def submit_message(
         envelope_from: MAIL FROM: an address, or ``"<>"``. Default: Sender, else From.
         recipients: RCPT TO addresses (addr-specs). Default: To, Cc and Bcc.
         not_before: hold the message until this time.
+        priority: the spool priority (the dispatcher's order). Default: read from the
+            message's X-Priority, else Importance, else Priority header; else normal.
 
     Returns:
         The queue id.
@@ -287,6 +319,25 @@ def submit_message(
         >>> m["From"], m["To"], m["Subject"] = "a@example.com", "b@example.org", "Hi"
         >>> m.set_content("Hello")
         >>> submit_message(m, spool="/var/spool/qmail")  # doctest: +SKIP
+    """
+
+def parse_mailbox(text: str, /, field: str = "address") -> tuple[str | None, str]:
+    """Parses text that must hold exactly one mailbox, as strictly as the core does everywhere.
+
+    Web-framework backends use it to check every envelope address before spooling, as Django's
+    SMTP backend does.
+
+    Args:
+        text: ``"Name <a@example.com>"`` or ``"a@example.com"``.
+        field: the name errors give as ``.field``.
+
+    Returns:
+        ``(display name or None, addr-spec)``; a non-ASCII domain comes back as IDNA A-labels.
+
+    Raises:
+        InvalidAddress: not exactly one valid mailbox (``"a@x, b@y"`` holds two).
+        InvalidHeader: a control character in the display name.
+        InvalidArgument: a lone surrogate in ``text``.
     """
 
 def _read_spool_file(path: _StrPath) -> tuple[dict[str, Any], bytes]:
