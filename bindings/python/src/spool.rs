@@ -88,7 +88,7 @@ pub struct Spool {
 #[pymethods]
 impl Spool {
     #[new]
-    #[pyo3(signature = (paths, /, *, durable = true, file_mode = 0o600))]
+    #[pyo3(signature = (paths, /, *, durable = true, file_mode = 0o640))]
     fn new(paths: &Bound<'_, PyAny>, durable: bool, file_mode: u32) -> PyResult<Self> {
         let options = SpoolOptions { durable, file_mode };
         let initiator = Initiator::new(path_list(paths)?, options).map_err(to_py)?;
@@ -139,7 +139,7 @@ impl Spool {
 ///
 /// Raises NoSpoolConfigured for an empty list, InvalidArgument for a path containing ':'.
 #[pyfunction]
-#[pyo3(signature = (spools, /, *, durable = true, file_mode = 0o600))]
+#[pyo3(signature = (spools, /, *, durable = true, file_mode = 0o640))]
 pub fn set_default_spool(spools: &Bound<'_, PyAny>, durable: bool, file_mode: u32) -> PyResult<()> {
     let list = match spools.cast::<PyString>() {
         Ok(s) => s.to_cow()?.into_owned(),

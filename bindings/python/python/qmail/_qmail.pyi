@@ -196,8 +196,8 @@ class Spool:
             iterable of directories.
         durable: fsync the file and its directory on submit (default). ``False`` is faster; a
             crash may then lose the last submits, but never exposes a partial one.
-        file_mode: the mode of spool files (default ``0o600``; e.g. ``0o640`` for a
-            dispatcher group).
+        file_mode: the mode of spool files (default ``0o640``: readable by the spool's group,
+            so by the dispatcher in the two-user layout; ``0o600`` when one user does both).
 
     Raises:
         NoSpoolConfigured: ``paths`` names no directory.
@@ -209,7 +209,7 @@ class Spool:
         /,
         *,
         durable: bool = True,
-        file_mode: int = 0o600,
+        file_mode: int = 0o640,
     ) -> Spool: ...
     @property
     def paths(self) -> list[pathlib.Path]:
@@ -228,7 +228,7 @@ def set_default_spool(
     /,
     *,
     durable: bool = True,
-    file_mode: int = 0o600,
+    file_mode: int = 0o640,
 ) -> None:
     """Sets the process-wide default spool(s), used when a submit names none.
 
@@ -239,7 +239,7 @@ def set_default_spool(
         spools: a directory, a ``str`` list in ``QMAIL_SPOOL`` syntax (``"/a:/b"``), or an
             iterable of directories.
         durable: fsync on submit (default); see :class:`Spool`.
-        file_mode: the mode of spool files (default ``0o600``).
+        file_mode: the mode of spool files (default ``0o640``).
 
     Raises:
         NoSpoolConfigured: ``spools`` names no directory.
