@@ -74,19 +74,20 @@ for f in include/qmail.h include/qmail.hpp "lib/libqmail.so.$version" lib/libqma
 done
 [ "$(readlink "$sdk/lib/libqmail.so.${version%%.*}")" = "libqmail.so.$version" ] || fail "SONAME link"
 [ "$(readlink "$sdk/lib/libqmail.so")" = "libqmail.so.${version%%.*}" ] || fail "dev link"
-file -L "$sdk/lib/libqmail.so" | grep -q ', stripped' || fail "libqmail.so is not stripped"
+grep -q ', stripped' <<<"$(file -L "$sdk/lib/libqmail.so")" || fail "libqmail.so is not stripped"
 ok
 
-step "C SDK: install-c --prefix --libdir --destdir (staged), then --prefix (real)"
+step "C SDK: install-c --prefix --libdir lib64 --destdir (staged), then --prefix (real)"
 prefix=$work/prefix
 "$sdk/install-c" --prefix "$prefix" --libdir lib64 --destdir "$work/stage" >/dev/null
 [ -f "$work/stage$prefix/lib64/libqmail.so.$version" ] || fail "DESTDIR install"
 grep -qx "libdir=$prefix/lib64" "$work/stage$prefix/lib64/pkgconfig/qmail.pc" || fail "staged .pc names the final libdir"
-"$sdk/install-c" --prefix "$prefix" --libdir lib64 >/dev/null
+# the default libdir (P/lib): where CMake's find_package looks on every distribution
+"$sdk/install-c" --prefix "$prefix" >/dev/null
 ok
 
 step "C and C++ programs built with pkg-config, run without LD_LIBRARY_PATH"
-export PKG_CONFIG_PATH=$prefix/lib64/pkgconfig
+export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
 [ "$(pkg-config --modversion qmail)" = "$version" ] || fail "pkg-config version"
 libdir=$(pkg-config --variable=libdir qmail)
 bin=$work/bin
@@ -103,7 +104,7 @@ for p in hello_c hello_cpp; do
     out=$(env -u LD_LIBRARY_PATH "$bin/$p" "$spool" c@example.org) || fail "$p failed"
     for id in $out; do [ -f "$spool/ready/$id" ] || fail "$p: no $spool/ready/$id"; done
 done
-ldd "$bin/hello_c" | grep -q "$libdir/libqmail.so.${version%%.*}" || fail "hello_c does not load the installed library"
+grep -q "$libdir/libqmail.so.${version%%.*}" <<<"$(ldd "$bin/hello_c")" || fail "hello_c does not load the installed library"
 ok
 
 step "C and C++ programs built with CMake (find_package(qmail), shared and static)"
@@ -113,22 +114,23 @@ for p in hello_c hello_cpp hello_c_static; do
     out=$(env -u LD_LIBRARY_PATH "$work/cmake/$p" "$spool" c@example.org) || fail "cmake $p failed"
     [ "$(echo "$out" | wc -l)" = 2 ] || fail "cmake $p printed $out"
 done
-if ldd "$work/cmake/hello_c_static" | grep -q libqmail; then fail "the static build loads libqmail.so"; fi
+if grep -q libqmail <<<"$(ldd "$work/cmake/hello_c_static")"; then fail "the static build loads libqmail.so"; fi
 ok
 
 # ---------------------------------------------------------------------------------------
 step "Python: the wheel's tags and contents"
 case $(basename "$wheel") in
-    *-cp39-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl | *-cp39-abi3-manylinux_2_17_x86_64.whl) ;;
+    qmail_spool-"$version"-cp39-abi3-*manylinux_2_17_x86_64*.whl) ;;
     *) fail "wheel tag: $(basename "$wheel")" ;;
 esac
-py=python3
+# the system's Python (a python3 under /root, e.g. pyenv's, is not reachable by the web user)
+py=/usr/bin/python3
 listing=$($py -m zipfile -l "$wheel")
 for f in LICENSE-MIT LICENSE-APACHE qmail/__init__.py qmail/py.typed; do
-    echo "$listing" | grep -q "$f" || fail "wheel has no $f"
+    grep -q "$f" <<<"$listing" || fail "wheel has no $f"
 done
 $py -m zipfile -e "$wheel" "$work/wheel"
-file "$work"/wheel/qmail/_qmail*.so | grep -q ', stripped' || fail "the extension is not stripped"
+grep -q ', stripped' <<<"$(file "$work"/wheel/qmail/_qmail*.so)" || fail "the extension is not stripped"
 ok
 
 step "Python: the wheel into a fresh venv, no Rust on PATH"
@@ -139,14 +141,14 @@ env PATH=$nopath bash -c '! command -v cargo && ! command -v rustc' >/dev/null |
 out=$(cd "$work" && env -u PYTHONPATH PATH=$nopath "$work/venv/bin/python" "$root/tests/deploy/submit.py" "$spool" p@example.org) \
     || fail "submit.py"
 for id in $out; do [ -f "$spool/ready/$id" ] || fail "python: no ready/$id"; done
-"$work/venv/bin/pip" show qmail-spool | grep -qx "Name: qmail-spool" || fail "distribution name"
+grep -qx "Name: qmail-spool" <<<"$("$work/venv/bin/pip" show qmail-spool)" || fail "distribution name"
 ok
 
 step "Python: the sdist's contents"
 sd=$dist/qmail_spool-$version.tar.gz
 sl=$(tar -tzf "$sd")
 for f in pyproject.toml LICENSE-MIT LICENSE-APACHE qmail-core/src/lib.rs python/qmail/__init__.py; do
-    echo "$sl" | grep -q "$f" || fail "sdist has no $f"
+    grep -q "$f" <<<"$sl" || fail "sdist has no $f"
 done
 if [ "${QMAIL_DEPLOY_SDIST_BUILD:-0}" = 1 ]; then
     step "Python: pip install the sdist in another venv (builds with Rust)"
@@ -168,7 +170,7 @@ printf '{ "name": "deploy-app", "version": "1.0.0", "private": true }\n' > "$app
 [ -d "$app/node_modules/qmail" ] && [ ! -L "$app/node_modules/qmail" ] || fail "node_modules/qmail is not a real directory"
 addon=$app/node_modules/qmail-linux-x64-gnu/qmail.linux-x64-gnu.node
 [ -f "$addon" ] || fail "no addon from the platform package"
-file "$addon" | grep -q ', stripped' || fail "the addon is not stripped"
+grep -q ', stripped' <<<"$(file "$addon")" || fail "the addon is not stripped"
 [ ! -e "$app/node_modules/qmail/qmail.linux-x64-gnu.node" ] || fail "the main package carries an addon"
 for f in LICENSE-MIT LICENSE-APACHE README.md; do [ -f "$app/node_modules/qmail/$f" ] || fail "npm: no $f"; done
 grep -q '"private"' "$app/node_modules/qmail/package.json" && fail "the main package is private"
@@ -179,14 +181,14 @@ for id in $out; do [ -f "$spool/ready/$id" ] || fail "node: no ready/$id"; done
 cp -r "$app" "$work/app-noaddon"
 rm -rf "$work/app-noaddon/node_modules/qmail-linux-x64-gnu"
 err=$(cd "$work/app-noaddon" && node -e "try { require('qmail') } catch (e) { console.log(e.code, e.message) }")
-echo "$err" | grep -q 'ERR_QMAIL_NO_NATIVE_ADDON.*linux-x64-gnu' || fail "no-addon error: $err"
+grep -q 'ERR_QMAIL_NO_NATIVE_ADDON.*linux-x64-gnu' <<<"$err" || fail "no-addon error: $err"
 ok
 
 # ---------------------------------------------------------------------------------------
 step "Debian package: dpkg-deb contents, conffile, maintainer scripts"
 info=$(dpkg-deb -I "$deb")
-echo "$info" | grep -q '^ Package: qmail-dispatcher$' || fail "package name"
-echo "$info" | grep -q '^ Depends:.*libc6' || fail "Depends: $info"
+grep -q '^ Package: qmail-dispatcher$' <<<"$info" || fail "package name"
+grep -q '^ Depends:.*libc6' <<<"$info" || fail "Depends: $info"
 contents=$(dpkg-deb -c "$deb")
 for f in ./usr/bin/qmail-dispatcher ./lib/systemd/system/qmail-dispatcher.service \
     ./usr/lib/sysusers.d/qmail-dispatcher.conf ./etc/qmail/dispatcher.toml \
@@ -196,7 +198,7 @@ for f in ./usr/bin/qmail-dispatcher ./lib/systemd/system/qmail-dispatcher.servic
     ./usr/share/bash-completion/completions/qmail-dispatcher \
     ./usr/share/zsh/vendor-completions/_qmail-dispatcher \
     ./usr/share/fish/vendor_completions.d/qmail-dispatcher.fish; do
-    echo "$contents" | grep -q " $f" || fail "the .deb has no $f"
+    grep -q " $f" <<<"$contents" || fail "the .deb has no $f"
 done
 ctl=$work/deb-control
 dpkg-deb -e "$deb" "$ctl"
@@ -209,13 +211,12 @@ grep -q 'spool init /var/spool/qmail --user qmail --submit-group qmail-submit' "
 grep -q 'systemd-sysusers qmail-dispatcher.conf' "$ctl/postinst" || fail "postinst sysusers"
 grep -q 'useradd --system' "$ctl/postinst" || fail "postinst useradd fallback"
 dpkg-deb -x "$deb" "$work/deb-root"
-file "$work/deb-root/usr/bin/qmail-dispatcher" | grep -q ', stripped' || fail "the packaged binary is not stripped"
+grep -q ', stripped' <<<"$(file "$work/deb-root/usr/bin/qmail-dispatcher")" || fail "the packaged binary is not stripped"
 doc=$(sed -n 's|^Documentation=.*file://\(/[^ ]*\).*|\1|p' "$work/deb-root/lib/systemd/system/qmail-dispatcher.service")
 [ -f "$work/deb-root$doc" ] || fail "Documentation=$doc is not in the package"
-man -l "$work"/deb-root/usr/share/man/man1/qmail-dispatcher.1* >/dev/null 2>&1 \
-    || zcat -f "$work"/deb-root/usr/share/man/man1/qmail-dispatcher.1* | grep -q '^.TH' \
+grep -q '^\.TH' <<<"$(zcat -f "$work"/deb-root/usr/share/man/man1/qmail-dispatcher.1.gz)" \
     || fail "the man page is not roff"
-"$work/deb-root/usr/bin/qmail-dispatcher" --version | grep -q "$version" || fail "packaged binary --version"
+grep -q "$version" <<<"$("$work/deb-root/usr/bin/qmail-dispatcher" --version)" || fail "packaged binary --version"
 ok
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ else
     # a file the dispatcher cannot read (0600, as an older qmail made them): check-config names it
     as_web sh -c "umask 077; printf x > '$sp/tmp/stray' && mv '$sp/tmp/stray' '$sp/ready/zz-stray'"
     if out=$(as_disp "$qd" --spool "$sp" check-config 2>&1); then fail "check-config passed an unreadable file: $out"; fi
-    echo "$out" | grep -q 'zz-stray' || fail "check-config did not name the file: $out"
+    grep -q 'zz-stray' <<<"$out" || fail "check-config did not name the file: $out"
     rm -f "$sp/ready/zz-stray"
     as_disp "$qd" --spool "$sp" check-config >/dev/null || fail "check-config as the dispatcher user"
     # the dispatcher cannot modify what the web user wrote (group read only)
@@ -270,7 +271,8 @@ else
     out=$(as_disp "$qd" --spool "$sp" drain) || fail "drain as the dispatcher user"
     [ "$out" = "delivered 8, deferred 0, failed 0, corrupt 0" ] || fail "drain: $out"
     [ "$(ls "$sp/outbox" | wc -l)" -ge 8 ] || fail "outbox: $(ls "$sp/outbox")"
-    for id in "${ids[@]}"; do ls "$sp/outbox" | grep -q "$id" || fail "$id is not in outbox/"; done
+    outbox=$(ls "$sp/outbox")
+    for id in "${ids[@]}"; do grep -q "$id" <<<"$outbox" || fail "$id is not in outbox/"; done
     if as_web cat "$sp/outbox/"* >/dev/null 2>&1; then fail "the web user reads delivered mail"; fi
     as_disp "$qd" --spool "$sp" status >/dev/null || fail "status as the dispatcher user"
     ok

@@ -151,7 +151,7 @@ def test_spool_directories_are_created(spool: Path) -> None:
     assert {p.name for p in spool.iterdir()} >= {"tmp", "ready", "scheduled", "active", "deferred", "failed", "corrupt"}
     assert list((spool / "tmp").iterdir()) == []
     (f,) = (spool / "ready").iterdir()
-    assert f.stat().st_mode & 0o777 == 0o600
+    assert f.stat().st_mode & 0o777 == 0o640  # group-readable: the dispatcher reads through the submit group (C2)
 
 
 def test_spool_object(tmp_path: Path, read) -> None:

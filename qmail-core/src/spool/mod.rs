@@ -14,7 +14,8 @@
 //! # Durability
 //! A submit writes `tmp/ID` (created with `O_EXCL`, mode 0640 by default), writes the header,
 //! the message and the trailer, `fsync`s the file, renames it into `ready/` (or `scheduled/`)
-//! and `fsync`s that directory. After `Ok` the message survives a crash or power loss; a
+//! and `fsync`s that directory (in the two-user layout, where the initiator may not open it,
+//! the file once more: see "Two users"). After `Ok` the message survives a crash or power loss; a
 //! dispatcher never sees a half-written file. With `durable = false` both syncs are skipped
 //! (faster; a crash may lose the last submits, never expose a partial one).
 //!
@@ -398,7 +399,17 @@ impl PendingSubmit {
             .map_err(|e| unavailable(format_args!("cannot rename into {}", dir.display()), e))?;
         self.done = true;
         if durable {
-            sync_dir(&dir).map_err(|e| unavailable("cannot fsync the spool directory", e))?;
+            match sync_dir(&dir) {
+                Ok(()) => {}
+                // the two-user layout: ready/ and scheduled/ grant the submit group no read,
+                // so an initiator cannot open them to fsync. fsync the renamed file again
+                // instead: its inode changed with the rename (ctime), and on journaling
+                // filesystems (ext4, xfs, btrfs) that commit carries the rename with it.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => file
+                    .sync_all()
+                    .map_err(|e| unavailable("cannot fsync the spool file", e))?,
+                Err(e) => return Err(unavailable("cannot fsync the spool directory", e)),
+            }
         }
         Ok(self.id.clone())
     }
