@@ -147,7 +147,7 @@ memory() {
         sleep 0.02
     done
     wait "$tpid"
-    say "peak anonymous memory (RssAnon) of the dispatcher: $((anon / 1024)) MiB (target ≤ 64 MiB); max RSS: $(( $(cat "$work/rss") / 1024 )) MiB"
+    say "peak anonymous memory (RssAnon) of the dispatcher: $anon KiB (target ≤ 64 MiB); max RSS: $(cat "$work/rss") KiB"
     rm -rf "$spool"
 }
 

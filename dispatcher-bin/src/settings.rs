@@ -126,6 +126,9 @@ log_format = "json"
 metrics = "127.0.0.1:9187"
 [retry]
 first_secs = 60
+[timeouts]
+greeting_secs = 60
+data_block_secs = 90
 [[relay]]
 url = "smtp://mx1.example:25?tls=none"
 priority = 0
@@ -146,6 +149,17 @@ weight = 2
         assert_eq!(s.dispatch.workers, 3);
         assert_eq!(s.dispatch.retry.first_secs, 60);
         assert_eq!(s.dispatch.retry.max_secs, 4000);
+        // RFC 5321 §4.5.3.2 names; the others keep their defaults
+        let t = &s.dispatch.timeouts;
+        assert_eq!(
+            (
+                t.greeting_secs,
+                t.data_block_secs,
+                t.data_secs,
+                t.data_end_secs
+            ),
+            (60, 90, 120, 600)
+        );
         assert_eq!(s.dispatch.relays.len(), 2);
         assert_eq!(
             s.dispatch.relays[1].tls,

@@ -463,32 +463,34 @@ fn eight_bit_message_never_to_a_relay_without_8bitmime() {
 
 #[test]
 fn disconnect_at_every_step_defers() {
-    let g = good(&[]);
-    // cut the well-behaved script after each of its steps (the server then closes)
-    for cut in 0..g.len() - 1 {
-        let mut steps: Vec<Value> = g[..cut].to_vec();
-        steps.push(close());
-        let srv = Raw::start(vec![steps], None);
+    for caps in [&[][..], &["PIPELINING"][..]] {
+        let g = good(caps);
+        // cut the well-behaved script after each of its steps (the server then closes)
+        for cut in 0..g.len() - 1 {
+            let mut steps: Vec<Value> = g[..cut].to_vec();
+            steps.push(close());
+            let srv = Raw::start(vec![steps], None);
+            let (_d, sp) = spool();
+            let (id, s) = one(&cfg(&sp, &[srv.url("127.0.0.1", "tls=none")]), MSG);
+            assert_eq!(
+                (s.delivered, s.deferred, s.failed),
+                (0, 1, 0),
+                "{caps:?} cut after step {cut}: {}",
+                diagnosis(&sp, &id)
+            );
+            let st = MessageState::load(sp.path(), id.as_str()).unwrap().unwrap();
+            assert_eq!(st.attempts, 1, "{caps:?} cut {cut}");
+        }
+        // the full script: delivered
+        let srv = Raw::start(vec![g], None);
         let (_d, sp) = spool();
-        let (id, s) = one(&cfg(&sp, &[srv.url("127.0.0.1", "tls=none")]), MSG);
         assert_eq!(
-            (s.delivered, s.deferred, s.failed),
-            (0, 1, 0),
-            "cut after step {cut}: {}",
-            diagnosis(&sp, &id)
+            one(&cfg(&sp, &[srv.url("127.0.0.1", "tls=none")]), MSG)
+                .1
+                .delivered,
+            1
         );
-        let st = MessageState::load(sp.path(), id.as_str()).unwrap().unwrap();
-        assert_eq!(st.attempts, 1, "cut {cut}");
     }
-    // the full script: delivered
-    let srv = Raw::start(vec![g], None);
-    let (_d, sp) = spool();
-    assert_eq!(
-        one(&cfg(&sp, &[srv.url("127.0.0.1", "tls=none")]), MSG)
-            .1
-            .delivered,
-        1
-    );
 }
 
 #[test]

@@ -274,8 +274,11 @@ impl Capabilities {
 /// The byte stream with a read buffer: replies are framed here, with deadlines.
 pub(crate) struct Connection {
     stream: Stream,
+    /// Received, not yet consumed from `start`.
     buf: Vec<u8>,
     start: usize,
+    /// Each read lands here (zeroed once per connection, not per read).
+    scratch: Box<[u8]>,
 }
 
 fn io_err(phase: Phase, e: io::Error, secs: u64) -> SmtpError {
@@ -295,6 +298,7 @@ impl Connection {
             stream,
             buf: Vec::with_capacity(4096),
             start: 0,
+            scratch: vec![0u8; 8192].into_boxed_slice(),
         }
     }
 
@@ -336,24 +340,15 @@ impl Connection {
                 .tcp()
                 .set_read_timeout(Some(left))
                 .map_err(|e| io_err(phase, e, secs))?;
-            let len = self.buf.len();
-            self.buf.resize(len + 8192, 0);
-            let got = self.stream.read(&mut self.buf[len..]);
-            match got {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    return Err(SmtpError::Closed { phase });
-                }
-                Ok(n) => self.buf.truncate(len + n),
-                Err(e) => {
-                    self.buf.truncate(len);
-                    match e.kind() {
-                        io::ErrorKind::Interrupted
-                        | io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut => {}
-                        _ => return Err(io_err(phase, e, secs)),
-                    }
-                }
+            match self.stream.read(&mut self.scratch[..]) {
+                Ok(0) => return Err(SmtpError::Closed { phase }),
+                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut => {}
+                    _ => return Err(io_err(phase, e, secs)),
+                },
             }
         }
     }
