@@ -18,7 +18,7 @@ use crate::relay::RelayPool;
 use crate::retry::Jitter;
 use crate::schedule::{self, Candidate, CandidateQueue, Dir, Pop};
 use crate::smtp::{Session, Transaction, TxError};
-use crate::worker::{Claimed, Worker, now_ms};
+use crate::worker::{Worker, now_ms};
 use crate::*;
 
 impl Shared {
@@ -27,12 +27,12 @@ impl Shared {
     pub(crate) fn via_relays(
         &self,
         w: &mut Worker,
-        file: &SpoolFile,
+        msg: &crate::worker::Outgoing<'_>,
         small: Option<&[u8]>,
         rcpts: &[String],
         summary: content::ContentSummary,
     ) -> (String, Vec<RcptResult>, Option<String>) {
-        let env = &file.header.envelope;
+        let env = msg.envelope;
         let all = |st: RcptStatus, reply: &Reply| -> Vec<RcptResult> {
             rcpts
                 .iter()
@@ -109,8 +109,8 @@ impl Shared {
             self.pool.pace(i);
             let body: Box<dyn io::Read> = match small {
                 Some(b) => Box::new(b),
-                None => match file.body_reader() {
-                    Ok(b) => Box::new(b),
+                None => match (msg.open_body)() {
+                    Ok(b) => b,
                     Err(e) => {
                         return (
                             name,
@@ -125,8 +125,10 @@ impl Shared {
                 rcpts,
                 smtputf8: env.smtputf8,
                 eight_bit: summary.eight_bit || env.eightbitmime,
-                body_len: file.body_len,
+                body_len: msg.body_len,
                 ends_with_crlf: summary.ends_with_crlf,
+                fence: msg.fence,
+                prefix: msg.prefix,
             };
             let Some((session, used)) = w.sessions.get_mut(&i) else {
                 continue;
@@ -166,6 +168,20 @@ impl Shared {
                         "local".into(),
                         all(RcptStatus::Failed, &Reply::local(reason.clone())),
                         Some(reason),
+                    );
+                }
+                Err(TxError::Fenced) => {
+                    // nothing was delivered; the claim may be someone else's now
+                    self.drop_session(w, i, false);
+                    return (
+                        crate::worker::FENCED_RELAY.into(),
+                        all(
+                            RcptStatus::Deferred,
+                            &Reply::local(
+                                "abandoned before DATA: the claim may have been taken back",
+                            ),
+                        ),
+                        None,
                     );
                 }
                 Err(TxError::Body(Err(e))) => {

@@ -291,6 +291,14 @@ pub struct Transaction<'a> {
     pub body_len: u64,
     /// The message ends with CRLF.
     pub ends_with_crlf: bool,
+    /// The fence (contract C1): called right before `DATA` and again right before the
+    /// end-of-data (the body's last bytes and the final dot). `false` means the claim may
+    /// have been taken back: `DATA` is not sent (or the connection is dropped without the
+    /// final dot), nothing is delivered, and the send returns [`TxError::Fenced`].
+    pub fence: &'a dyn Fn() -> bool,
+    /// Bytes written before the spooled message inside DATA (a CRLF-terminated header field
+    /// such as `DKIM-Signature:`), dot-stuffed like the rest. Empty = nothing.
+    pub prefix: &'a [u8],
 }
 
 /// How a transaction ended, when not with a result per recipient.
@@ -306,6 +314,9 @@ pub enum TxError {
     /// The body could not be read or changed under us: the transaction was aborted (the
     /// connection closed without end-of-data, so nothing was delivered).
     Body(Result<String, String>),
+    /// The fence said the claim may have been taken back: the transaction was abandoned before
+    /// `DATA` (RSET/QUIT) or before end-of-data (connection dropped): nothing was delivered.
+    Fenced,
 }
 
 /// Messages up to this size are sent in one write (see `Session::stream_body`).
@@ -336,7 +347,12 @@ pub fn dot_stuff(text: &str, out: &mut String) {
 }
 
 /// Why the body iterator stopped the DATA phase.
-struct BodyAbort(Result<String, String>);
+enum BodyAbort {
+    /// A read error or content that fails the re-check.
+    Content(Result<String, String>),
+    /// The fence failed right before end-of-data.
+    Fenced,
+}
 
 fn is_dead(e: &SmtpError) -> bool {
     e.status().is_none_or(|c| c.to_string() == "421")
@@ -504,6 +520,10 @@ impl Session {
                 r.reply = reply.clone();
             }
         };
+        if !(tx.fence)() {
+            // the point of no return is DATA: a claim that may be someone else's stops here
+            return Err(TxError::Fenced);
+        }
         match self.conn.command(Data) {
             Ok(_) => {}
             Err(e) if is_dead(&e) => return Err(TxError::DiedBefore(reply_of(&e))),
@@ -519,7 +539,13 @@ impl Session {
         }
         // DATA phase: the reply to end-of-data may take long (RFC 5321 §4.5.3.2.6)
         let _ = self.conn.set_timeout(Some(timeouts.data_end()));
-        let sent = self.stream_body(tx, body);
+        let sent = if tx.prefix.is_empty() {
+            self.stream_body(tx, body, tx.body_len, tx.ends_with_crlf)
+        } else {
+            let total = tx.body_len + tx.prefix.len() as u64;
+            let crlf = tx.ends_with_crlf || (tx.body_len == 0 && tx.prefix.ends_with(b"\r\n"));
+            self.stream_body(tx, tx.prefix.chain(body), total, crlf)
+        };
         let _ = self.conn.set_timeout(Some(timeouts.command()));
         match sent {
             Ok(Ok(resp)) => {
@@ -552,7 +578,8 @@ impl Session {
                 set_accepted(&mut results, RcptStatus::Deferred, &r);
                 Err(TxError::DiedAfterData(results))
             }
-            Err(abort) => Err(TxError::Body(abort.0)),
+            Err(BodyAbort::Content(why)) => Err(TxError::Body(why)),
+            Err(BodyAbort::Fenced) => Err(TxError::Fenced),
         }
     }
 
@@ -576,24 +603,33 @@ impl Session {
         &mut self,
         tx: &Transaction<'_>,
         body: impl Read,
+        body_len: u64,
+        ends_with_crlf: bool,
     ) -> Result<Result<Response, SmtpError>, BodyAbort> {
         let mut reader = body;
-        if tx.body_len <= SMALL_BODY {
-            let mut buf = Vec::with_capacity(tx.body_len as usize);
-            let read = (&mut reader).take(tx.body_len).read_to_end(&mut buf);
+        if body_len <= SMALL_BODY {
+            let mut buf = Vec::with_capacity(body_len as usize);
+            let read = (&mut reader).take(body_len).read_to_end(&mut buf);
             match read {
-                Err(e) => return Err(BodyAbort(Err(format!("cannot read the spool file: {e}")))),
-                Ok(n) if (n as u64) < tx.body_len => {
-                    return Err(BodyAbort(Err(format!(
+                Err(e) => {
+                    return Err(BodyAbort::Content(Err(format!(
+                        "cannot read the spool file: {e}"
+                    ))));
+                }
+                Ok(n) if (n as u64) < body_len => {
+                    return Err(BodyAbort::Content(Err(format!(
                         "the spool file ended at byte {n} of {}",
-                        tx.body_len
+                        body_len
                     ))));
                 }
                 Ok(_) => {}
             }
             let mut scanner = ContentScanner::new();
-            scanner.feed(&buf).map_err(|r| BodyAbort(Ok(r)))?;
-            let summary = scanner.finish().map_err(|r| BodyAbort(Ok(r)))?;
+            scanner.feed(&buf).map_err(|r| BodyAbort::Content(Ok(r)))?;
+            let summary = scanner.finish().map_err(|r| BodyAbort::Content(Ok(r)))?;
+            if !(tx.fence)() {
+                return Err(BodyAbort::Fenced);
+            }
             if let Ok(text) = std::str::from_utf8(&buf) {
                 let mut wire = String::with_capacity(buf.len() + buf.len() / 32 + 8);
                 dot_stuff(text, &mut wire);
@@ -615,42 +651,48 @@ impl Session {
             buf.truncate(limit);
             return Ok(self.conn.message_iter(std::iter::once(buf)));
         }
-        let limit = if tx.ends_with_crlf {
-            tx.body_len - 2
+        let limit = if ends_with_crlf {
+            body_len - 2
         } else {
-            tx.body_len
+            body_len
         };
         let mut scanner = ContentScanner::new();
         let mut sent: u64 = 0;
         let mut buf = vec![0u8; 64 * 1024];
-        let total = tx.body_len;
+        let total = body_len;
+        let fence = tx.fence;
         let iter = std::iter::from_fn(move || {
             if sent >= total {
+                // right before the final dot: a claim taken back meanwhile ends here, with
+                // the connection dropped and nothing delivered
+                if !fence() {
+                    resume_unwind(Box::new(BodyAbort::Fenced));
+                }
                 return None;
             }
             let want = ((total - sent) as usize).min(buf.len());
             let n = loop {
                 match reader.read(&mut buf[..want]) {
-                    Ok(0) => resume_unwind(Box::new(BodyAbort(Err(format!(
+                    Ok(0) => resume_unwind(Box::new(BodyAbort::Content(Err(format!(
                         "the spool file ended at byte {sent} of {total}"
                     ))))),
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => resume_unwind(Box::new(BodyAbort(Err(format!(
+                    Err(e) => resume_unwind(Box::new(BodyAbort::Content(Err(format!(
                         "cannot read the spool file: {e}"
                     ))))),
                 }
             };
             let chunk = &buf[..n];
             if let Err(reason) = scanner.feed(chunk) {
-                resume_unwind(Box::new(BodyAbort(Ok(reason))));
+                resume_unwind(Box::new(BodyAbort::Content(Ok(reason))));
             }
             let start = sent;
             sent += n as u64;
             if sent >= total
                 && let Err(reason) = scanner.finish()
             {
-                resume_unwind(Box::new(BodyAbort(Ok(reason))));
+                resume_unwind(Box::new(BodyAbort::Content(Ok(reason))));
             }
             // hold back the final CRLF (it is part of lettre's terminator)
             let end = if sent > limit {
