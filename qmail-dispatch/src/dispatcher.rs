@@ -124,6 +124,8 @@ pub(crate) struct Shared {
     pub(crate) io_failures: AtomicU32,
     /// Workers holding a claim right now.
     pub(crate) busy: AtomicUsize,
+    /// No worker claims before this instant (backoff after a spool I/O error).
+    pub(crate) io_pause: Mutex<Option<Instant>>,
 }
 
 /// A dispatcher over one or more spools. Build one per `run` or `drain`.
@@ -281,6 +283,7 @@ impl Dispatcher {
                 stopping: Arc::new(AtomicBool::new(false)),
                 io_failures: AtomicU32::new(0),
                 busy: AtomicUsize::new(0),
+                io_pause: Mutex::new(None),
             }),
         })
     }

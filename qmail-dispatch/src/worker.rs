@@ -143,6 +143,12 @@ impl Shared {
     }
 
     pub(crate) fn process(&self, w: &mut Worker, c: Candidate) {
+        let pause = *self.io_pause.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = pause {
+            while Instant::now() < until && !self.queue_stopped() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _busy = Busy::enter(&self.busy);
         let lease = Arc::clone(&self.lease_of[c.spool]);
         // a dispatcher whose own lease is not fresh claims nothing (issue 10, item 1)
@@ -239,6 +245,8 @@ impl Shared {
     fn io_error(&self, id: &str, e: &QueueError) {
         let n = self.io_failures.fetch_add(1, Ordering::Relaxed);
         let pause = clock::io_backoff(n, Duration::from_secs(30));
+        // every worker of this dispatcher waits too before its next claim
+        *self.io_pause.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + pause);
         tracing::error!(id, error = %e, backoff_ms = pause.as_millis() as u64,
             "spool I/O error; the message stays in the queue");
         let t0 = Instant::now();
