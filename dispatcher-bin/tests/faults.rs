@@ -712,7 +712,7 @@ fn sighup_during_a_transaction_longer_than_the_grace_keeps_the_claim() {
     });
     // the transaction outlives the grace period and two leases: the claim stays the same
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(claims_of(spool.path()), [claim.clone()]);
+    assert_eq!(claims_of(spool.path()), std::slice::from_ref(&claim));
     wait_for("delivered and settled", Duration::from_secs(20), || {
         srv.count() >= 1 && queue_empty(spool.path())
     });
@@ -736,16 +736,9 @@ fn torture_sigkill_sigstop_and_a_skewed_clock_lose_nothing() {
     let n = 400;
     submit_n(&spool, 0, n);
     let workers = 2;
-    let mut skewed = match &skew {
-        Some(env) => Some(Proc::start_with(
-            d.path(),
-            "skewed",
-            Command::new(BIN),
-            &cfg,
-            env,
-        )),
-        None => None,
-    };
+    let mut skewed = skew
+        .as_ref()
+        .map(|env| Proc::start_with(d.path(), "skewed", Command::new(BIN), &cfg, env));
     let mut stopper = Proc::start(d.path(), "stopper", &cfg);
     let mut events = 0usize;
     let mut rng = qmail_dispatch::retry::Jitter::new();

@@ -183,20 +183,6 @@ impl Dispatcher {
         Dispatcher::build(cfg, false, None)
     }
 
-    /// As [`Dispatcher::new`], with a given clock for the leases (tests: [`crate::clock::SkewedClock`]).
-    ///
-    /// # Errors
-    /// As [`Dispatcher::new`].
-    pub fn with_clock(cfg: DispatchConfig, clock: Arc<dyn Clock>) -> Result<Dispatcher> {
-        let cfg = cfg.resolve()?;
-        let set = LeaseSet::new(
-            claim::new_instance_id(),
-            Duration::from_secs(cfg.lease_secs),
-            clock,
-        );
-        Dispatcher::build(cfg, false, Some(set))
-    }
-
     /// A dispatcher with a new configuration that keeps this one's instance id and leases
     /// (SIGHUP): the workers of this one that are still finishing a transaction keep their
     /// claims, and the lease stays renewed until they are done. A changed `lease_secs` takes

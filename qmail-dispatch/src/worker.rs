@@ -174,7 +174,7 @@ impl Shared {
             io_cap: Duration::from_secs(30),
         };
         let claim = match DirClaim::take(ctx, &c.id, c.from) {
-            Ok(Taken::Claimed(cl)) => cl,
+            Ok(Taken::Claimed(cl)) => *cl,
             Ok(Taken::Gone) => return,
             Ok(Taken::Quarantined) => {
                 self.metrics.add(&self.metrics.corrupt, 1);

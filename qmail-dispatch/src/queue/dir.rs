@@ -51,7 +51,7 @@ pub struct DirCtx {
 #[derive(Debug)]
 pub enum Taken {
     /// Claimed: attempt it, then settle.
-    Claimed(DirClaim),
+    Claimed(Box<DirClaim>),
     /// Another dispatcher was first, or it moved (or the lease went stale meanwhile and the
     /// claim was given back).
     Gone,
@@ -136,7 +136,7 @@ impl DirClaim {
                 Err(e) => return Err(io_at(&path)(e)),
             }
         }
-        Ok(Taken::Claimed(DirClaim {
+        Ok(Taken::Claimed(Box::new(DirClaim {
             ctx,
             id: id.to_owned(),
             path,
@@ -144,7 +144,7 @@ impl DirClaim {
             file,
             state,
             had_state,
-        }))
+        })))
     }
 
     /// `active/ID+INSTANCE`.
