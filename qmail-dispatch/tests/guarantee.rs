@@ -261,3 +261,65 @@ fn a_group_writable_dispatcher_directory_is_refused() {
     .unwrap();
     Dispatcher::new(config(spool.path(), &[])).unwrap();
 }
+
+#[test]
+fn the_directory_queue_behind_the_seam_claims_fences_and_settles() {
+    use qmail_dispatch::queue::dir::DirQueue;
+    use qmail_dispatch::queue::{Claim, Queue, SettleError, Settlement};
+    let d = tempfile::tempdir().unwrap();
+    let spool = spool_at(d.path());
+    let ids: Vec<_> = (0..3).map(|_| submit(&spool, &["a@example.org"])).collect();
+    let q = DirQueue::open(
+        spool.path(),
+        "seam-1-abcd",
+        Duration::from_secs(2),
+        Arc::new(SpoolClock),
+        false,
+    )
+    .unwrap();
+    let mut got = q.claim(2, Duration::from_secs(1)).unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|c| c.still_mine()));
+    assert_eq!(files(spool.path(), "active").len(), 2);
+    let c = got.pop().unwrap();
+    let mut st = c.state().clone();
+    st.delivered.push("a@example.org".into());
+    c.settle(Settlement::Delivered(st)).unwrap();
+    // a claim taken back (its name gone) fails its fence and settles as LostClaim
+    let c = got.pop().unwrap();
+    let name = files(spool.path(), "active").remove(0);
+    std::fs::rename(
+        spool.path().join("active").join(&name),
+        spool.path().join("ready").join(c.id()),
+    )
+    .unwrap();
+    assert!(!c.still_mine());
+    assert!(matches!(
+        c.settle(Settlement::Release),
+        Err(SettleError::LostClaim)
+    ));
+    let rest = q.claim(10, Duration::from_millis(100)).unwrap();
+    assert_eq!(rest.len(), 2);
+    for c in rest {
+        let due = qmail_core::spool::now_secs() + 3600;
+        let st = qmail_dispatch::MessageState {
+            next_due: due,
+            remaining: Some(vec!["a@example.org".into()]),
+            ..Default::default()
+        };
+        c.settle(Settlement::Deferred { state: st, due }).unwrap();
+    }
+    assert_eq!(files(spool.path(), "deferred").len(), 2);
+    let again = q.claim(10, Duration::from_millis(100)).unwrap();
+    let seen: Vec<(String, i64)> = again
+        .iter()
+        .map(|c| (c.id().to_owned(), c.state().next_due))
+        .collect();
+    assert!(again.is_empty(), "not due: {seen:?}");
+    assert_eq!(
+        q.heartbeat().unwrap(),
+        qmail_dispatch::queue::LeaseHealth::Fresh
+    );
+    assert_eq!(q.reclaim_expired().unwrap(), 0);
+    assert_eq!(ids.len(), 3);
+}

@@ -453,3 +453,119 @@ pub fn quarantine_strays(spool: &Path) -> usize {
 pub fn outbox_dir(spool: &Path) -> PathBuf {
     spool.join(OUTBOX_DIR)
 }
+
+/// A directory spool as a [`Queue`](crate::queue::Queue): claims come from a scan of
+/// `ready/`, due `scheduled/` and due `deferred/` (priority with aging, as the dispatcher's
+/// scheduler), polling every 50 ms while waiting. The dispatcher itself drives a directory
+/// spool through its own scheduler (inotify, in-memory due times) and [`DirClaim`]; this is
+/// the same queue behind the seam, for code written against [`Queue`](crate::queue::Queue).
+#[derive(Debug)]
+pub struct DirQueue {
+    ctx: DirCtx,
+    lease_secs: Duration,
+    priority_step_secs: u64,
+    identity: claim::Identity,
+}
+
+impl DirQueue {
+    /// Prepares `spool` (the dispatcher's directories), checks its layout, takes a lease on it
+    /// as `instance` (see [`claim`]) and serves it. Renew the lease
+    /// with [`Queue::heartbeat`](crate::queue::Queue::heartbeat) at least every
+    /// `lease / 6`.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] for a spool that cannot be prepared or is unsafe to serve;
+    /// [`QueueError::Io`] when the lease cannot be written.
+    pub fn open(
+        spool: &Path,
+        instance: &str,
+        lease: Duration,
+        clock: Arc<dyn clock::Clock>,
+        durable: bool,
+    ) -> Result<DirQueue, QueueError> {
+        let unusable = |e: qmail_core::Error| QueueError::Unavailable(e.to_string());
+        crate::prepare_spool(spool, false, false).map_err(unusable)?;
+        crate::housekeeping::check_layout(spool).map_err(unusable)?;
+        let l = Lease::acquire(spool, instance, lease, clock).map_err(|source| QueueError::Io {
+            path: spool.join(claim::LEASE_DIR).join(instance),
+            source,
+        })?;
+        Ok(DirQueue {
+            ctx: DirCtx {
+                spool: spool.to_owned(),
+                instance: instance.to_owned(),
+                lease: Arc::new(l),
+                durable,
+                keep_sent: false,
+                stopping: Arc::new(AtomicBool::new(false)),
+                io_cap: Duration::from_secs(30),
+            },
+            lease_secs: lease,
+            priority_step_secs: 60,
+            identity: claim::Identity::current(),
+        })
+    }
+
+    /// This queue's lease.
+    pub fn lease(&self) -> &Lease {
+        &self.ctx.lease
+    }
+}
+
+impl crate::queue::Queue for DirQueue {
+    type Claim = DirClaim;
+
+    fn claim(&self, max: usize, wait: Duration) -> Result<Vec<DirClaim>, QueueError> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            if self.ctx.lease.is_fresh() {
+                let q = crate::schedule::CandidateQueue::new(true);
+                crate::schedule::scan_spool(&q, 0, &self.ctx.spool, self.priority_step_secs);
+                q.filled();
+                q.promote_due(now_secs());
+                while out.len() < max {
+                    let crate::schedule::Pop::Got(c) = q.pop(Duration::ZERO) else {
+                        break;
+                    };
+                    if let Taken::Claimed(cl) = DirClaim::take(self.ctx.clone(), &c.id, c.from)? {
+                        out.push(*cl);
+                    }
+                }
+            }
+            if !out.is_empty() || max == 0 || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            std::thread::sleep(
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+    }
+
+    fn heartbeat(&self) -> Result<crate::queue::LeaseHealth, QueueError> {
+        self.ctx.lease.renew().map_err(|source| QueueError::Io {
+            path: self.ctx.lease.path().to_owned(),
+            source,
+        })?;
+        Ok(self.ctx.lease.health())
+    }
+
+    fn reclaim_expired(&self) -> Result<usize, QueueError> {
+        if !self.ctx.lease.is_fresh() {
+            return Ok(0);
+        }
+        let active = self.ctx.spool.join(QueueState::Active.dir_name());
+        claim::reclaim_expired(
+            &self.ctx.spool,
+            &self.ctx.instance,
+            self.lease_secs,
+            &self.identity,
+            self.ctx.lease.spool_now(),
+        )
+        .map(|r| r.ids.len())
+        .map_err(|source| QueueError::Io {
+            path: active,
+            source,
+        })
+    }
+}
