@@ -218,6 +218,83 @@ fn stalled_before_data_past_the_lease_sends_no_data() {
     b.stop();
 }
 
+/// A stall in the middle of a large body, past the lease: after SIGCONT the body is finished
+/// but the final dot is never sent (the fence before end-of-data).
+#[test]
+fn stalled_mid_body_past_the_lease_never_sends_the_final_dot() {
+    let d = tempfile::tempdir().unwrap();
+    let port_file = d.path().join("slow.port");
+    let record = d.path().join("slow.rec");
+    let mut slow = Command::new(python())
+        .arg(repo_root().join("tests/smtp/slow_reader.py"))
+        .arg(&port_file)
+        .arg(&record)
+        .spawn()
+        .unwrap();
+    wait_for("the slow relay", Duration::from_secs(10), || {
+        port_file.exists()
+    });
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    let srv = SmtpServer::start(&[]);
+    let spool = spool_at(d.path());
+    let slow_cfg = write_config(
+        d.path(),
+        "slow",
+        spool.path(),
+        &[format!("smtp://127.0.0.1:{}?tls=none", port.trim())],
+        "",
+    );
+    let fast_cfg = write_config(d.path(), "fast", spool.path(), &[srv.url("tls=none")], "");
+    let a = Proc::start(d.path(), "a", &slow_cfg);
+    // 6 MB: more than the socket buffers hold, so A is still writing the body when stopped
+    let line = "x".repeat(76);
+    let body: String = (0..80_000).map(|_| format!("{line}\n")).collect();
+    let m = Message::builder()
+        .from("noreply@example.com")
+        .to("big@example.org")
+        .subject("big")
+        .text(body.as_str())
+        .build()
+        .unwrap();
+    spool.submit(&m).unwrap();
+    let started = PathBuf::from(format!("{}.started", record.display()));
+    wait_for("DATA started", Duration::from_secs(20), || started.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    a.signal("STOP");
+    let b = Proc::start(d.path(), "b", &fast_cfg);
+    assert_eq!(
+        srv.wait_count(1, Duration::from_secs(30)),
+        1,
+        "B delivered it"
+    );
+    a.signal("CONT");
+    wait_for("A's fence", Duration::from_secs(30), || {
+        a.log().contains("fence")
+    });
+    wait_for("the slow relay's record", Duration::from_secs(30), || {
+        std::fs::read_to_string(&record).is_ok_and(|r| !r.is_empty())
+    });
+    let rec = std::fs::read_to_string(&record).unwrap();
+    let lines: Vec<serde_json::Value> = rec
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{rec}");
+    assert_eq!(
+        lines[0]["dot"], false,
+        "the final dot was never sent: {rec}"
+    );
+    assert!(lines[0]["bytes"].as_u64().unwrap() > 4_000_000, "{rec}");
+    wait_for("queue empty", Duration::from_secs(10), || {
+        queue_empty(spool.path())
+    });
+    assert_eq!(srv.count(), 1);
+    a.stop();
+    b.stop();
+    let _ = slow.kill();
+    let _ = slow.wait();
+}
+
 #[test]
 fn stalled_for_many_leases_gets_its_lease_back_and_nothing_is_sent_twice() {
     let srv = SmtpServer::start(&[]);

@@ -271,8 +271,14 @@ impl Session {
         let _ = self.conn.quit();
     }
 
-    /// Closes without QUIT (after an error).
+    /// Closes the connection after an error. lettre's `abort` still writes a `QUIT` and waits
+    /// for its reply; in the middle of DATA that reply never comes (the bytes are message
+    /// content, without the final dot nothing is delivered), so the wait is cut to 1 ms
+    /// instead of the command timeout.
     pub fn abort(mut self) {
+        let _ = self
+            .conn
+            .set_timeout(Some(std::time::Duration::from_millis(1)));
         self.conn.abort();
     }
 }
