@@ -201,6 +201,10 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                             None => println!("  {name:<10} {:>9}", c.count),
                         }
                     }
+                    println!(
+                        "  {:<10} {:>9}  {} bytes",
+                        "tmp", st.tmp_files, st.tmp_bytes
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -394,8 +398,8 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
     let mut shown: Option<metrics_http::Shown> = None;
+    let mut d = Dispatcher::new(s.dispatch.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     loop {
-        let d = Dispatcher::new(s.dispatch.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         service::ready(&format!("serving {} spool(s)", s.dispatch.spools.len()));
         tracing::info!(
             instance = d.instance(),
@@ -453,13 +457,26 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         hup.store(false, Ordering::SeqCst);
-        match settings::load(o) {
-            Ok(new) => {
-                tracing::info!("SIGHUP: configuration reloaded");
+        // the instance id and the lease stay: transactions still in flight keep their claims
+        let next = settings::load(o).and_then(|new| {
+            let nd = d
+                .reload(new.dispatch.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok((new, nd))
+        });
+        match next {
+            Ok((new, nd)) => {
+                tracing::info!(
+                    instance = nd.instance(),
+                    in_flight = d.in_flight(),
+                    "SIGHUP: configuration reloaded; same instance and lease, transactions in flight finish under it"
+                );
                 s = new;
+                d = nd;
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the old one")
+                tracing::error!(error = %format!("{e:#}"), instance = d.instance(),
+                    "SIGHUP: the new configuration is invalid; serving on with the old one, same instance")
             }
         }
     }

@@ -39,6 +39,11 @@ pub struct SpoolStatus {
     pub failed: StateCount,
     /// `corrupt/`.
     pub corrupt: StateCount,
+    /// Files in `tmp/` (submits in progress, or left by a submitter that died; removed after
+    /// `tmp_max_age_secs`).
+    pub tmp_files: u64,
+    /// Their total size in bytes.
+    pub tmp_bytes: u64,
 }
 
 fn count(dir: &Path, now: i64) -> StateCount {
@@ -63,6 +68,7 @@ fn count(dir: &Path, now: i64) -> StateCount {
 pub fn status(spool: &Path) -> SpoolStatus {
     let now = now_secs();
     let d = |s: QueueState| count(&spool.join(s.dir_name()), now);
+    let tmp = tmp_usage(spool);
     SpoolStatus {
         spool: spool.to_owned(),
         ready: d(QueueState::Ready),
@@ -71,7 +77,20 @@ pub fn status(spool: &Path) -> SpoolStatus {
         deferred: d(QueueState::Deferred),
         failed: d(QueueState::Failed),
         corrupt: d(QueueState::Corrupt),
+        tmp_files: tmp.0,
+        tmp_bytes: tmp.1,
     }
+}
+
+/// Count and total size of the files in `SPOOL/tmp/` (symlinks counted, not followed).
+fn tmp_usage(spool: &Path) -> (u64, u64) {
+    let Ok(rd) = fs::read_dir(spool.join("tmp")) else {
+        return (0, 0);
+    };
+    rd.flatten()
+        .filter_map(|e| fs::symlink_metadata(e.path()).ok())
+        .filter(|m| !m.is_dir())
+        .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
 }
 
 /// What `show ID` prints.

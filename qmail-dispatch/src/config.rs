@@ -458,6 +458,9 @@ pub struct DispatchConfig {
     pub shutdown_grace_secs: u64,
     /// Keep delivered messages in `<spool>/sent/` for this long (0 = delete at once).
     pub sent_retention_secs: u64,
+    /// Files in `<spool>/tmp/` older than this (a submitter that died mid-write) are removed
+    /// at the start of `run` and `drain` and hourly; 36 h by default, as qmail's.
+    pub tmp_max_age_secs: u64,
     /// fsync state changes (directory renames, state files). On by default.
     pub durable: bool,
     /// Append one JSON line per delivery attempt to this file (also logged at target
@@ -484,6 +487,7 @@ impl Default for DispatchConfig {
             idle_close_ms: 5000,
             shutdown_grace_secs: 30,
             sent_retention_secs: 0,
+            tmp_max_age_secs: 36 * 3600,
             durable: true,
             delivery_log: None,
             retry: RetryConfig::default(),

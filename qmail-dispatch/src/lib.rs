@@ -36,11 +36,12 @@
 
 pub mod admin;
 pub mod claim;
+pub mod clock;
 pub mod config;
 pub mod content;
 mod dispatcher;
 pub mod dsn;
-mod housekeeping;
+pub mod housekeeping;
 pub mod metrics;
 pub mod queue;
 pub mod relay;

@@ -5,7 +5,6 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use qmail_core::spool::SpoolFile;
 
 use crate::dispatcher::Shared;
 use crate::smtp::{BodyError, Session, Transaction, TxError};
@@ -29,12 +28,12 @@ impl Shared {
     pub(crate) fn via_relays(
         &self,
         w: &mut Worker,
-        file: &SpoolFile,
+        msg: &crate::worker::Outgoing<'_>,
         small: Option<&[u8]>,
         rcpts: &[String],
         summary: content::ContentSummary,
     ) -> Routed {
-        let env = &file.header.envelope;
+        let env = msg.envelope;
         let all = |st: RcptStatus, reply: &Reply| -> Vec<RcptResult> {
             rcpts
                 .iter()
@@ -122,8 +121,8 @@ impl Shared {
             self.pool.pace(i);
             let body: Box<dyn io::Read> = match small {
                 Some(b) => Box::new(b),
-                None => match file.body_reader() {
-                    Ok(b) => Box::new(b),
+                None => match (msg.open_body)() {
+                    Ok(b) => b,
                     Err(e) => {
                         return routed(
                             name,
@@ -132,16 +131,15 @@ impl Shared {
                     }
                 },
             };
-            let fence = || true;
             let tx = Transaction {
                 mail_from: &env.mail_from,
                 rcpts,
                 smtputf8: env.smtputf8,
                 eight_bit: summary.eight_bit || env.eightbitmime,
-                body_len: file.body_len,
+                body_len: msg.body_len,
                 ends_with_crlf: summary.ends_with_crlf,
-                fence: &fence,
-                prefix: &[],
+                fence: msg.fence,
+                prefix: msg.prefix,
             };
             let Some((session, used)) = w.sessions.get_mut(&i) else {
                 continue;
@@ -201,7 +199,7 @@ impl Shared {
                     // nothing was delivered; the claim may be someone else's now
                     self.drop_session(w, i, false);
                     return routed(
-                        name,
+                        crate::worker::FENCED_RELAY.into(),
                         all(
                             RcptStatus::Deferred,
                             &Reply::local(

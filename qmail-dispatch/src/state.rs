@@ -6,7 +6,7 @@
 //! in the same directory, fsynced, then renamed over the old one), so a reader sees the old
 //! or the new state, never a mix. A message delivered at the first attempt never gets one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -126,6 +126,30 @@ pub struct MessageState {
     pub history: Vec<Attempt>,
 }
 
+/// A state file larger than this is not one of ours.
+const MAX_STATE_FILE: u64 = 16 << 20;
+
+/// Why a state file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// It could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The state file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// It does not parse or does not fit the envelope: the message is quarantined.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
 /// The state file of a message.
 pub fn state_path(spool: &Path, id: &str) -> PathBuf {
     spool.join(STATE_DIR).join(format!("{id}.json"))
@@ -145,6 +169,66 @@ impl MessageState {
         }
     }
 
+    /// Loads the state of `id` for a claim and checks it against the envelope: `Ok(None)`
+    /// when it has none; [`StateError::Invalid`] when it does not parse, or names in
+    /// `remaining`, `delivered` or `failed` a recipient that is not one of `envelope`'s (a
+    /// state file is untrusted input: a CRLF or a foreign address there must never reach a
+    /// relay). The caller quarantines the message then.
+    ///
+    /// # Errors
+    /// [`StateError`].
+    pub fn load_checked(
+        spool: &Path,
+        id: &str,
+        envelope: &qmail_core::Envelope,
+    ) -> Result<Option<MessageState>, StateError> {
+        let path = state_path(spool, id);
+        let f = match crate::clock::open_nofollow(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        let mut b = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(f, MAX_STATE_FILE), &mut b).map_err(
+            |source| StateError::Io {
+                path: path.clone(),
+                source,
+            },
+        )?;
+        let st: MessageState = serde_json::from_slice(&b).map_err(|e| StateError::Invalid {
+            path: path.clone(),
+            reason: format!("does not parse: {e}"),
+        })?;
+        st.check_against(envelope)
+            .map_err(|reason| StateError::Invalid { path, reason })?;
+        Ok(Some(st))
+    }
+
+    /// Checks that every recipient the state names is one of the envelope's, and that the
+    /// envelope passes its own wire checks.
+    ///
+    /// # Errors
+    /// The first offending field and value.
+    pub fn check_against(&self, envelope: &qmail_core::Envelope) -> Result<(), String> {
+        envelope.check_wire_safe()?;
+        let known = |r: &String| envelope.rcpt_to.iter().any(|e| e == r);
+        for (field, list) in [
+            ("remaining", self.remaining.clone().unwrap_or_default()),
+            ("delivered", self.delivered.clone()),
+            (
+                "failed",
+                self.failed.iter().map(|f| f.rcpt.clone()).collect(),
+            ),
+        ] {
+            if let Some(r) = list.iter().find(|r| !known(r)) {
+                return Err(format!(
+                    "{field} names {r:?}, which is not a recipient of the envelope"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Writes atomically: `state/ID.json+INSTANCE.tmp`, fsync (when durable), rename.
     ///
     /// # Errors
@@ -153,12 +237,9 @@ impl MessageState {
         let dir = spool.join(STATE_DIR);
         let tmp = dir.join(format!("{id}.json+{instance}.tmp"));
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        // 0600: the state names recipients (std::os::unix::fs::OpenOptionsExt)
-        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
-            OpenOptions::new().write(true).create(true).truncate(true),
-            0o600,
-        )
-        .open(&tmp)?;
+        // 0600: the state names recipients; created exclusively without following a symlink
+        // (a stale or planted temporary is unlinked first)
+        let mut f = crate::clock::create_exclusive(&tmp, 0o600)?;
         f.write_all(&bytes)?;
         if durable {
             f.sync_all()?;

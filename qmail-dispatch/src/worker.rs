@@ -1,22 +1,27 @@
 //! A worker thread: claim a message, make one attempt, settle the outcome.
+//!
+//! The attempt ([`Shared::attempt`]) works over any [`Claim`] (the directory spool's
+//! [`DirClaim`], or a database row): it never sees a path of the queue, only the claim's id,
+//! header, state, body and fence. Where the message goes afterwards is the claim's
+//! [`Claim::settle`].
 
-#![allow(unused_imports)]
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use qmail_core::error::{Error, ErrorKind, Result};
-use qmail_core::spool::{QueueState, Spool, SpoolFile, now_secs};
+use qmail_core::Envelope;
+use qmail_core::spool::{SpoolHeader, now_secs};
 
-use crate::dispatcher::{Shared, io_err};
-use crate::housekeeping::{purge_sent, purge_stale};
-use crate::relay::RelayPool;
+use crate::clock;
+use crate::dispatcher::Shared;
+use crate::queue::dir::{DirClaim, DirCtx, Taken};
+use crate::queue::{Claim, QueueError, SettleError, Settlement};
 use crate::retry::Jitter;
-use crate::schedule::{self, Candidate, CandidateQueue, Dir, Pop};
+use crate::schedule::{Candidate, Dir, Pop};
 use crate::smtp::Session;
 use crate::*;
 
@@ -27,18 +32,68 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The relay name an attempt reports when its fence failed (nothing was sent).
+pub(crate) const FENCED_RELAY: &str = "(fenced)";
+
+/// What the relay layer needs of a message, whichever queue it came from.
+pub(crate) struct Outgoing<'a> {
+    /// The envelope (already checked with `check_wire_safe`).
+    pub(crate) envelope: &'a Envelope,
+    /// Length of the message in bytes.
+    pub(crate) body_len: u64,
+    /// A fresh stream over the message (one per transaction).
+    pub(crate) open_body: &'a dyn Fn() -> io::Result<Box<dyn io::Read + 'a>>,
+    /// The claim's fence (contract C1).
+    pub(crate) fence: &'a dyn Fn() -> bool,
+    /// Bytes sent before the message inside DATA (contract C1).
+    pub(crate) prefix: &'a [u8],
+}
+
+/// One attempt's result: where the message goes, and the recipients that just failed (for
+/// the DSN).
+pub(crate) struct AttemptOutcome {
+    pub(crate) settlement: Settlement,
+    pub(crate) newly_failed: Vec<FailedRcpt>,
+}
+
+fn settlement_name(s: &Settlement) -> &'static str {
+    match s {
+        Settlement::Delivered(_) => "delivered",
+        Settlement::Deferred { .. } => "deferred",
+        Settlement::Failed(_) => "failed",
+        Settlement::Corrupt(_) => "corrupt",
+        Settlement::Held => "held",
+        Settlement::Release => "release",
+    }
+}
+
+fn id_rank(id: &str) -> i64 {
+    qmail_core::QueueId::parse(id)
+        .ok()
+        .and_then(|q| q.created_secs())
+        .unwrap_or_else(now_secs)
+}
+
+/// Counts a worker as busy (a claim in hand) while alive.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(n: &'a AtomicUsize) -> Busy<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A worker's open relay sessions.
 pub(crate) struct Worker {
     pub(crate) sessions: HashMap<usize, (Session, Instant)>,
     pub(crate) rng: Jitter,
-}
-
-/// A message this worker claimed.
-pub(crate) struct Claimed<'a> {
-    pub(crate) spool_idx: usize,
-    pub(crate) spool: &'a Path,
-    pub(crate) id: &'a str,
-    pub(crate) path: PathBuf,
 }
 
 impl Shared {
@@ -88,51 +143,137 @@ impl Shared {
     }
 
     pub(crate) fn process(&self, w: &mut Worker, c: Candidate) {
-        let spool = &self.spools[c.spool];
-        let path = match claim::claim(spool, &c.id, c.from.state(), &self.instance) {
-            Ok(Some(p)) => p,
-            Ok(None) => return,
+        let pause = *self.io_pause.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = pause {
+            while Instant::now() < until && !self.queue_stopped() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _busy = Busy::enter(&self.busy);
+        let lease = Arc::clone(&self.lease_of[c.spool]);
+        // a dispatcher whose own lease is not fresh claims nothing (issue 10, item 1)
+        let t0 = Instant::now();
+        while !lease.is_fresh() {
+            if t0.elapsed() > Duration::from_secs(self.cfg.lease_secs) || self.queue_stopped() {
+                tracing::warn!(id = %c.id, lease = %lease.path().display(),
+                    "the lease is not fresh: not claiming (the message stays where it is)");
+                if !self.drain {
+                    self.queue.push_waiting(c, now_secs() + 1);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ctx = DirCtx {
+            spool: self.spools[c.spool].clone(),
+            instance: self.instance.clone(),
+            lease,
+            durable: self.cfg.durable,
+            keep_sent: self.cfg.sent_retention_secs > 0,
+            stopping: Arc::clone(&self.stopping),
+            io_cap: Duration::from_secs(30),
+        };
+        let claim = match DirClaim::take(ctx, &c.id, c.from) {
+            Ok(Taken::Claimed(cl)) => *cl,
+            Ok(Taken::Gone) => return,
+            Ok(Taken::Quarantined) => {
+                self.metrics.add(&self.metrics.corrupt, 1);
+                return;
+            }
+            Ok(Taken::NotDue(due)) => {
+                self.wait_deferred(c.spool, &c.id, id_rank(&c.id), due);
+                return;
+            }
             Err(e) => {
-                tracing::error!(id = %c.id, error = %e, "cannot claim");
+                self.io_error(&c.id, &e);
                 return;
             }
         };
-        let cl = Claimed {
-            spool_idx: c.spool,
-            spool,
-            id: &c.id,
-            path,
+        let spool = self.spools[c.spool].clone();
+        let outbox = self.pool.is_empty().then(|| spool.join(OUTBOX_DIR));
+        let created = claim.header().created;
+        let out = match self.attempt(w, &claim, &spool, outbox.as_deref()) {
+            Ok(o) => o,
+            Err(e) => {
+                // nothing was accepted: the message goes back with its old state
+                self.io_error(&c.id, &e);
+                if let Err(e) = claim.settle(Settlement::Release) {
+                    tracing::warn!(id = %c.id, error = %e, "cannot give the claim back");
+                }
+                return;
+            }
         };
-        if let Err(e) = self.handle(w, &cl) {
-            tracing::error!(id = %c.id, error = %e, "spool I/O error; releasing the claim");
-            let _ = claim::release(&cl.path, spool, &c.id, c.from.state());
-            std::thread::sleep(Duration::from_millis(200));
+        self.io_failures.store(0, Ordering::Relaxed);
+        if !out.newly_failed.is_empty() && self.cfg.dsn.enabled {
+            dsn::submit(&spool, &claim.file, &out.newly_failed, &self.cfg);
+        }
+        let due = match &out.settlement {
+            Settlement::Deferred { due, .. } => Some(*due),
+            _ => None,
+        };
+        let kind = settlement_name(&out.settlement);
+        match claim.settle(out.settlement) {
+            Ok(()) => {
+                match kind {
+                    "delivered" => self.metrics.add(&self.metrics.delivered, 1),
+                    "failed" => self.metrics.add(&self.metrics.failed, 1),
+                    "deferred" => self.metrics.add(&self.metrics.deferred, 1),
+                    "corrupt" => self.metrics.add(&self.metrics.corrupt, 1),
+                    _ => {}
+                }
+                if let Some(due) = due {
+                    self.wait_deferred(c.spool, &c.id, created, due);
+                }
+            }
+            Err(SettleError::LostClaim) => tracing::warn!(
+                id = %c.id,
+                "the claim was taken back by another dispatcher (lease expired) before this attempt ended; its attempt decides"
+            ),
+            Err(SettleError::Queue(e)) => {
+                tracing::error!(id = %c.id, error = %e, "cannot record the outcome of the attempt");
+            }
         }
     }
 
-    pub(crate) fn handle(&self, w: &mut Worker, cl: &Claimed<'_>) -> io::Result<()> {
-        let file = match SpoolFile::open(&cl.path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::Corrupt => {
-                self.quarantine(cl, e.message());
-                return Ok(());
-            }
-            Err(e) => return Err(io::Error::other(e.to_string())),
-        };
-        let (st, had_state) = match MessageState::load(cl.spool, cl.id) {
-            Ok(Some(s)) => (s, true),
-            Ok(None) => (MessageState::default(), false),
-            Err(e) => return Err(e),
-        };
-        let now = now_secs();
-        if st.next_due > now {
-            // claimed before its time (a crash between writing the state and the rename to
-            // deferred/): put it where it belongs
-            claim::release(&cl.path, cl.spool, cl.id, QueueState::Deferred)?;
-            self.wait_deferred(cl, file.header.created, st.next_due);
-            return Ok(());
+    fn queue_stopped(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// A spool I/O error before anything was accepted: logged with the path, then this worker
+    /// backs off (100 ms doubling per consecutive error, capped at 30 s) so a full disk is not
+    /// hammered.
+    fn io_error(&self, id: &str, e: &QueueError) {
+        let n = self.io_failures.fetch_add(1, Ordering::Relaxed);
+        let pause = clock::io_backoff(n, Duration::from_secs(30));
+        // every worker of this dispatcher waits too before its next claim
+        *self.io_pause.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + pause);
+        tracing::error!(id, error = %e, backoff_ms = pause.as_millis() as u64,
+            "spool I/O error; the message stays in the queue");
+        let t0 = Instant::now();
+        while t0.elapsed() < pause && !self.queue_stopped() {
+            std::thread::sleep(Duration::from_millis(20).min(pause));
         }
-        let env = &file.header.envelope;
+    }
+
+    /// One attempt for a claim from any queue: the envelope and content checks, the relays
+    /// (or the outbox), and the outcome as a [`Settlement`]. The fence ([`Claim::still_mine`])
+    /// is checked right before DATA and before end-of-data; a failed fence gives
+    /// [`Settlement::Release`] with nothing delivered.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the message could not be read or written to the outbox (nothing
+    /// was accepted).
+    pub(crate) fn attempt<C: Claim>(
+        &self,
+        w: &mut Worker,
+        claim: &C,
+        queue: &Path,
+        outbox: Option<&Path>,
+    ) -> std::result::Result<AttemptOutcome, QueueError> {
+        let st = claim.state().clone();
+        let header = claim.header();
+        let env = &header.envelope;
+        let id = claim.id();
         let rcpts: Vec<String> = st.remaining.clone().unwrap_or_else(|| env.rcpt_to.clone());
         let started = Instant::now();
         let at_ms = now_ms();
@@ -148,6 +289,11 @@ impl Shared {
                 .collect();
             ("local".to_owned(), results, Some(reason))
         };
+        let qerr = |e: io::Error| QueueError::Io {
+            path: queue.join(id),
+            source: e,
+        };
+        let fence = || claim.still_mine();
         let (relay, results, reason) = if rcpts.is_empty() {
             // nothing left to send (a crash between the state write and the final rename)
             ("local".to_owned(), Vec::new(), None)
@@ -157,89 +303,108 @@ impl Shared {
             // a small message is read once, here, and sent from memory; a large one is read
             // again, streaming, by the SMTP layer (which re-checks what it sends)
             let mut small: Option<Vec<u8>> = None;
-            let body = file
-                .body_reader()
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let scanned = if file.body_len <= smtp::SMALL_BODY {
-                let mut v = Vec::with_capacity(file.body_len as usize);
-                io::Read::read_to_end(&mut io::Read::take(body, file.body_len), &mut v)?;
-                let r = content::scan(v.as_slice());
-                small = Some(v);
-                r
-            } else {
-                content::scan(body)
+            let body_len = claim.body_len();
+            let scanned = {
+                let body = claim.body()?;
+                if body_len <= smtp::SMALL_BODY {
+                    let mut v = Vec::with_capacity(body_len as usize);
+                    io::Read::read_to_end(&mut io::Read::take(body, body_len), &mut v)
+                        .map_err(qerr)?;
+                    let r = content::scan(v.as_slice());
+                    small = Some(v);
+                    r
+                } else {
+                    content::scan(body)
+                }
             };
             match scanned {
                 Err(Ok(why)) => refuse(format!(
                     "refused: the message has a {why} (never sent: SMTP smuggling guard)"
                 )),
-                Err(Err(e)) => return Err(e),
-                Ok(summary) if self.pool.is_empty() => {
-                    let (r, res) = self.to_outbox(cl, &file, &rcpts)?;
-                    let _ = summary;
+                Err(Err(e)) => return Err(qerr(e)),
+                Ok(_) if !fence() => (FENCED_RELAY.to_owned(), Vec::new(), None),
+                Ok(_) if outbox.is_some() => {
+                    let dir = outbox.unwrap_or(queue);
+                    let (r, res) = self.to_outbox(claim, dir, &rcpts, &fence)?;
                     (r, res, None)
                 }
                 Ok(summary) => {
-                    let r = self.via_relays(w, &file, small.as_deref(), &rcpts, summary);
+                    let open = || -> io::Result<Box<dyn io::Read + '_>> {
+                        match claim.body() {
+                            Ok(b) => Ok(b as Box<dyn io::Read + '_>),
+                            Err(e) => Err(io::Error::other(e.to_string())),
+                        }
+                    };
+                    let msg = Outgoing {
+                        envelope: env,
+                        body_len,
+                        open_body: &open,
+                        fence: &fence,
+                        prefix: &[],
+                    };
+                    let r = self.via_relays(w, &msg, small.as_deref(), &rcpts, summary);
                     (r.relay, r.results, r.refused)
                 }
             }
         };
+        if relay == FENCED_RELAY {
+            tracing::warn!(
+                id,
+                "fence: the claim may have been taken back (lease not fresh, or the claim is gone); nothing was sent, the message is given back"
+            );
+            return Ok(AttemptOutcome {
+                settlement: Settlement::Release,
+                newly_failed: Vec::new(),
+            });
+        }
         if relay == "local" && reason.is_some() {
             self.metrics.add(&self.metrics.refused, 1);
             tracing::error!(
-                id = cl.id,
+                id,
                 reason = reason.as_deref().unwrap_or(""),
                 "message refused"
             );
         }
-        self.settle(
-            cl, &file, st, had_state, rcpts, relay, results, reason, started, at_ms,
-        )
+        Ok(self.outcome(
+            id, queue, header, st, rcpts, relay, results, reason, started, at_ms,
+        ))
     }
 
-    pub(crate) fn quarantine(&self, cl: &Claimed<'_>, why: &str) {
-        let dst = cl.spool.join(QueueState::Corrupt.dir_name()).join(cl.id);
-        match fs::rename(&cl.path, &dst) {
-            Ok(()) => {
-                self.metrics.add(&self.metrics.corrupt, 1);
-                tracing::error!(id = cl.id, reason = why, to = %dst.display(), "unparseable spool file moved to corrupt/");
-                let st = MessageState {
-                    reason: Some(format!("corrupt: {why}")),
-                    ..MessageState::default()
-                };
-                let _ = st.save(cl.spool, cl.id, &self.instance, self.cfg.durable);
-            }
-            Err(e) => {
-                tracing::error!(id = cl.id, error = %e, "cannot move an unparseable file to corrupt/")
-            }
-        }
-    }
-
-    pub(crate) fn to_outbox(
+    pub(crate) fn to_outbox<C: Claim>(
         &self,
-        cl: &Claimed<'_>,
-        file: &SpoolFile,
+        claim: &C,
+        dir: &Path,
         rcpts: &[String],
-    ) -> io::Result<(String, Vec<RcptResult>)> {
-        let dir = cl.spool.join(OUTBOX_DIR);
-        let tmp = dir.join(format!("{}.eml+{}.tmp", cl.id, self.instance));
-        let dst = dir.join(format!("{}.eml", cl.id));
-        // 0600 like the spool files: the outbox holds whole messages
-        let mut out = std::os::unix::fs::OpenOptionsExt::mode(
-            OpenOptions::new().write(true).create(true).truncate(true),
-            0o600,
-        )
-        .open(&tmp)?;
-        let mut body = file
-            .body_reader()
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        io::copy(&mut body, &mut out)?;
-        if self.cfg.durable {
-            out.sync_all()?;
-        }
+        fence: &dyn Fn() -> bool,
+    ) -> std::result::Result<(String, Vec<RcptResult>), QueueError> {
+        let id = claim.id();
+        let tmp = dir.join(format!("{id}.eml+{}.tmp", self.instance));
+        let dst = dir.join(format!("{id}.eml"));
+        let at = |p: &Path| {
+            let p = p.to_owned();
+            move |source: io::Error| QueueError::Io { path: p, source }
+        };
+        // 0600 like the spool files: the outbox holds whole messages; created exclusively
+        // without following a symlink (a planted or stale temporary is unlinked first)
+        let mut out = clock::create_exclusive(&tmp, 0o600).map_err(at(&tmp))?;
+        let copied = (|| -> io::Result<()> {
+            let mut body = claim.body().map_err(|e| io::Error::other(e.to_string()))?;
+            io::copy(&mut body, &mut out)?;
+            if self.cfg.durable {
+                out.sync_all()?;
+            }
+            Ok(())
+        })();
         drop(out);
-        fs::rename(&tmp, &dst)?;
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&tmp);
+            return Err(at(&tmp)(e));
+        }
+        if !fence() {
+            let _ = fs::remove_file(&tmp);
+            return Ok((FENCED_RELAY.into(), Vec::new()));
+        }
+        fs::rename(&tmp, &dst).map_err(at(&dst))?;
         let reply = Reply::local(format!("written to {}", dst.display()));
         Ok((
             "outbox".into(),
@@ -253,23 +418,22 @@ impl Shared {
                 .collect(),
         ))
     }
-}
 
-impl Shared {
+    /// Folds one attempt's results into the state and says where the message goes.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn settle(
+    pub(crate) fn outcome(
         &self,
-        cl: &Claimed<'_>,
-        file: &SpoolFile,
+        id: &str,
+        queue: &Path,
+        header: &SpoolHeader,
         mut st: MessageState,
-        had_state: bool,
         rcpts: Vec<String>,
         relay: String,
         results: Vec<RcptResult>,
         reason: Option<String>,
         started: Instant,
         at_ms: i64,
-    ) -> io::Result<()> {
+    ) -> AttemptOutcome {
         let now = now_secs();
         st.attempts += 1;
         self.metrics.add(&self.metrics.attempts, 1);
@@ -281,7 +445,7 @@ impl Shared {
             instance: self.instance.clone(),
             results: results.clone(),
         };
-        self.log_attempt(cl, &attempt);
+        self.log_attempt(id, queue, &attempt);
         st.push_attempt(attempt);
         if let Some(r) = reason {
             st.reason = Some(r);
@@ -292,7 +456,9 @@ impl Shared {
             match r.status {
                 RcptStatus::Delivered => {
                     self.metrics.add(&self.metrics.rcpts_delivered, 1);
-                    st.delivered.push(r.rcpt.clone());
+                    if !st.delivered.contains(&r.rcpt) {
+                        st.delivered.push(r.rcpt.clone());
+                    }
                 }
                 RcptStatus::Failed => {
                     self.metrics.add(&self.metrics.rcpts_failed, 1);
@@ -313,7 +479,7 @@ impl Shared {
                 remaining.push(r.clone());
             }
         }
-        let lifetime_start = file.header.created.max(st.requeued_at.unwrap_or(0));
+        let lifetime_start = header.created.max(st.requeued_at.unwrap_or(0));
         if !remaining.is_empty() && now - lifetime_start >= self.cfg.retry.lifetime_secs as i64 {
             let last = results
                 .iter()
@@ -335,80 +501,41 @@ impl Shared {
             st.reason
                 .get_or_insert_with(|| "queue lifetime exceeded".into());
         }
-        let durable = self.cfg.durable;
-        if !newly_failed.is_empty() && self.cfg.dsn.enabled {
-            dsn::submit(cl.spool, file, &newly_failed, &self.cfg);
-        }
-        if remaining.is_empty() && st.failed.is_empty() && st.reason.is_none() {
-            // every recipient delivered: the only point where the message leaves the spool
-            if self.cfg.sent_retention_secs > 0 {
-                fs::rename(&cl.path, cl.spool.join(SENT_DIR).join(cl.id))
-                    .or_else(|e| self.lost_claim(cl, e))?;
-            } else {
-                fs::remove_file(&cl.path).or_else(|e| self.lost_claim(cl, e))?;
-            }
-            if had_state {
-                MessageState::remove(cl.spool, cl.id)?;
-            }
-            // no fsync of active/ here (as Postfix after a delivery): an unlink lost to a power
-            // failure only brings the message back for one more delivery (at least once),
-            // while an fsync per message would cost a quarter of the throughput
-            self.metrics.add(&self.metrics.delivered, 1);
-            return Ok(());
-        }
-        st.remaining = Some(remaining.clone());
-        if remaining.is_empty() {
+        let settlement = if remaining.is_empty() && st.failed.is_empty() && st.reason.is_none() {
+            Settlement::Delivered(st)
+        } else if remaining.is_empty() {
+            st.remaining = Some(remaining);
             st.next_due = 0;
-            st.save(cl.spool, cl.id, &self.instance, durable)?;
-            claim::release(&cl.path, cl.spool, cl.id, QueueState::Failed)
-                .or_else(|e| self.lost_claim(cl, e))?;
-            if durable {
-                claim::sync_dir(&cl.spool.join(QueueState::Failed.dir_name()))?;
-            }
-            self.metrics.add(&self.metrics.failed, 1);
-            tracing::warn!(id = cl.id, diagnosis = %st.diagnosis(), "message failed");
-            return Ok(());
+            tracing::warn!(id, diagnosis = %st.diagnosis(), "message failed");
+            Settlement::Failed(st)
+        } else {
+            st.remaining = Some(remaining);
+            let delay = retry::backoff_secs(&self.cfg.retry, st.attempts, &mut Jitter::new());
+            st.next_due = now + delay as i64;
+            let due = st.next_due;
+            Settlement::Deferred { state: st, due }
+        };
+        AttemptOutcome {
+            settlement,
+            newly_failed,
         }
-        let delay = retry::backoff_secs(&self.cfg.retry, st.attempts, &mut Jitter::new());
-        st.next_due = now + delay as i64;
-        st.save(cl.spool, cl.id, &self.instance, durable)?;
-        claim::release(&cl.path, cl.spool, cl.id, QueueState::Deferred)
-            .or_else(|e| self.lost_claim(cl, e))?;
-        if durable {
-            claim::sync_dir(&cl.spool.join(QueueState::Deferred.dir_name()))?;
-        }
-        self.metrics.add(&self.metrics.deferred, 1);
-        self.wait_deferred(cl, file.header.created, st.next_due);
-        Ok(())
     }
 
     /// A message just put in deferred/: `run` keeps it in memory until `due` (Unix seconds),
     /// so it is claimed again without a rescan; `drain` does not wait for it.
-    pub(crate) fn wait_deferred(&self, cl: &Claimed<'_>, created: i64, due: i64) {
+    pub(crate) fn wait_deferred(&self, spool_idx: usize, id: &str, created: i64, due: i64) {
         if !self.drain {
             let c = Candidate {
                 rank: created,
-                spool: cl.spool_idx,
-                id: cl.id.to_owned(),
+                spool: spool_idx,
+                id: id.to_owned(),
                 from: Dir::Deferred,
             };
             self.queue.push_waiting(c, due);
         }
     }
 
-    pub(crate) fn lost_claim(&self, cl: &Claimed<'_>, e: io::Error) -> io::Result<()> {
-        if e.kind() == io::ErrorKind::NotFound {
-            tracing::warn!(
-                id = cl.id,
-                "the claim was taken back by another dispatcher (lease expired) before this attempt ended"
-            );
-            Ok(())
-        } else {
-            Err(e)
-        }
-    }
-
-    pub(crate) fn log_attempt(&self, cl: &Claimed<'_>, a: &state::Attempt) {
+    pub(crate) fn log_attempt(&self, id: &str, queue: &Path, a: &state::Attempt) {
         let to_log = tracing::enabled!(target: "qmail::delivery", tracing::Level::INFO);
         if !to_log && self.delivery_log.is_none() {
             return;
@@ -420,8 +547,8 @@ impl Shared {
             .unwrap_or_else(|| Reply::local(""));
         let line = serde_json::json!({
             "ts_ms": a.at_ms,
-            "id": cl.id,
-            "spool": cl.spool,
+            "id": id,
+            "spool": queue,
             "attempt": a.number,
             "relay": a.relay,
             "recipients": a.results.iter().map(|r| &r.rcpt).collect::<Vec<_>>(),

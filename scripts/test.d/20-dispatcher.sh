@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 if ! command -v openssl >/dev/null; then
     apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
+scripts/install-fault-tools   # faketime, unshare/setpriv for dispatcher-bin/tests/faults.rs
 export PATH="$PWD/.venv/bin:$PATH"
 cargo test -p qmail-dispatch -p qmail-dispatcher --all-targets
 cargo test -p qmail-dispatch --doc

@@ -20,6 +20,7 @@ Faults (all optional):
   --disconnect-after-data N  the first N transactions: read the whole DATA, close, no reply
   --drop-in-data N         the first N DATA: 354, read one line of the message, close
   --eod-delay SECS         wait before the reply to end-of-data
+  --rcpt-delay SECS        wait before the reply to each RCPT (a slow transaction before DATA)
   --idle-timeout SECS      close an idle connection with 421 after SECS (aiosmtpd timeout)
   --no-pipelining          do not offer PIPELINING (offered by default; aiosmtpd reads
                            pipelined commands in order)
@@ -149,6 +150,8 @@ class Handler:
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.opts.rcpt_delay:
+            await asyncio.sleep(self.opts.rcpt_delay)
         code = self.rcpt_reject.get(address.lower())
         if code:
             return "%d %s recipient <%s> refused" % (code, "5.1.1" if code >= 500 else "4.2.0", address)
@@ -245,6 +248,7 @@ if __name__ == "__main__":
     p.add_argument("--data-fail")
     p.add_argument("--disconnect-after-data", type=int, default=0)
     p.add_argument("--eod-delay", type=float, default=0)
+    p.add_argument("--rcpt-delay", type=float, default=0)
     p.add_argument("--idle-timeout", type=float, default=600)
     p.add_argument("--no-pipelining", action="store_true")
     p.add_argument("--drop-in-data", type=int, default=0)
