@@ -770,11 +770,15 @@ fn a_planted_outbox_temporary_is_unlinked_never_written_through() {
     let spool = spool_at(d.path());
     let cfg = write_config(d.path(), "t", spool.path(), &[], "");
     let p = Proc::start(d.path(), "t", &cfg);
-    wait_for("the lease", Duration::from_secs(10), || {
-        files(spool.path(), "leases").len() == 1
-    });
-    // the instance id, as anyone who can list leases/ reads it
-    let instance = files(spool.path(), "leases").remove(0);
+    // the instance id, as anyone who can list leases/ reads it (not the lease's temporary)
+    let leases = || -> Vec<String> {
+        files(spool.path(), "leases")
+            .into_iter()
+            .filter(|n| !n.ends_with(".tmp"))
+            .collect()
+    };
+    wait_for("the lease", Duration::from_secs(10), || leases().len() == 1);
+    let instance = leases().remove(0);
     let victim = d.path().join("victim");
     std::fs::write(&victim, b"keep me").unwrap();
     p.signal("STOP");

@@ -5,7 +5,10 @@
 //! - [`Dispatcher`] (`dispatcher.rs`): the lifecycle (build, `run`, `drain`, the lease thread, the
 //!   directory watch); `worker.rs`: claim, attempt, settle; `route.rs`: relay choice and
 //!   failover within one attempt; `housekeeping.rs`: stale temporaries and `sent/` retention.
-//! - [`claim`]: the claim protocol (rename into `active/ID+INSTANCE`, per-instance leases).
+//! - [`claim`]: the claim protocol (rename into `active/ID+INSTANCE`, per-instance leases with
+//!   the owner's identity); [`clock`]: the spool's own clock (`utimensat(UTIME_NOW)`) and the
+//!   exclusive, no-follow file operations; [`queue::dir`]: the directory spool behind the
+//!   [`queue`] seam (the claim's fence and settle).
 //! - [`state`]: the per-message JSON sidecar (attempts, remaining recipients, diagnosis).
 //! - [`schedule`]: which message next (priority with aging, not-before, retry due times),
 //!   directory scans and the inotify wake-up.
