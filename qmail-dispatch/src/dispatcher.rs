@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) delivery_log: Option<Mutex<File>>,
     pub(crate) drain: bool,
+    /// The DKIM keys, loaded at build (so again at each SIGHUP rebuild).
+    pub(crate) dkim: crate::dkim::Signer,
 }
 
 /// A dispatcher over one or more spools. Build one per `run` or `drain`.
@@ -110,8 +112,12 @@ impl Dispatcher {
             )),
             None => None,
         };
+        let dkim = crate::dkim::Signer::load(&cfg.dkim).map_err(|e| {
+            Error::new(ErrorKind::InvalidArgument, e.to_string()).with_field("dkim")
+        })?;
         Ok(Dispatcher {
             shared: Arc::new(Shared {
+                dkim,
                 spools: cfg.spools.clone(),
                 instance: claim::new_instance_id(),
                 pool,

@@ -38,6 +38,7 @@ pub mod claim;
 pub mod config;
 pub mod content;
 mod dispatcher;
+pub mod dkim;
 pub mod dsn;
 mod housekeeping;
 pub mod metrics;
@@ -52,6 +53,7 @@ mod worker;
 
 pub use config::{DispatchConfig, DsnConfig, RelayConfig, RetryConfig, TimeoutConfig, TlsMode};
 pub use dispatcher::{Dispatcher, prepare_spool};
+pub use dkim::DkimConfig;
 pub use metrics::Metrics;
 pub use state::{Attempt, FailedRcpt, MessageState, RcptResult, RcptStatus, Reply};
 

@@ -43,6 +43,17 @@ impl Shared {
                 })
                 .collect()
         };
+        // DKIM: signed once per attempt, before any relay is tried (RFC 6376; crate::dkim)
+        let prefix = match self.dkim_prefix(&file.header.message_id, file, small) {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    "local".into(),
+                    all(RcptStatus::Deferred, &Reply::local(e.to_string())),
+                    None,
+                );
+            }
+        };
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<(String, Reply)> = None;
         let mut reconnects = 0;
@@ -127,6 +138,7 @@ impl Shared {
                 eight_bit: summary.eight_bit || env.eightbitmime,
                 body_len: file.body_len,
                 ends_with_crlf: summary.ends_with_crlf,
+                prefix: &prefix,
             };
             let Some((session, used)) = w.sessions.get_mut(&i) else {
                 continue;

@@ -291,6 +291,9 @@ pub struct Transaction<'a> {
     pub body_len: u64,
     /// The message ends with CRLF.
     pub ends_with_crlf: bool,
+    /// Bytes sent inside DATA before the spooled message (the `DKIM-Signature` fields,
+    /// CRLF-terminated), dot-stuffed like the rest; empty = nothing (contract C1).
+    pub prefix: &'a [u8],
 }
 
 /// How a transaction ended, when not with a result per recipient.
@@ -594,15 +597,18 @@ impl Session {
             let mut scanner = ContentScanner::new();
             scanner.feed(&buf).map_err(|r| BodyAbort(Ok(r)))?;
             let summary = scanner.finish().map_err(|r| BodyAbort(Ok(r)))?;
-            if let Ok(text) = std::str::from_utf8(&buf) {
-                let mut wire = String::with_capacity(buf.len() + buf.len() / 32 + 8);
+            if let (Ok(text), Ok(prefix)) =
+                (std::str::from_utf8(&buf), std::str::from_utf8(tx.prefix))
+            {
+                let mut wire = String::with_capacity(prefix.len() + buf.len() + buf.len() / 32 + 8);
+                dot_stuff(prefix, &mut wire);
                 dot_stuff(text, &mut wire);
                 wire.push_str(if summary.ends_with_crlf || buf.is_empty() {
                     ".\r\n"
                 } else {
                     "\r\n.\r\n"
                 });
-                if buf.is_empty() {
+                if buf.is_empty() && prefix.is_empty() {
                     wire.insert_str(0, "\r\n");
                 }
                 return Ok(self.conn.command(DataBlock(&wire)));
@@ -613,7 +619,10 @@ impl Session {
                 buf.len()
             };
             buf.truncate(limit);
-            return Ok(self.conn.message_iter(std::iter::once(buf)));
+            let mut all = Vec::with_capacity(tx.prefix.len() + buf.len());
+            all.extend_from_slice(tx.prefix);
+            all.extend_from_slice(&buf);
+            return Ok(self.conn.message_iter(std::iter::once(all)));
         }
         let limit = if tx.ends_with_crlf {
             tx.body_len - 2
@@ -621,6 +630,8 @@ impl Session {
             tx.body_len
         };
         let mut scanner = ContentScanner::new();
+        // the prefix goes in the first chunk (lettre's codec stuffs it like the rest)
+        let mut prefix = Some(tx.prefix.to_vec());
         let mut sent: u64 = 0;
         let mut buf = vec![0u8; 64 * 1024];
         let total = tx.body_len;
@@ -658,7 +669,9 @@ impl Session {
             } else {
                 n
             };
-            Some(chunk[..end].to_vec())
+            let mut out = prefix.take().unwrap_or_default();
+            out.extend_from_slice(&chunk[..end]);
+            Some(out)
         });
         let conn = &mut self.conn;
         match catch_unwind(AssertUnwindSafe(move || conn.message_iter(iter))) {
