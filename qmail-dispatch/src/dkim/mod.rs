@@ -180,6 +180,40 @@ pub struct DkimConfig {
     /// Also sign for subdomains of `domain` (From `a@news.example.com` with `domain =
     /// "example.com"`) when no entry names the subdomain itself.
     pub subdomains: bool,
+    /// The key, loaded by [`resolve`]: not configuration (never serialized or shown). A
+    /// resolved configuration carries its keys, so a dispatcher rebuilt from it (the old
+    /// configuration kept after a failed SIGHUP reload) signs with the keys it was checked
+    /// with, without reading the files again.
+    #[serde(skip)]
+    pub loaded: LoadedKey,
+}
+
+/// A key loaded from `key_file` (shared by the clones of one resolved configuration).
+/// `Debug` shows its algorithm and size only; every `LoadedKey` compares equal (it follows
+/// from the rest of the entry).
+#[derive(Clone, Default)]
+pub struct LoadedKey(Option<std::sync::Arc<PrivateKey>>);
+
+impl LoadedKey {
+    /// The key, once [`resolve`] loaded it.
+    pub fn get(&self) -> Option<&PrivateKey> {
+        self.0.as_deref()
+    }
+}
+
+impl std::fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(k) => k.fmt(f),
+            None => f.write_str("not loaded"),
+        }
+    }
+}
+
+impl PartialEq for LoadedKey {
+    fn eq(&self, _: &LoadedKey) -> bool {
+        true
+    }
 }
 
 impl Default for DkimConfig {
@@ -194,6 +228,7 @@ impl Default for DkimConfig {
             canonicalization: Canonicalization::default(),
             expire_secs: None,
             subdomains: false,
+            loaded: LoadedKey::default(),
         }
     }
 }
@@ -273,8 +308,9 @@ impl DkimError {
     }
 }
 
-/// Checks and normalizes the `[[dkim]]` entries and loads every key once (then drops it), so a
-/// bad key is a configuration error at start, in `check-config` and at SIGHUP.
+/// Checks and normalizes the `[[dkim]]` entries and loads every key not loaded yet (into
+/// [`DkimConfig::loaded`]), so a bad key is a configuration error at start, in
+/// `check-config` and at SIGHUP.
 ///
 /// # Errors
 /// [`qmail_core::error::ErrorKind::InvalidArgument`] naming `dkim[N].FIELD`, with the
@@ -282,7 +318,13 @@ impl DkimError {
 pub fn resolve(entries: &mut [DkimConfig]) -> qmail_core::error::Result<()> {
     for (i, e) in entries.iter_mut().enumerate() {
         normalize(i, e)
-            .and_then(|()| key::load(&e.key_file, e.algorithm).map(drop))
+            .and_then(|()| {
+                if e.loaded.0.is_none() {
+                    let k = key::load(&e.key_file, e.algorithm)?;
+                    e.loaded = LoadedKey(Some(std::sync::Arc::new(k)));
+                }
+                Ok(())
+            })
             .map_err(|err| {
                 qmail_core::error::Error::new(
                     qmail_core::error::ErrorKind::InvalidArgument,
@@ -387,7 +429,7 @@ fn normalize(i: usize, e: &mut DkimConfig) -> Result<(), DkimError> {
 /// One loaded entry.
 struct Entry {
     cfg: DkimConfig,
-    key: PrivateKey,
+    key: std::sync::Arc<PrivateKey>,
 }
 
 /// The keys of the `[[dkim]]` entries, loaded. Its `Debug` names domains and selectors only.
@@ -484,7 +526,8 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl Signer {
-    /// Loads the key of every entry (entries as [`resolve`] left them).
+    /// The signer of entries as [`resolve`] left them: their loaded keys, or (an entry not
+    /// resolved) its key file read now.
     ///
     /// # Errors
     /// [`DkimError`] naming the key file.
@@ -492,8 +535,12 @@ impl Signer {
         let entries = entries
             .iter()
             .map(|cfg| {
+                let key = match &cfg.loaded.0 {
+                    Some(k) => std::sync::Arc::clone(k),
+                    None => std::sync::Arc::new(key::load(&cfg.key_file, cfg.algorithm)?),
+                };
                 Ok(Entry {
-                    key: key::load(&cfg.key_file, cfg.algorithm)?,
+                    key,
                     cfg: cfg.clone(),
                 })
             })
