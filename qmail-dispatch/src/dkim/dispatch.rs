@@ -43,7 +43,11 @@ impl Shared {
             }
             Outcome::Unsigned(why) => {
                 self.metrics.add(&self.metrics.dkim_unsigned, 1);
-                tracing::info!(message_id, reason = %why, "sent without a DKIM signature");
+                if matches!(why, super::Unsigned::NoKey { .. }) {
+                    tracing::debug!(message_id, reason = %why, "sent without a DKIM signature");
+                } else {
+                    tracing::warn!(message_id, reason = %why, "sent without a DKIM signature");
+                }
                 Ok(Vec::new())
             }
         }
