@@ -125,10 +125,13 @@ impl BodyHasher {
     }
 
     fn emit(&mut self, bytes: &[u8]) {
-        if self.out.len() + bytes.len() > OUT {
-            self.hash.update(&self.out);
-            self.out.clear();
-            if bytes.len() > OUT {
+        if bytes.len() >= 256 || self.out.len() + bytes.len() > OUT {
+            // long runs go to the hash directly; short ones (a space, a CRLF) are gathered
+            if !self.out.is_empty() {
+                self.hash.update(&self.out);
+                self.out.clear();
+            }
+            if bytes.len() >= 256 {
                 self.hash.update(bytes);
                 return;
             }
@@ -175,14 +178,28 @@ impl BodyHasher {
         let relaxed = self.canon == Canon::Relaxed;
         let mut i = 0;
         while i < data.len() {
-            // a run of ordinary bytes, hashed as one slice
+            // a run of bytes the canonicalization leaves as they are, hashed as one slice: up
+            // to a CR (simple), or (relaxed) to a CR or whitespace other than one SP between
+            // two ordinary bytes
             let start = i;
-            while i < data.len() {
-                let b = data[i];
-                if b == b'\r' || (relaxed && is_wsp(b)) {
-                    break;
+            if relaxed {
+                while i < data.len() {
+                    let b = data[i];
+                    if b == b'\r' {
+                        break;
+                    }
+                    if is_wsp(b) {
+                        let lone = b == b' '
+                            && i > start
+                            && data.get(i + 1).is_some_and(|&n| n != b'\r' && !is_wsp(n));
+                        if !lone {
+                            break;
+                        }
+                    }
+                    i += 1;
                 }
-                i += 1;
+            } else {
+                i = memchr::memchr(b'\r', &data[i..]).map_or(data.len(), |p| i + p);
             }
             if i > start {
                 self.mid_line = true;
