@@ -635,6 +635,11 @@ fn signer_output_matches_the_published_key_and_debug_shows_no_key() {
                 kind: KeyKind::Ed25519,
                 canon: "relaxed/relaxed",
             },
+            Domain {
+                name: "c.test",
+                kind: KeyKind::RsaPkcs1(2048),
+                canon: "simple/simple",
+            },
         ],
     );
     qmail_dispatch::dkim::resolve(&mut entries).unwrap();
@@ -647,7 +652,7 @@ fn signer_output_matches_the_published_key_and_debug_shows_no_key() {
     assert_eq!(mine, theirs);
     let shown = format!("{signer:?} {entries:?}");
     assert!(shown.contains("sel0._domainkey.a.test"), "{shown}");
-    for k in ["key0.pem", "key1.pem"] {
+    for k in ["key0.pem", "key1.pem", "key2.pem"] {
         let pem = std::fs::read_to_string(dir.path().join(k)).unwrap();
         for line in pem.lines().filter(|l| !l.starts_with("-----")) {
             assert!(!shown.contains(line), "key material in Debug");
@@ -672,6 +677,26 @@ fn signer_output_matches_the_published_key_and_debug_shows_no_key() {
         assert!(line.len() <= 78, "folded at 78: {line:?}");
     }
     assert!(text.ends_with("\r\n"));
+    // the signer's API directly, each key (PKCS#8 RSA, Ed25519, PKCS#1 RSA), through dkimpy
+    let out = tempfile::tempdir().unwrap();
+    let mut emls = Vec::new();
+    for d in ["a.test", "b.test", "c.test"] {
+        let msg = format!("From: x@{d}\r\nSubject: direct\r\n\r\nbody  \r\n\r\n");
+        let now = qmail_core::spool::now_secs() as u64;
+        let Outcome::Signed { fields, .. } = signer.sign(msg.as_bytes(), now).unwrap() else {
+            panic!("signed")
+        };
+        let p = out.path().join(format!("{d}.eml"));
+        std::fs::write(&p, [fields, msg.into_bytes()].concat()).unwrap();
+        emls.push(p);
+    }
+    let Some(v) = verify(&records, &emls) else {
+        return;
+    };
+    for v in v {
+        assert_eq!(v.signatures.len(), 1, "{v:?}");
+        assert!(v.signatures[0].valid, "{v:?}");
+    }
 }
 
 /// A file of `size` octets: a message whose body is base64 lines (a big attachment).

@@ -787,7 +787,7 @@ fn signature_field(
     }
     canon::header_field(c.header, text.as_bytes(), false, &mut data);
     let digest: [u8; 32] = Sha256::digest(&data).into();
-    let sig = e.key.sign_digest(&digest).map_err(SignError::Crypto)?;
+    let sig = e.key.sign(&data, &digest).map_err(SignError::Crypto)?;
     let sig = b64.encode(sig);
     let mut col = 3usize;
     for ch in sig.as_bytes().chunks(1) {
