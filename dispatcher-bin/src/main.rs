@@ -260,6 +260,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 eprintln!("qmail-dispatcher: check-config: {errors} problem(s); `run` would fail");
                 return Ok(ExitCode::FAILURE);
             }
+            // the keys were loaded (and checked) with the configuration; print what to publish
+            let dkim = qmail_dispatch::dkim::Signer::load(&s.dispatch.dkim)?;
+            for (name, txt) in dkim.dns_records() {
+                println!("dkim {name} TXT \"{txt}\"");
+            }
             println!(
                 "configuration ok: {} spool(s), {} relay(s), {} worker(s){}",
                 s.dispatch.spools.len(),

@@ -187,4 +187,54 @@ weight = 2
         );
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// `[[dkim]]` entries: read from the file, their keys loaded with the configuration (so a
+    /// bad key fails `load`, hence check-config and SIGHUP), unknown keys refused.
+    #[test]
+    fn dkim_entries() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let st = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&key)
+            .status()
+            .expect("the openssl CLI makes the test key");
+        assert!(st.success());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let f = dir.path().join("c.toml");
+        let text = format!(
+            r#"
+spools = ["/tmp/a"]
+[[dkim]]
+domain = "Example.com"
+selector = "s2026"
+key_file = "{}"
+algorithm = "ed25519-sha256"
+canonicalization = "simple/relaxed"
+headers = ["From", "Subject"]
+oversign = ["From", "Subject"]
+expire_secs = 86400
+subdomains = true
+"#,
+            key.display()
+        );
+        std::fs::write(&f, &text).unwrap();
+        let o = Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let s = load(&o).unwrap();
+        let d = &s.dispatch.dkim[0];
+        assert_eq!(d.domain, "example.com");
+        assert_eq!(d.selector, "s2026");
+        assert_eq!(String::from(d.canonicalization), "simple/relaxed");
+        assert_eq!(d.expire_secs, Some(86400));
+        assert!(d.subdomains && d.loaded.get().is_some());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o604)).unwrap();
+        let e = format!("{:#}", load(&o).unwrap_err());
+        assert!(e.contains(&key.display().to_string()), "{e}");
+        std::fs::write(&f, text.replace("subdomains", "sub_domains")).unwrap();
+        assert!(load(&o).is_err(), "unknown keys in [[dkim]] are errors");
+    }
 }

@@ -472,6 +472,8 @@ pub struct DispatchConfig {
     pub timeouts: TimeoutConfig,
     /// DSNs.
     pub dsn: DsnConfig,
+    /// DKIM signing keys, `[[dkim]]` in TOML (see [`crate::dkim`]); none = nothing is signed.
+    pub dkim: Vec<crate::dkim::DkimConfig>,
 }
 
 impl Default for DispatchConfig {
@@ -493,6 +495,7 @@ impl Default for DispatchConfig {
             retry: RetryConfig::default(),
             timeouts: TimeoutConfig::default(),
             dsn: DsnConfig::default(),
+            dkim: Vec::new(),
         }
     }
 }
@@ -560,6 +563,9 @@ impl DispatchConfig {
         if self.rescan_ms == 0 {
             self.rescan_ms = 5000;
         }
+        // loads every DKIM key once: a bad key is an error here, so at start, in check-config
+        // and at SIGHUP (the old configuration stays)
+        crate::dkim::resolve(&mut self.dkim)?;
         Ok(self)
     }
 

@@ -126,6 +126,8 @@ pub(crate) struct Shared {
     pub(crate) busy: AtomicUsize,
     /// No worker claims before this instant (backoff after a spool I/O error).
     pub(crate) io_pause: Mutex<Option<Instant>>,
+    /// The DKIM keys, loaded at build (so again at each SIGHUP rebuild).
+    pub(crate) dkim: crate::dkim::Signer,
 }
 
 /// A dispatcher over one or more spools. Build one per `run` or `drain`.
@@ -254,8 +256,12 @@ impl Dispatcher {
                     .map_err(|e| io_err(format_args!("cannot write a lease in {}", s.display()), e))
             })
             .collect::<Result<Vec<_>>>()?;
+        let dkim = crate::dkim::Signer::load(&cfg.dkim).map_err(|e| {
+            Error::new(ErrorKind::InvalidArgument, e.to_string()).with_field("dkim")
+        })?;
         Ok(Dispatcher {
             shared: Arc::new(Shared {
+                dkim,
                 spools: cfg.spools.clone(),
                 instance: leases.instance.clone(),
                 pool,

@@ -43,6 +43,7 @@ pub mod clock;
 pub mod config;
 pub mod content;
 mod dispatcher;
+pub mod dkim;
 pub mod dsn;
 pub mod housekeeping;
 pub mod metrics;
@@ -57,6 +58,7 @@ mod worker;
 
 pub use config::{DispatchConfig, DsnConfig, RelayConfig, RetryConfig, TimeoutConfig, TlsMode};
 pub use dispatcher::{Dispatcher, prepare_spool};
+pub use dkim::DkimConfig;
 pub use metrics::Metrics;
 pub use state::{Attempt, FailedRcpt, MessageState, RcptResult, RcptStatus, Reply};
 

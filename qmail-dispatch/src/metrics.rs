@@ -31,6 +31,9 @@ pub struct Metrics {
     pub connections: AtomicU64,
     /// Connection-level relay failures (refused, greeting, TLS, AUTH).
     pub relay_failures: AtomicU64,
+    /// Messages sent without a DKIM signature although keys are configured (no key for the
+    /// From domain, no usable From).
+    pub dkim_unsigned: AtomicU64,
 }
 
 impl Metrics {
@@ -107,6 +110,11 @@ impl Metrics {
                 "qmail_dispatch_relay_failures_total",
                 "Connection-level relay failures.",
                 &self.relay_failures,
+            ),
+            (
+                "qmail_dispatch_dkim_unsigned_total",
+                "Messages sent without a DKIM signature although keys are configured.",
+                &self.dkim_unsigned,
             ),
         ] {
             let _ = writeln!(

@@ -5,7 +5,6 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-
 use crate::dispatcher::Shared;
 use crate::smtp::{BodyError, Session, Transaction, TxError};
 use crate::worker::Worker;

@@ -335,15 +335,37 @@ impl Shared {
                             Err(e) => Err(io::Error::other(e.to_string())),
                         }
                     };
-                    let msg = Outgoing {
-                        envelope: env,
+                    // DKIM: signed once per attempt, before any relay is tried (RFC 6376)
+                    match self.dkim_prefix(
+                        &claim.header().message_id,
+                        &open,
                         body_len,
-                        open_body: &open,
-                        fence: &fence,
-                        prefix: &[],
-                    };
-                    let r = self.via_relays(w, &msg, small.as_deref(), &rcpts, summary);
-                    (r.relay, r.results, r.refused)
+                        small.as_deref(),
+                    ) {
+                        Err(e) => {
+                            let reply = Reply::local(e.to_string());
+                            let results = rcpts
+                                .iter()
+                                .map(|r| RcptResult {
+                                    rcpt: r.clone(),
+                                    status: RcptStatus::Deferred,
+                                    reply: reply.clone(),
+                                })
+                                .collect();
+                            ("local".to_owned(), results, None)
+                        }
+                        Ok(prefix) => {
+                            let msg = Outgoing {
+                                envelope: env,
+                                body_len,
+                                open_body: &open,
+                                fence: &fence,
+                                prefix: &prefix,
+                            };
+                            let r = self.via_relays(w, &msg, small.as_deref(), &rcpts, summary);
+                            (r.relay, r.results, r.refused)
+                        }
+                    }
                 }
             }
         };
