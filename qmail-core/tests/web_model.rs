@@ -496,3 +496,47 @@ fn date_and_references() {
         .unwrap_err();
     assert_eq!(e.field(), Some("headers.In-Reply-To"));
 }
+
+/// Deterministic growth and shrinking: procfs files report a size of 0 and yield more; sysfs
+/// files report 4096 and yield less. Both are regular files (attach() takes them), and both
+/// fail the submit, naming the attachment, instead of being spooled cut or torn.
+#[test]
+fn attachment_whose_content_differs_from_its_stat_size_fails() {
+    for (path, what) in [
+        ("/proc/self/status", "grows past its size"),
+        ("/sys/devices/system/cpu/online", "is shorter than its size"),
+    ] {
+        let p = Path::new(path);
+        if !p.is_file() {
+            println!("SKIP {path}: not here ({what})");
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let m = Message::builder()
+            .from("a@example.com")
+            .to("b@example.org")
+            .attach(p, Some("f.txt"), Some("text/plain"))
+            .build()
+            .unwrap();
+        let e = spool.submit(&m).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.field()),
+            (ErrorKind::Attachment, Some("attachments[0]")),
+            "{path}"
+        );
+        assert!(
+            e.message().contains("changed size"),
+            "{path}: {}",
+            e.message()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ready")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}

@@ -152,6 +152,7 @@ def test_spool_directories_are_created(spool: Path) -> None:
     assert list((spool / "tmp").iterdir()) == []
     (f,) = (spool / "ready").iterdir()
     assert f.stat().st_mode & 0o777 == 0o640  # group-readable: the dispatcher reads through the submit group (C2)
+    assert qmail.Spool(spool).file_mode == 0o640  # the core's default, reported by qmail.Spool
 
 
 def test_spool_object(tmp_path: Path, read) -> None:
