@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use qmail_core::error::{Error, ErrorKind, Result};
 use qmail_core::spool::{QueueState, Spool, SpoolFile, now_secs};
 
-use crate::housekeeping::{purge_sent, purge_stale};
+use crate::housekeeping::{purge_retention, purge_sent, purge_stale};
 use crate::relay::RelayPool;
 use crate::retry::Jitter;
 use crate::schedule::{self, Candidate, CandidateQueue, Dir, Pop};
@@ -81,6 +81,20 @@ impl Dispatcher {
     /// A bad configuration ([`ErrorKind::InvalidArgument`]) or an unusable spool.
     pub fn new(cfg: DispatchConfig) -> Result<Dispatcher> {
         Dispatcher::build(cfg, false)
+    }
+
+    /// As [`Dispatcher::new`], counting into `metrics`: the binary keeps one [`Metrics`] for
+    /// the life of the process, so a SIGHUP reload (a new `Dispatcher`) keeps every counter.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::new`].
+    pub fn with_metrics(cfg: DispatchConfig, metrics: Arc<Metrics>) -> Result<Dispatcher> {
+        let mut d = Dispatcher::build(cfg, false)?;
+        // just built: the only owner of its Shared
+        if let Some(sh) = Arc::get_mut(&mut d.shared) {
+            sh.metrics = metrics;
+        }
+        Ok(d)
     }
 
     fn build(cfg: DispatchConfig, drain: bool) -> Result<Dispatcher> {
@@ -299,6 +313,7 @@ impl Dispatcher {
             if last_purge.elapsed() >= Duration::from_secs(3600) {
                 for s in &sh.spools {
                     purge_stale(s);
+                    purge_retention(s, &sh.cfg);
                 }
                 last_purge = Instant::now();
             }

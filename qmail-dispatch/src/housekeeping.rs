@@ -1,4 +1,5 @@
-//! Housekeeping: stale temporaries left by crashes, retention of `sent/`.
+//! Housekeeping: stale temporaries left by crashes, retention of `sent/`, `failed/` and
+//! `corrupt/`.
 
 #![allow(unused_imports)]
 use std::collections::HashMap;
@@ -58,4 +59,9 @@ pub(crate) fn purge_sent(spool: &Path, retention: u64) {
             }
         }
     }
+}
+
+/// Retention of `failed/` and `corrupt/` (`failed_retention_secs`, `corrupt_retention_secs`).
+pub(crate) fn purge_retention(spool: &Path, cfg: &DispatchConfig) {
+    crate::admin::ops::purge_expired(spool, cfg.failed_retention_secs, cfg.corrupt_retention_secs);
 }

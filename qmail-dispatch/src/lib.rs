@@ -37,6 +37,7 @@ pub mod admin;
 pub mod claim;
 pub mod config;
 pub mod content;
+mod delivery_log;
 mod dispatcher;
 pub mod dsn;
 mod housekeeping;

@@ -282,7 +282,7 @@ impl Shared {
             instance: self.instance.clone(),
             results: results.clone(),
         };
-        self.log_attempt(cl, &attempt);
+        self.log_attempt(cl, file, &attempt);
         st.push_attempt(attempt);
         if let Some(r) = reason {
             st.reason = Some(r);
@@ -409,36 +409,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn log_attempt(&self, cl: &Claimed<'_>, a: &state::Attempt) {
-        let to_log = tracing::enabled!(target: "qmail::delivery", tracing::Level::INFO);
-        if !to_log && self.delivery_log.is_none() {
-            return;
-        }
-        let last = a
-            .results
-            .last()
-            .map(|r| r.reply.clone())
-            .unwrap_or_else(|| Reply::local(""));
-        let line = serde_json::json!({
-            "ts_ms": a.at_ms,
-            "id": cl.id,
-            "spool": cl.spool,
-            "attempt": a.number,
-            "relay": a.relay,
-            "recipients": a.results.iter().map(|r| &r.rcpt).collect::<Vec<_>>(),
-            "code": last.code,
-            "reply": last.text,
-            "results": a.results,
-            "duration_ms": a.duration_ms,
-            "instance": a.instance,
-        })
-        .to_string();
-        if to_log {
-            tracing::info!(target: "qmail::delivery", "{line}");
-        }
-        if let Some(f) = &self.delivery_log {
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
+    pub(crate) fn log_attempt(&self, cl: &Claimed<'_>, file: &SpoolFile, a: &state::Attempt) {
+        crate::delivery_log::record(self, cl, file, a);
     }
 }
