@@ -155,6 +155,56 @@ typedef uint32_t qmail_result;
 #endif // __cplusplus
 
 /**
+ * Where a message is (see `qmail_message_state()`).
+ */
+enum qmail_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * In `ready/`: waiting for a dispatcher.
+   */
+  QMAIL_STATE_QUEUED = 0,
+  /**
+   * In `scheduled/`: held until its not-before time (`next_attempt`).
+   */
+  QMAIL_STATE_SCHEDULED = 1,
+  /**
+   * In `active/`: a dispatcher is delivering it now.
+   */
+  QMAIL_STATE_ACTIVE = 2,
+  /**
+   * In `deferred/`: a temporary failure; retried at `next_attempt`; `reply_buf` gets the
+   * last reply (e.g. `"451 4.7.1 try later"`).
+   */
+  QMAIL_STATE_DEFERRED = 3,
+  /**
+   * In `hold/`: put on hold by an operator (`qmail-dispatcher hold ID`).
+   */
+  QMAIL_STATE_HELD = 4,
+  /**
+   * In `failed/` or `corrupt/`: `reply_buf` gets the reasons (`"<rcpt>: 550 ..."`).
+   */
+  QMAIL_STATE_FAILED = 5,
+  /**
+   * Delivered: in `sent/`, or recorded as delivered in the delivery log given.
+   */
+  QMAIL_STATE_DELIVERED = 6,
+  /**
+   * Not in the spool, and not in the delivery log given (if any).
+   */
+  QMAIL_STATE_UNKNOWN = 7,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum qmail_state qmail_state;
+#else
+typedef uint32_t qmail_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A message being built: addresses, subject, bodies, headers, attachments, and where it goes.
  *
  * Made by `qmail_message_new()`, released by `qmail_message_free()`. Submitted (any number of
@@ -162,6 +212,29 @@ typedef uint32_t qmail_result;
  * handles may be used by different threads at once.
  */
 typedef struct qmail_message qmail_message;
+
+/**
+ * What `qmail_message_state()` found. Times are Unix seconds, 0 when not applicable.
+ */
+typedef struct {
+  /**
+   * Where the message is.
+   */
+  qmail_state state;
+  /**
+   * Delivery attempts made so far.
+   */
+  uint32_t attempts;
+  /**
+   * When the next attempt is due (deferred: the retry time; scheduled: the not-before
+   * time), Unix seconds; 0 when none.
+   */
+  int64_t next_attempt;
+  /**
+   * When it was delivered, Unix seconds; 0 when not delivered (or not known).
+   */
+  int64_t delivered_at;
+} qmail_message_status;
 
 #ifdef __cplusplus
 extern "C" {
@@ -174,6 +247,65 @@ extern "C" {
  * Ownership: a static string; do not free or modify it. Never NULL. Threads: safe anywhere.
  */
 const char *qmail_version(void);
+
+/**
+ * Copies the text of the calling thread's last error into `buf`.
+ *
+ * The text names the field at fault first, e.g. `"reply_to: contains a forbidden character
+ * '\r'"` or `"attachments[0]: cannot read /tmp/a.pdf: No such file or directory (os error
+ * 2)"`. It is UTF-8.
+ *
+ * Shape: like `snprintf`: writes at most `len` bytes including a terminating NUL (when `len`
+ * is at least 1; truncated at a UTF-8 character boundary), and returns the length of the
+ * whole text in bytes, without the NUL. A return value `>= len` means the text was
+ * truncated: call again with a buffer of `return value + 1` bytes. `buf` may be NULL when
+ * `len` is 0 (to ask for the length). Returns 0 and writes `""` when there is no last error.
+ *
+ * Errors: the last error is set by every call that returns a `qmail_result` other than
+ * `QMAIL_RESULT_OK` (and by `qmail_message_new()` returning NULL), and cleared by every call
+ * that returns `QMAIL_RESULT_OK`. This function and the other `qmail_last_error_*` and
+ * `qmail_result_*` functions neither set nor clear it.
+ *
+ * Ownership: the caller owns `buf`. Threads: each thread has its own last error; safe to
+ * call from any thread at any time.
+ */
+size_t qmail_last_error_message(char *buf, size_t len);
+
+/**
+ * Copies the name of the field at fault in the calling thread's last error into `buf`:
+ * `"from"`, `"to"`, `"reply_to"`, `"subject"`, `"headers.X-Trace"`, `"attachments[2]"`,
+ * `"inline[0]"`, `"spool"`, or the parameter name for `QMAIL_RESULT_NULL_PARAMETER` and
+ * `QMAIL_RESULT_INVALID_UTF8` (`"msg"`, `"address"`, ...).
+ *
+ * Shape: as `qmail_last_error_message()` (snprintf-like, returns the full length). Writes
+ * `""` and returns 0 when there is no last error or it names no field. Threads: as
+ * `qmail_last_error_message()`.
+ */
+size_t qmail_last_error_field(char *buf, size_t len);
+
+/**
+ * The result number of the calling thread's last error, or `QMAIL_RESULT_OK` when there is
+ * none. Useful after `qmail_message_new()` returned NULL. Threads: per thread; safe anywhere.
+ */
+qmail_result qmail_last_error_result(void);
+
+/**
+ * The stable name of a result number, e.g. `"InvalidAddress"` for 2002: the same string that
+ * the Rust, Python and Node APIs use for that kind of error. `"Unknown"` for a number that is
+ * not a `qmail_result`.
+ *
+ * Ownership: the string is static; do not free or modify it. Never NULL. Threads: safe
+ * anywhere.
+ */
+const char *qmail_result_name(uint32_t result);
+
+/**
+ * True when the same call may succeed if tried again later or on another spool
+ * (`QMAIL_RESULT_SPOOL_UNAVAILABLE`, `QMAIL_RESULT_IO`); false for `QMAIL_RESULT_OK`, for
+ * permanent errors (a bad address stays bad) and for numbers that are not a `qmail_result`.
+ * The rule is qmail-core's `Error::is_transient`. Threads: safe anywhere.
+ */
+bool qmail_result_is_transient(uint32_t result);
 
 /**
  * A new, empty message.
@@ -522,63 +654,33 @@ qmail_result qmail_set_default_spool(const char *spools);
 qmail_result qmail_set_default_spool_with(const char *spools, bool durable, uint32_t file_mode);
 
 /**
- * Copies the text of the calling thread's last error into `buf`.
+ * Asks where message `queue_id` (the id `qmail_submit()` wrote) is in spool `spool`.
+ * Read-only: it lists directories and reads the spool file header, the dispatcher's state
+ * file and (when given) the delivery log; it never changes anything, and may run beside
+ * dispatchers (a message moving meanwhile is seen in one state or the next).
  *
- * The text names the field at fault first, e.g. `"reply_to: contains a forbidden character
- * '\r'"` or `"attachments[0]: cannot read /tmp/a.pdf: No such file or directory (os error
- * 2)"`. It is UTF-8.
+ * Shape: `spool` and `queue_id` must not be NULL (UTF-8 for the id; the spool path is
+ * bytes). `delivery_log` may be NULL: the dispatcher's `delivery_log` file, read to tell a
+ * delivered message from an unknown one when `sent/` does not keep it. `out` must not be
+ * NULL and receives the state, attempts and times. `reply_buf` (may be NULL with
+ * `reply_buf_len` 0) receives, snprintf-style (truncated at a UTF-8 boundary, always
+ * NUL-terminated), the last reply of a deferred message or the reasons of a failed one
+ * (`"; "`-separated), else an empty string; the caller owns it.
  *
- * Shape: like `snprintf`: writes at most `len` bytes including a terminating NUL (when `len`
- * is at least 1; truncated at a UTF-8 character boundary), and returns the length of the
- * whole text in bytes, without the NUL. A return value `>= len` means the text was
- * truncated: call again with a buffer of `return value + 1` bytes. `buf` may be NULL when
- * `len` is 0 (to ask for the length). Returns 0 and writes `""` when there is no last error.
+ * Errors:
+ * - `QMAIL_RESULT_NULL_PARAMETER` naming `spool`, `queue_id` or `out`;
+ * - `QMAIL_RESULT_INVALID_UTF8` naming `queue_id` or `delivery_log`;
+ * - `QMAIL_RESULT_INVALID_ARGUMENT` naming `queue_id`: not a queue id (nothing is looked up);
+ * - `QMAIL_RESULT_SPOOL_UNAVAILABLE` naming `spool`: not a readable directory.
  *
- * Errors: the last error is set by every call that returns a `qmail_result` other than
- * `QMAIL_RESULT_OK` (and by `qmail_message_new()` returning NULL), and cleared by every call
- * that returns `QMAIL_RESULT_OK`. This function and the other `qmail_last_error_*` and
- * `qmail_result_*` functions neither set nor clear it.
- *
- * Ownership: the caller owns `buf`. Threads: each thread has its own last error; safe to
- * call from any thread at any time.
+ * Threads: safe from any thread.
  */
-size_t qmail_last_error_message(char *buf, size_t len);
-
-/**
- * Copies the name of the field at fault in the calling thread's last error into `buf`:
- * `"from"`, `"to"`, `"reply_to"`, `"subject"`, `"headers.X-Trace"`, `"attachments[2]"`,
- * `"inline[0]"`, `"spool"`, or the parameter name for `QMAIL_RESULT_NULL_PARAMETER` and
- * `QMAIL_RESULT_INVALID_UTF8` (`"msg"`, `"address"`, ...).
- *
- * Shape: as `qmail_last_error_message()` (snprintf-like, returns the full length). Writes
- * `""` and returns 0 when there is no last error or it names no field. Threads: as
- * `qmail_last_error_message()`.
- */
-size_t qmail_last_error_field(char *buf, size_t len);
-
-/**
- * The result number of the calling thread's last error, or `QMAIL_RESULT_OK` when there is
- * none. Useful after `qmail_message_new()` returned NULL. Threads: per thread; safe anywhere.
- */
-qmail_result qmail_last_error_result(void);
-
-/**
- * The stable name of a result number, e.g. `"InvalidAddress"` for 2002: the same string that
- * the Rust, Python and Node APIs use for that kind of error. `"Unknown"` for a number that is
- * not a `qmail_result`.
- *
- * Ownership: the string is static; do not free or modify it. Never NULL. Threads: safe
- * anywhere.
- */
-const char *qmail_result_name(uint32_t result);
-
-/**
- * True when the same call may succeed if tried again later or on another spool
- * (`QMAIL_RESULT_SPOOL_UNAVAILABLE`, `QMAIL_RESULT_IO`); false for `QMAIL_RESULT_OK`, for
- * permanent errors (a bad address stays bad) and for numbers that are not a `qmail_result`.
- * The rule is qmail-core's `Error::is_transient`. Threads: safe anywhere.
- */
-bool qmail_result_is_transient(uint32_t result);
+qmail_result qmail_message_state(const char *spool,
+                                 const char *queue_id,
+                                 const char *delivery_log,
+                                 qmail_message_status *out,
+                                 char *reply_buf,
+                                 size_t reply_buf_len);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -29,6 +29,7 @@ mod panic;
 pub mod error;
 pub mod message;
 pub mod spool;
+pub mod status;
 
 use std::ffi::{CString, c_char};
 use std::sync::OnceLock;
