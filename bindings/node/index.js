@@ -837,6 +837,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.errorCodes = nativeBinding.errorCodes
 module.exports.setDefaultSpool = nativeBinding.setDefaultSpool
+module.exports.status = nativeBinding.status
 module.exports.submit = nativeBinding.submit
 module.exports.submitRaw = nativeBinding.submitRaw
 module.exports.submitRawSync = nativeBinding.submitRawSync

@@ -23,6 +23,14 @@ function submitRaw(raw, options) {
   }
 }
 
+function status(queueId, options) {
+  try {
+    return native.status(queueId, options)
+  } catch (err) {
+    return Promise.reject(err)
+  }
+}
+
 function transport(options) {
   const spool = options && options.spool
   return {
@@ -51,5 +59,6 @@ module.exports = {
   submitSync: native.submitSync,
   submitRaw,
   submitRawSync: native.submitRawSync,
+  status,
   transport,
 }
