@@ -846,3 +846,58 @@ fn http_metrics_api_tokens_sighup_and_the_dashboard() {
         .unwrap();
     assert_eq!(started["relays"], "relay-a", "names, not Debug strings");
 }
+
+#[test]
+fn actions_without_a_token_are_refused_and_healthz_sees_a_lost_spool() {
+    let d = tempfile::tempdir().unwrap();
+    let spool = spool_at(d.path());
+    let sp = spool.path().to_owned();
+    let id = submit(&spool, "x@example.org", "x");
+    // held: it stays put while the dispatcher runs
+    std::fs::rename(
+        sp.join("ready").join(id.as_str()),
+        sp.join("hold").join(id.as_str()),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut p = Command::new(BIN)
+        .args([
+            "--spool",
+            sp.to_str().unwrap(),
+            "--http",
+            &port.to_string(),
+            "run",
+        ])
+        .env("QMAIL_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_http(port);
+    let (code, body) = http(
+        port,
+        "POST",
+        &format!("/api/v1/messages/{id}/release"),
+        Some("anything-at-all-123"),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("token"), "{body}");
+    assert_eq!(dir_of(&sp, id.as_str()).as_deref(), Some("hold"));
+    let (_, s) = http(port, "GET", "/api/v1/status", None);
+    assert!(s.contains("\"actions\":false"), "{s}");
+    assert_eq!(http(port, "GET", "/healthz", None).0, 200);
+    let moved = d.path().join("moved");
+    std::fs::rename(&sp, &moved).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let (code, body) = http(port, "GET", "/healthz", None);
+        if code == 503 {
+            assert!(body.contains("unreadable"), "{body}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{code} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::rename(&moved, &sp).unwrap();
+    signal(&p, "TERM");
+    assert!(wait_exit(&mut p, Duration::from_secs(15)).success());
+}

@@ -446,6 +446,36 @@ mod tests {
     use crate::state::{RcptResult, Reply};
 
     #[test]
+    fn queue_gauges_are_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = d.path().to_owned();
+        std::fs::create_dir_all(sp.join("ready")).unwrap();
+        let m = Metrics::default();
+        let spools = [sp.clone()];
+        let line = |s: &str| {
+            s.lines()
+                .find(|l| l.starts_with("qmail_queue_messages{") && l.contains("state=\"ready\""))
+                .map(str::to_owned)
+        };
+        let first = m.render_with_queues(&spools);
+        assert!(line(&first).unwrap().ends_with(" 0"), "{first}");
+        let id = qmail_core::QueueId::generate();
+        std::fs::write(sp.join("ready").join(id.as_str()), b"x").unwrap();
+        // within the TTL: the same listing, however often it is scraped
+        let again = m.render_with_queues(&spools);
+        assert!(line(&again).unwrap().ends_with(" 0"), "{again}");
+        let t0 = Instant::now();
+        loop {
+            let now = m.render_with_queues(&spools);
+            if line(&now).unwrap().ends_with(" 1") {
+                break;
+            }
+            assert!(t0.elapsed() < QUEUE_GAUGE_TTL * 3, "never refreshed: {now}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    #[test]
     fn labelled_counters_and_histograms() {
         let m = Metrics::default();
         m.add(&m.delivered, 2);
