@@ -669,6 +669,10 @@ fn http_metrics_api_tokens_sighup_and_the_dashboard() {
     );
     assert!(body.contains("code_class=\"4xx\"} 1"));
     assert!(
+        body.contains("qmail_relay_connections_total{relay=\"relay-a\",outcome=\"opened\"}"),
+        "{body}"
+    );
+    assert!(
         body.contains("qmail_delivery_duration_seconds_bucket{le="),
         "{body}"
     );

@@ -10,6 +10,7 @@
 //! | `qmail_dispatch_attempts_total` … `qmail_dispatch_relay_failures_total` | counter | — |
 //! | `qmail_delivery_attempts_total` | counter | `relay`, `outcome` (delivered, deferred, failed, partial) |
 //! | `qmail_delivery_recipients_total` | counter | `relay`, `code_class` (2xx, 4xx, 5xx, local) |
+//! | `qmail_relay_connections_total` | counter | `relay`, `outcome` (opened, failed) |
 //! | `qmail_delivery_duration_seconds` | histogram | `relay` |
 //! | `qmail_queue_time_seconds` | histogram (submit → 250) | `relay` |
 //! | `qmail_queue_messages` | gauge | `spool`, `state` |
@@ -127,6 +128,7 @@ pub struct Metrics {
     /// Connection-level relay failures (refused, greeting, TLS, AUTH).
     pub relay_failures: Counter,
     attempts_by: Family<RelayOutcome, Counter>,
+    connections_by: Family<RelayOutcome, Counter>,
     rcpts_by: Family<RelayCode, Counter>,
     duration: Family<RelayLabel, Histogram, fn() -> Histogram>,
     queue_time: Family<RelayLabel, Histogram, fn() -> Histogram>,
@@ -188,6 +190,7 @@ impl Default for Metrics {
             connections: c(),
             relay_failures: c(),
             attempts_by: Family::default(),
+            connections_by: Family::default(),
             rcpts_by: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             queue_time: Family::new_with_constructor(queue_time_histogram),
@@ -258,6 +261,11 @@ impl Default for Metrics {
             m.attempts_by.clone(),
         );
         registry.register(
+            "qmail_relay_connections",
+            "SMTP connections to each relay: opened, or failed (refused, greeting, TLS, AUTH)",
+            m.connections_by.clone(),
+        );
+        registry.register(
             "qmail_delivery_recipients",
             "Recipient results by relay and reply code class (2xx, 4xx, 5xx, local)",
             m.rcpts_by.clone(),
@@ -305,6 +313,23 @@ impl Metrics {
     /// Adds `n` to a counter.
     pub fn add(&self, c: &impl Bump, n: u64) {
         c.bump(n);
+    }
+
+    /// Records a connection to `relay`: opened (`ok`), or failed at the connection level
+    /// (refused, greeting, TLS, AUTH): `qmail_relay_connections_total{relay,outcome}` and the
+    /// unlabelled `connections` / `relay_failures` counters.
+    pub fn relay_connection(&self, relay: &str, ok: bool) {
+        if ok {
+            self.connections.inc();
+        } else {
+            self.relay_failures.inc();
+        }
+        self.connections_by
+            .get_or_create(&RelayOutcome {
+                relay: relay.to_owned(),
+                outcome: if ok { "opened" } else { "failed" }.into(),
+            })
+            .inc();
     }
 
     /// Records one attempt (called once per attempt, with the message's submit time):

@@ -90,7 +90,7 @@ impl Shared {
                 }
                 match Session::open(&relay.endpoint, self.cfg.ehlo(), &self.cfg.timeouts) {
                     Ok(s) => {
-                        self.metrics.add(&self.metrics.connections, 1);
+                        self.metrics.relay_connection(&name, true);
                         w.sessions.insert(i, (s, Instant::now()));
                     }
                     Err(e) => {
@@ -99,7 +99,7 @@ impl Shared {
                             self.pool.cool_down(i);
                         }
                         tracing::warn!(relay = %name, reply = %e.reply, "relay unusable; trying the next one");
-                        self.metrics.add(&self.metrics.relay_failures, 1);
+                        self.metrics.relay_connection(&name, false);
                         tried.push(i);
                         last = Some((name, e.reply));
                         continue;
