@@ -302,8 +302,34 @@ fn action(v: &View, id: &str, what: &str) -> Resp {
     }
 }
 
-fn handle(shown: &Shown, mut req: Request) {
+/// On a loopback listener, the `Host` a request names must be loopback too: a page whose
+/// DNS name was rebound to 127.0.0.1 would otherwise read the API (the queue's addresses).
+fn host_allowed(req: &Request, listen: SocketAddr) -> bool {
+    if !listen.ip().is_loopback() {
+        return true;
+    }
+    let Some(h) = req.headers().iter().find(|h| h.field.equiv("Host")) else {
+        // HTTP/1.0 without Host: a local tool, not a browser
+        return true;
+    };
+    let host = h.value.as_str();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
     let v = shown.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !host_allowed(&req, listen) {
+        let _ = req.respond(error(421, "this listener answers only to a loopback Host"));
+        return;
+    }
     let (path, q) = query(req.url());
     // bodies are not used: read (bounded) and drop what a client sends
     let mut sink = Vec::new();
@@ -366,7 +392,7 @@ pub fn serve(addr: SocketAddr, shown: Shown) -> anyhow::Result<()> {
             .name(format!("qmail-http-{n}"))
             .spawn(move || {
                 for req in server.incoming_requests() {
-                    handle(&shown, req);
+                    handle(&shown, addr, req);
                 }
             })?;
     }

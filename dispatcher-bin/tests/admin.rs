@@ -729,6 +729,16 @@ fn http_metrics_api_tokens_sighup_and_the_dashboard() {
     );
     assert_eq!(http(port, "GET", "/api/v1/messages?older=-3", None).0, 400);
     assert_eq!(http(port, "GET", "/nope", None).0, 404);
+    // DNS rebinding: a foreign Host on the loopback listener is refused
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "GET /api/v1/status HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    assert!(s.starts_with("HTTP/1.1 421"), "{s}");
     let (code, page) = http(port, "GET", "/", None);
     assert_eq!(code, 200);
     assert!(page.contains("<script src=\"/console.js\""));

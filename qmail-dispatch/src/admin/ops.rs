@@ -89,10 +89,15 @@ fn move_one(
     let dst_state = to(dir);
     let dst_dir = spool.join(dst_state.dir_name());
     if !dst_dir.is_dir() {
-        fs::create_dir(&dst_dir).or_else(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => Ok(()),
-            _ => Err(e),
-        })?;
+        // a dispatcher-only directory (0700, the two-user layout of docs/spool-format.md)
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dst_dir)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })?;
     }
     match fs::rename(&path, dst_dir.join(id)) {
         Ok(()) => {
