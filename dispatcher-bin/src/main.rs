@@ -260,7 +260,11 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         ("hold", &st.held),
                     ] {
                         match c.oldest_age_secs {
-                            Some(a) => println!("  {name:<10} {:>9}  oldest {}", c.count, age(a)),
+                            Some(a) => println!(
+                                "  {name:<10} {:>9}  oldest submitted {}",
+                                c.count,
+                                admin_cmd::human_time(qmail_core::spool::now_secs() - a)
+                            ),
                             None => println!("  {name:<10} {:>9}", c.count),
                         }
                     }
@@ -377,15 +381,6 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn age(secs: i64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
     }
 }
 
