@@ -155,6 +155,56 @@ typedef uint32_t qmail_result;
 #endif // __cplusplus
 
 /**
+ * Where a message is (see `qmail_message_state()`).
+ */
+enum qmail_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * In `ready/`: waiting for a dispatcher.
+   */
+  QMAIL_STATE_QUEUED = 0,
+  /**
+   * In `scheduled/`: held until its not-before time (`next_attempt`).
+   */
+  QMAIL_STATE_SCHEDULED = 1,
+  /**
+   * In `active/`: a dispatcher is delivering it now.
+   */
+  QMAIL_STATE_ACTIVE = 2,
+  /**
+   * In `deferred/`: a temporary failure; retried at `next_attempt`; `reply_buf` gets the
+   * last reply (e.g. `"451 4.7.1 try later"`).
+   */
+  QMAIL_STATE_DEFERRED = 3,
+  /**
+   * In `hold/`: put on hold by an operator (`qmail-dispatcher hold ID`).
+   */
+  QMAIL_STATE_HELD = 4,
+  /**
+   * In `failed/` or `corrupt/`: `reply_buf` gets the reasons (`"<rcpt>: 550 ..."`).
+   */
+  QMAIL_STATE_FAILED = 5,
+  /**
+   * Delivered: in `sent/`, or recorded as delivered in the delivery log given.
+   */
+  QMAIL_STATE_DELIVERED = 6,
+  /**
+   * Not in the spool, and not in the delivery log given (if any).
+   */
+  QMAIL_STATE_UNKNOWN = 7,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum qmail_state qmail_state;
+#else
+typedef uint32_t qmail_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A message being built: addresses, subject, bodies, headers, attachments, and where it goes.
  *
  * Made by `qmail_message_new()`, released by `qmail_message_free()`. Submitted (any number of
@@ -162,6 +212,29 @@ typedef uint32_t qmail_result;
  * handles may be used by different threads at once.
  */
 typedef struct qmail_message qmail_message;
+
+/**
+ * What `qmail_message_state()` found. Times are Unix seconds, 0 when not applicable.
+ */
+typedef struct {
+  /**
+   * Where the message is.
+   */
+  qmail_state state;
+  /**
+   * Delivery attempts made so far.
+   */
+  uint32_t attempts;
+  /**
+   * When the next attempt is due (deferred: the retry time; scheduled: the not-before
+   * time), Unix seconds; 0 when none.
+   */
+  int64_t next_attempt;
+  /**
+   * When it was delivered, Unix seconds; 0 when not delivered (or not known).
+   */
+  int64_t delivered_at;
+} qmail_message_status;
 
 #ifdef __cplusplus
 extern "C" {
@@ -581,21 +654,33 @@ qmail_result qmail_set_default_spool(const char *spools);
 qmail_result qmail_set_default_spool_with(const char *spools, bool durable, uint32_t file_mode);
 
 /**
- * Offers unsubscribing: writes `List-Unsubscribe: <url>[, <mailto>]` (RFC 2369 §3.2) and,
- * when `one_click` is non-zero, `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
- * (RFC 8058), for which `url` must be an `https://` URI. `mailto` (may be NULL) is a
- * `mailto:` URI or a bare address, written after `url`. UTF-8, NUL-terminated; the strings are
- * copied. Threads: one thread at a time per message.
+ * Asks where message `queue_id` (the id `qmail_submit()` wrote) is in spool `spool`.
+ * Read-only: it lists directories and reads the spool file header, the dispatcher's state
+ * file and (when given) the delivery log; it never changes anything, and may run beside
+ * dispatchers (a message moving meanwhile is seen in one state or the next).
  *
- * Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg` or `url`;
- * `QMAIL_RESULT_INVALID_ARGUMENT` naming `list_unsubscribe.url` (not an http(s) URI, not
- * https with `one_click`, spaces, `<`, `>`, `"` or `,` in it, over 900 octets) or
- * `list_unsubscribe.mailto` (not a mailto: URI of a valid address).
+ * Shape: `spool` and `queue_id` must not be NULL (UTF-8 for the id; the spool path is
+ * bytes). `delivery_log` may be NULL: the dispatcher's `delivery_log` file, read to tell a
+ * delivered message from an unknown one when `sent/` does not keep it. `out` must not be
+ * NULL and receives the state, attempts and times. `reply_buf` (may be NULL with
+ * `reply_buf_len` 0) receives, snprintf-style (truncated at a UTF-8 boundary, always
+ * NUL-terminated), the last reply of a deferred message or the reasons of a failed one
+ * (`"; "`-separated), else an empty string; the caller owns it.
+ *
+ * Errors:
+ * - `QMAIL_RESULT_NULL_PARAMETER` naming `spool`, `queue_id` or `out`;
+ * - `QMAIL_RESULT_INVALID_UTF8` naming `queue_id` or `delivery_log`;
+ * - `QMAIL_RESULT_INVALID_ARGUMENT` naming `queue_id`: not a queue id (nothing is looked up);
+ * - `QMAIL_RESULT_SPOOL_UNAVAILABLE` naming `spool`: not a readable directory.
+ *
+ * Threads: safe from any thread.
  */
-qmail_result qmail_message_set_list_unsubscribe(qmail_message *msg,
-                                                const char *url,
-                                                const char *mailto,
-                                                int32_t one_click);
+qmail_result qmail_message_state(const char *spool,
+                                 const char *queue_id,
+                                 const char *delivery_log,
+                                 qmail_message_status *out,
+                                 char *reply_buf,
+                                 size_t reply_buf_len);
 
 #ifdef __cplusplus
 }  // extern "C"

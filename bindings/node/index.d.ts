@@ -250,6 +250,29 @@ export interface Message {
   listUnsubscribe?: ListUnsubscribe
 }
 
+/** Where a message is. Times are Unix seconds. */
+export interface MessageStatus {
+  /** The queue id. */
+  id: string
+  /**
+   * `queued`, `scheduled`, `active`, `deferred`, `held`, `failed`, `delivered` or
+   * `unknown`.
+   */
+  state: 'queued' | 'scheduled' | 'active' | 'deferred' | 'held' | 'failed' | 'delivered' | 'unknown'
+  /** The spool directory it was found in, or null. */
+  spool?: string
+  /** Delivery attempts made so far. */
+  attempts: number
+  /** When the next attempt is due (retry time, or not-before time), or null. */
+  nextAttempt?: number
+  /** The last reply (a deferral's reason, e.g. `451 4.7.1 try later`), or null. */
+  lastReply?: string
+  /** Why it failed: the message-level reason, then `<rcpt>: reply` per recipient. */
+  reasons: Array<string>
+  /** When it was delivered, or null. */
+  deliveredAt?: number
+}
+
 /** Options of a raw submit. */
 export interface RawOptions {
   /**
@@ -290,6 +313,31 @@ export declare function setDefaultSpool(spool: string | Array<string>, options?:
  * path), `QMAIL_SPOOL_UNAVAILABLE` (a named spool that cannot be created).
  */
 export declare function spoolDirectories(spool?: string | undefined | null): Array<string>
+
+/**
+ * Resolves to where message `queueId` (the id `submit()` resolved to) is: the first spool
+ * that knows it answers, else `unknown`. Read-only, safe beside running dispatchers; the
+ * directory reads run on the libuv thread pool.
+ *
+ * Rejects with `QMAIL_INVALID_ARGUMENT` (field `queue_id`) for a string that is not a queue
+ * id, `QMAIL_SPOOL_UNAVAILABLE` (field `spool`) for a spool that cannot be read,
+ * `QMAIL_NO_SPOOL_CONFIGURED` when no spool is given, set or in `QMAIL_SPOOL`.
+ */
+export declare function status(queueId: string, options?: StatusOptions | undefined | null): Promise<MessageStatus>
+
+/** Options of {@link status}. */
+export interface StatusOptions {
+  /**
+   * The spool directory (or directories) to look in; default: the default spool(s) of
+   * `setDefaultSpool()`, else `QMAIL_SPOOL`.
+   */
+  spool?: string | Array<string>
+  /**
+   * The dispatcher's `delivery_log` file: tells a delivered message from an unknown one
+   * when `sent/` does not keep delivered messages.
+   */
+  deliveryLog?: string
+}
 
 /**
  * Builds the message, writes it durably into the spool and resolves to its queue id (the

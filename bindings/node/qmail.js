@@ -230,6 +230,14 @@ function submitRawStream(stream, options) {
 
 const PRIORITY = { high: 'high', normal: 'normal', low: 'low' }
 
+function status(queueId, options) {
+  try {
+    return native.status(queueId, options)
+  } catch (err) {
+    return Promise.reject(err)
+  }
+}
+
 function transport(options) {
   const spool = options && options.spool
   const fileMode = options && options.fileMode
@@ -298,5 +306,6 @@ module.exports = {
   submitRaw,
   submitRawSync,
   submitRawStream,
+  status,
   transport,
 }

@@ -5,6 +5,7 @@ export const {
   errorCodes,
   setDefaultSpool,
   spoolDirectories,
+  status,
   RawSubmit,
   submit,
   submitSync,

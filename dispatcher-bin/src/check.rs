@@ -218,14 +218,14 @@ pub fn check(s: &Settings) -> Vec<Finding> {
             readable_file(&format!("relay {} password_file", r.name), pw, &mut out);
         }
     }
-    if let Some(addr) = s.metrics {
+    if let Some(addr) = s.http {
         match std::net::TcpListener::bind(addr) {
             Ok(l) => drop(l),
             Err(e) if e.kind() == ErrorKind::AddrInUse => out.push(Finding::Warning(format!(
-                "metrics {addr}: address in use (a running dispatcher? `run` fails while it is)"
+                "http {addr}: address in use (a running dispatcher? `run` fails while it is)"
             ))),
             Err(e) => out.push(Finding::Error(format!(
-                "metrics {addr}: cannot listen on it: {e}"
+                "http {addr}: cannot listen on it: {e}"
             ))),
         }
     }

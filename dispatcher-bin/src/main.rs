@@ -2,10 +2,11 @@
 //! The engine is the `qmail_dispatch` crate; this binary adds the command line, the TOML
 //! configuration, logging, signals and the metrics endpoint. See `docs/dispatcher.md`.
 
+mod admin_cmd;
 mod assets;
 mod check;
+mod http;
 mod journal;
-mod metrics_http;
 mod service;
 mod settings;
 mod spool_init;
@@ -40,9 +41,10 @@ struct Cli {
     /// (repeatable; replaces the file's relays). None: messages go to SPOOL/outbox/.
     #[arg(long = "relay", global = true)]
     relays: Vec<String>,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
-    #[arg(long, global = true)]
-    metrics: Option<std::net::SocketAddr>,
+    /// Serve metrics, /healthz, the JSON API and the console on this address (e.g.
+    /// 127.0.0.1:9187; a bare port means 127.0.0.1). `--metrics` is the same option.
+    #[arg(long, global = true, alias = "metrics", value_parser = settings::parse_listen)]
+    http: Option<std::net::SocketAddr>,
     /// Worker threads (concurrent SMTP transactions).
     #[arg(long, global = true)]
     workers: Option<usize>,
@@ -81,11 +83,107 @@ enum Command {
     Retry {
         /// Queue ids.
         ids: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
-    /// Put failed messages back in the queue (all when no id is given).
+    /// Put failed messages back in the queue: the ids given, or every one with --all.
     RequeueFailed {
         /// Queue ids.
         ids: Vec<String>,
+        /// Every failed message (5xx refusals included).
+        #[arg(long)]
+        all: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The queue, message by message (mailq): id, size, age, priority, sender, recipients,
+    /// attempts, last reply.
+    List {
+        /// Only these states (queued, scheduled, active, deferred, held, failed; comma-separated).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only messages to this recipient (`@domain` for a domain).
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// Only messages from this sender (`@domain` for a domain).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only messages older than this many seconds.
+        #[arg(long)]
+        older: Option<i64>,
+        /// At most this many (oldest first).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put messages on hold: no dispatcher claims them, the lifetime does not expire them.
+    Hold {
+        /// Queue ids.
+        ids: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release held messages (back to ready/, or deferred/ while their retry time is ahead).
+    Release {
+        /// Queue ids.
+        ids: Vec<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete messages (never one in flight in active/).
+    Delete {
+        /// Queue ids.
+        ids: Vec<String>,
+        /// With --all: every message of this state (ready, scheduled, deferred, hold, failed, corrupt).
+        #[arg(long)]
+        state: Option<String>,
+        /// Every message of --state.
+        #[arg(long)]
+        all: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a message as it goes on the wire (postcat -q).
+    Cat {
+        /// Queue id.
+        id: String,
+        /// Only the header section.
+        #[arg(long)]
+        headers: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where the queue is stuck: recipients by domain and age (qshape).
+    Summary {
+        /// Only these states (default: queued, scheduled, active, deferred, held).
+        #[arg(long)]
+        state: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search the delivery log (messages already gone included).
+    Find {
+        /// Attempts to this recipient (`@domain` for a domain).
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// Attempts of the message with this Message-ID.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// The delivery log (default: the configuration's delivery_log).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
     /// Check the configuration and what `run` needs (spools, log files, TLS files, the
     /// metrics address) as this user, and exit (non-zero on a problem).
@@ -156,7 +254,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         config: cli.config.clone(),
         spools: cli.spools.clone(),
         relays: cli.relays.clone(),
-        metrics: cli.metrics,
+        http: cli.http,
         workers: cli.workers,
         log_format: cli.log_format,
     };
@@ -195,9 +293,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         ("deferred", &st.deferred),
                         ("failed", &st.failed),
                         ("corrupt", &st.corrupt),
+                        ("hold", &st.held),
                     ] {
                         match c.oldest_age_secs {
-                            Some(a) => println!("  {name:<10} {:>9}  oldest {}", c.count, age(a)),
+                            Some(a) => println!(
+                                "  {name:<10} {:>9}  oldest submitted {}",
+                                c.count,
+                                admin_cmd::human_time(qmail_core::spool::now_secs() - a)
+                            ),
                             None => println!("  {name:<10} {:>9}", c.count),
                         }
                     }
@@ -227,15 +330,65 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             eprintln!("qmail-dispatcher: no message {id} in any spool");
             Ok(ExitCode::FAILURE)
         }
-        Command::Retry { ids } => move_ids(&s.dispatch.spools, &ids, "due now", |sp, ids| {
-            admin::retry(sp, ids, &admin_id)
-        }),
-        Command::RequeueFailed { ids } => {
-            move_ids(&s.dispatch.spools, &ids, "requeued", |sp, ids| {
-                admin::requeue_failed(sp, ids, &admin_id)
-            })
+        Command::Retry { ids, json } => {
+            admin_cmd::requeue_or_retry(&s.dispatch.spools, &ids, false, true, json, &admin_id)
         }
         Command::Spool { .. } | Command::GenerateAssets { .. } => Ok(ExitCode::SUCCESS),
+        Command::RequeueFailed { ids, all, json } => {
+            admin_cmd::requeue_or_retry(&s.dispatch.spools, &ids, all, false, json, &admin_id)
+        }
+        Command::List {
+            state,
+            rcpt,
+            from,
+            older,
+            limit,
+            json,
+        } => admin_cmd::list(
+            &s.dispatch.spools,
+            &admin_cmd::ListArgs {
+                state,
+                rcpt,
+                from,
+                older,
+                limit,
+                json,
+            },
+        ),
+        Command::Hold { ids, json } => {
+            let a = admin_cmd::IdAction::Hold;
+            admin_cmd::id_action(&s.dispatch.spools, a, &ids, None, false, json)
+        }
+        Command::Release { ids, json } => {
+            let a = admin_cmd::IdAction::Release;
+            admin_cmd::id_action(&s.dispatch.spools, a, &ids, None, false, json)
+        }
+        Command::Delete {
+            ids,
+            state,
+            all,
+            json,
+        } => {
+            let a = admin_cmd::IdAction::Delete;
+            admin_cmd::id_action(&s.dispatch.spools, a, &ids, state.as_deref(), all, json)
+        }
+        Command::Cat { id, headers, json } => {
+            admin_cmd::cat(&s.dispatch.spools, &id, headers, json)
+        }
+        Command::Summary { state, json } => {
+            admin_cmd::summary(&s.dispatch.spools, state.as_deref(), json)
+        }
+        Command::Find {
+            rcpt,
+            message_id,
+            log,
+            json,
+        } => admin_cmd::find(
+            log.as_deref().or(s.dispatch.delivery_log.as_deref()),
+            rcpt.as_deref(),
+            message_id.as_deref(),
+            json,
+        ),
         Command::CheckConfig => {
             // every problem at once: the relays (TLS roots), then what check.rs looks at
             let mut findings: Vec<check::Finding> = s
@@ -297,15 +450,6 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn age(secs: i64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
 fn print_view(v: &admin::MessageView) {
     println!("id          {}", v.id);
     println!(
@@ -329,13 +473,19 @@ fn print_view(v: &admin::MessageView) {
     if let Some(m) = &v.message_id {
         println!("message-id  {m}");
     }
+    if let Some(c) = v.created {
+        println!("submitted   {}", admin_cmd::human_time(c));
+    }
+    if let Some(t) = v.not_before {
+        println!("not before  {}", admin_cmd::human_time(t));
+    }
     if let (Some(p), Some(sz)) = (v.priority, v.size) {
         println!("priority    {p}   size {sz} bytes");
     }
     if let Some(st) = &v.dispatch {
         println!("attempts    {}", st.attempts);
         if st.next_due > 0 {
-            println!("next due    {} (unix)", st.next_due);
+            println!("next due    {}", admin_cmd::human_time(st.next_due));
         }
         if let Some(r) = &st.remaining {
             println!("remaining   {}", r.join(", "));
@@ -347,52 +497,18 @@ fn print_view(v: &admin::MessageView) {
         for a in &st.history {
             for r in &a.results {
                 println!(
-                    "  #{} at {} ms via {}: <{}> {:?} {}",
-                    a.number, a.at_ms, a.relay, r.rcpt, r.status, r.reply
+                    "  #{} at {} via {} in {} ms: <{}> {:?} {}",
+                    a.number,
+                    admin_cmd::human_time(a.at_ms.div_euclid(1000)),
+                    a.relay,
+                    a.duration_ms,
+                    r.rcpt,
+                    r.status,
+                    r.reply
                 );
             }
         }
     }
-}
-
-fn move_ids(
-    spools: &[PathBuf],
-    ids: &[String],
-    what: &str,
-    f: impl Fn(&std::path::Path, &[String]) -> std::io::Result<Vec<String>>,
-) -> Result<ExitCode> {
-    // ids are file names: refuse anything that is not a queue id (no "../", no "/")
-    for id in ids {
-        qmail_core::QueueId::parse(id).map_err(|e| anyhow::anyhow!("{id:?}: {e}"))?;
-    }
-    let mut moved: Vec<String> = Vec::new();
-    for sp in spools {
-        // with explicit ids, each spool is asked only for the ones it holds
-        let mine: Vec<String> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            ids.iter()
-                .filter(|i| admin::locate(sp, i).is_some())
-                .cloned()
-                .collect()
-        };
-        if !ids.is_empty() && mine.is_empty() {
-            continue;
-        }
-        moved.extend(f(sp, &mine).with_context(|| format!("in {}", sp.display()))?);
-    }
-    for id in &moved {
-        println!("{id} {what}");
-    }
-    println!("{} message(s) {what}", moved.len());
-    let missing: Vec<&String> = ids.iter().filter(|i| !moved.contains(i)).collect();
-    if !missing.is_empty() {
-        for m in &missing {
-            eprintln!("qmail-dispatcher: {m}: not found in the expected state");
-        }
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
@@ -402,28 +518,32 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&term))?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
-    let mut shown: Option<metrics_http::Shown> = None;
-    let mut d = Dispatcher::new(s.dispatch.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut shown: Option<http::Shown> = None;
+    // one set of counters for the life of the process: a reload keeps them (Dispatcher::reload)
+    let metrics = Arc::new(qmail_dispatch::Metrics::default());
+    let mut d = Dispatcher::with_metrics(s.dispatch.clone(), Arc::clone(&metrics))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     loop {
         service::ready(&format!("serving {} spool(s)", s.dispatch.spools.len()));
         tracing::info!(
             instance = d.instance(),
-            spools = ?s.dispatch.spools,
-            relays = ?s.dispatch.relays.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            spools = %s.dispatch.spools.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","),
+            relays = %s.dispatch.relays.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
             workers = s.dispatch.workers,
             "qmail-dispatcher started"
         );
-        match (&shown, s.metrics) {
-            (Some(sh), _) => {
-                *sh.lock().unwrap_or_else(|p| p.into_inner()) =
-                    (d.metrics(), s.dispatch.spools.clone())
-            }
+        let view = http::View {
+            metrics: Arc::clone(&metrics),
+            spools: s.dispatch.spools.clone(),
+            delivery_log: s.dispatch.delivery_log.clone(),
+            token: s.http_token.clone(),
+            instance: format!("http-{}", d.instance()),
+        };
+        match (&shown, s.http) {
+            (Some(sh), _) => *sh.lock().unwrap_or_else(|p| p.into_inner()) = view,
             (None, Some(addr)) => {
-                let sh: metrics_http::Shown = Arc::new(std::sync::Mutex::new((
-                    d.metrics(),
-                    s.dispatch.spools.clone(),
-                )));
-                metrics_http::serve(addr, Arc::clone(&sh))?;
+                let sh: http::Shown = Arc::new(std::sync::Mutex::new(view));
+                http::serve(addr, Arc::clone(&sh))?;
                 shown = Some(sh);
             }
             (None, None) => {}

@@ -198,7 +198,7 @@ fn commands_drain_status_show_retry_requeue_check_config() {
 
     // requeue-failed: against an accepting relay it goes out
     let srv2 = SmtpServer::start(&[]);
-    let o = cli(&["--config", c, "requeue-failed"]);
+    let o = cli(&["--config", c, "requeue-failed", "--all"]);
     assert!(
         stdout(&o).contains("1 message(s) requeued"),
         "{}",
@@ -508,8 +508,8 @@ fn metrics_endpoint_serves_prometheus_text() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{body}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(body.starts_with("HTTP/1.0 200 OK"));
-    assert!(body.contains("# TYPE qmail_dispatch_attempts_total counter"));
+    assert!(body.starts_with("HTTP/1.") && body.contains(" 200 OK"));
+    assert!(body.contains("# TYPE qmail_dispatch_attempts counter"));
     assert!(body.contains("state=\"ready\"} 0"));
     signal(&p, "TERM");
     assert!(wait_exit(&mut p, Duration::from_secs(10)).success());

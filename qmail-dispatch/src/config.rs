@@ -112,27 +112,49 @@ impl Default for RelayConfig {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .ok_or_else(|| invalid("relay", "bad %-escape in the relay URL"))?;
-            out.push(
-                u8::from_str_radix(hex, 16)
-                    .map_err(|_| invalid("relay", "bad %-escape in the relay URL"))?,
-            );
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+fn percent_decode(field: &'static str, s: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| invalid(field, format!("{field} is not UTF-8 after %-decoding")))
+}
+
+/// Parses a whole number of type `T` for URL parameter `key`, naming it and the range when it
+/// does not fit (`weight=4294967296` is refused, not wrapped to 0).
+fn url_number<T>(key: &str, v: &str) -> Result<T>
+where
+    T: std::str::FromStr + std::fmt::Display + num_bounds::Bounded,
+{
+    v.parse::<T>().map_err(|_| {
+        let field: &'static str = match key {
+            "priority" => "relay.priority",
+            "weight" => "relay.weight",
+            "max_connections" => "relay.max_connections",
+            "max_messages_per_connection" => "relay.max_messages_per_connection",
+            "cooldown_secs" => "relay.cooldown_secs",
+            _ => "relay",
+        };
+        invalid(
+            field,
+            format!(
+                "{key}={v:?} is not a whole number within {}..={}",
+                T::MIN_V,
+                T::MAX_V
+            ),
+        )
+    })
+}
+
+mod num_bounds {
+    /// The range of an integer type, for error messages.
+    pub trait Bounded {
+        const MIN_V: Self;
+        const MAX_V: Self;
     }
-    String::from_utf8(out)
-        .map_err(|_| invalid("relay", "the relay URL is not UTF-8 after %-decoding"))
+    macro_rules! bounded {
+        ($($t:ty),*) => { $(impl Bounded for $t { const MIN_V: Self = <$t>::MIN; const MAX_V: Self = <$t>::MAX; })* };
+    }
+    bounded!(u32, u64, usize);
 }
 
 impl RelayConfig {
@@ -154,99 +176,125 @@ impl RelayConfig {
     }
 
     fn apply_url(&mut self) -> Result<()> {
-        let Some(url) = self.url.clone() else {
+        let Some(raw) = self.url.clone() else {
             return Ok(());
         };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("relay", format!("{url:?} is not smtp://... or smtps://...")))?;
-        let implicit = match scheme {
+        // never echo the URL itself in errors: it may hold a password
+        let u = url::Url::parse(&raw).map_err(|e| match e {
+            url::ParseError::InvalidPort => invalid(
+                "relay.port",
+                "the port of the relay URL is not a number within 1..=65535",
+            ),
+            e => invalid("relay.url", format!("the relay URL does not parse: {e}")),
+        })?;
+        // the scheme is case-insensitive (RFC 3986 §3.1); the url crate lowercases it
+        let implicit = match u.scheme() {
             "smtp" => false,
             "smtps" => true,
-            _ => {
+            other => {
                 return Err(invalid(
-                    "relay",
-                    format!("scheme {scheme:?} is not smtp or smtps"),
+                    "relay.url",
+                    format!("scheme {other:?} is not smtp or smtps"),
                 ));
             }
         };
-        let (authority, query) = match rest.split_once('?') {
-            Some((a, q)) => (a, Some(q)),
-            None => (rest, None),
-        };
-        let authority = authority.trim_end_matches('/');
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        if let Some(u) = userinfo {
-            let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-            self.username = Some(percent_decode(user)?);
-            self.password = Some(percent_decode(pass)?);
+        if !matches!(u.path(), "" | "/") {
+            return Err(invalid(
+                "relay.url",
+                format!(
+                    "the relay URL has a path ({:?}); only host, port and ?parameters",
+                    u.path()
+                ),
+            ));
         }
-        let (host, port) = if let Some(h) = hostport.strip_prefix('[') {
-            let (h, p) = h
-                .split_once(']')
-                .ok_or_else(|| invalid("relay", "unclosed [ in the relay URL"))?;
-            (h.to_owned(), p.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (hostport.to_owned(), None),
-            }
+        if u.fragment().is_some() {
+            return Err(invalid("relay.url", "the relay URL has a #fragment"));
+        }
+        let host = match u.host() {
+            Some(url::Host::Domain(d)) => percent_decode("relay.host", d)?.to_ascii_lowercase(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(invalid("relay.host", "the relay URL has no host")),
         };
         if host.is_empty() {
-            return Err(invalid("relay", format!("{url:?} has no host")));
+            return Err(invalid("relay.host", "the relay URL has no host"));
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            self.username = Some(percent_decode("relay.username", u.username())?);
+            self.password = Some(percent_decode(
+                "relay.password",
+                u.password().unwrap_or(""),
+            )?);
         }
         self.host = host;
-        self.port = match port {
-            Some(p) => match p.parse::<u64>() {
-                Ok(n @ 1..=65535) => n as u16,
-                Ok(n) => {
-                    return Err(invalid(
-                        "relay",
-                        format!("port {n} is out of range 1..=65535 (RFC 793 ports are 16 bits)"),
-                    ));
-                }
-                Err(_) => {
-                    return Err(invalid("relay", format!("port {p:?} is not a number")));
-                }
-            },
+        self.port = match u.port() {
+            Some(0) => return Err(invalid("relay.port", "port 0 is not a relay port")),
+            Some(p) => p,
             None if implicit => 465,
             None => 25,
         };
         if implicit {
             self.tls = Some(TlsMode::Implicit);
         }
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let mut seen: Vec<String> = Vec::new();
+        for pair in u.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v)?;
-            let num = |v: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")))
-            };
-            match k {
+            let k = percent_decode("relay.url", k)?;
+            let v = percent_decode("relay.url", v)?;
+            if seen.contains(&k) {
+                return Err(invalid(
+                    "relay.url",
+                    format!("relay URL parameter {k:?} is given twice"),
+                ));
+            }
+            seen.push(k.clone());
+            match k.as_str() {
                 "tls" if !implicit => self.tls = Some(TlsMode::parse(&v)?),
-                "tls" => return Err(invalid("relay", "smtps:// is implicit TLS; leave out tls=")),
-                "priority" => self.priority = num(&v)? as u32,
-                "weight" => self.weight = num(&v)? as u32,
-                "max_connections" => self.max_connections = num(&v)? as usize,
-                "max_messages_per_connection" => self.max_messages_per_connection = num(&v)? as u32,
+                "tls" => {
+                    return Err(invalid(
+                        "relay.tls",
+                        "smtps:// is implicit TLS; leave out tls=",
+                    ));
+                }
+                "priority" => self.priority = url_number(&k, &v)?,
+                "weight" => self.weight = url_number(&k, &v)?,
+                "max_connections" => self.max_connections = url_number(&k, &v)?,
+                "max_messages_per_connection" => {
+                    self.max_messages_per_connection = url_number(&k, &v)?
+                }
                 "max_messages_per_second" => {
                     self.max_messages_per_second = v
-                        .parse()
-                        .map_err(|_| invalid("relay", format!("{k}={v:?} is not a number")))?
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x >= 0.0)
+                        .ok_or_else(|| {
+                            invalid(
+                                "relay.max_messages_per_second",
+                                format!(
+                                    "{k}={v:?} is not a number of messages per second, 0 or more"
+                                ),
+                            )
+                        })?
                 }
-                "cooldown_secs" => self.cooldown_secs = num(&v)?,
+                "cooldown_secs" => self.cooldown_secs = url_number(&k, &v)?,
                 "name" => self.name = v,
                 "ca_file" => self.ca_file = Some(PathBuf::from(v)),
                 "token_file" => self.token_file = Some(PathBuf::from(v)),
                 "dangerous_accept_invalid_certs" => {
-                    self.dangerous_accept_invalid_certs = v == "true" || v == "1"
+                    self.dangerous_accept_invalid_certs = match v.as_str() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(invalid(
+                                "relay.dangerous_accept_invalid_certs",
+                                format!("{k}={v:?} is not true or false"),
+                            ));
+                        }
+                    }
                 }
                 _ => {
                     return Err(invalid(
-                        "relay",
+                        "relay.url",
                         format!("unknown relay URL parameter {k:?}"),
                     ));
                 }
@@ -461,6 +509,12 @@ pub struct DispatchConfig {
     /// Files in `<spool>/tmp/` older than this (a submitter that died mid-write) are removed
     /// at the start of `run` and `drain` and hourly; 36 h by default, as qmail's.
     pub tmp_max_age_secs: u64,
+    /// Remove messages from `failed/` this long after they failed (0 = keep forever).
+    /// Default 5 days, as Postfix's `bounce_queue_lifetime` / `maximal_queue_lifetime`.
+    pub failed_retention_secs: u64,
+    /// Remove files from `corrupt/` this long after they were quarantined (0 = keep
+    /// forever). Default 5 days.
+    pub corrupt_retention_secs: u64,
     /// fsync state changes (directory renames, state files). On by default.
     pub durable: bool,
     /// Append one JSON line per delivery attempt to this file (also logged at target
@@ -490,6 +544,8 @@ impl Default for DispatchConfig {
             shutdown_grace_secs: 30,
             sent_retention_secs: 0,
             tmp_max_age_secs: 36 * 3600,
+            failed_retention_secs: 5 * 86400,
+            corrupt_retention_secs: 5 * 86400,
             durable: true,
             delivery_log: None,
             retry: RetryConfig::default(),
@@ -612,6 +668,45 @@ mod tests {
         );
         assert!(RelayConfig::from_url("http://x").is_err());
         assert!(RelayConfig::from_url("smtp://x:25?tls=maybe").is_err());
+    }
+
+    #[test]
+    fn relay_urls_are_checked_strictly() {
+        // the scheme is case-insensitive (RFC 3986 §3.1), the host too
+        let r = RelayConfig::from_url("SMTP://MX.Example:2525?TLS=none");
+        assert!(
+            r.is_err(),
+            "parameter names are case-sensitive: TLS is unknown"
+        );
+        let r = RelayConfig::from_url("SMTP://MX.Example:2525?tls=none").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("mx.example", 2525));
+        let r = RelayConfig::from_url("Smtps://mx.example").unwrap();
+        assert_eq!(r.tls, Some(TlsMode::Implicit));
+        let field = |u: &str| {
+            RelayConfig::from_url(u)
+                .unwrap_err()
+                .field()
+                .unwrap_or("")
+                .to_owned()
+        };
+        assert_eq!(field("smtp://mx.example?weight=4294967296"), "relay.weight");
+        assert_eq!(field("smtp://mx.example?priority=-1"), "relay.priority");
+        assert_eq!(field("smtp://mx.example:99999"), "relay.port");
+        assert_eq!(field("smtp://mx.example:0"), "relay.port");
+        assert_eq!(field("smtp://mx.example?weight=1&weight=2"), "relay.url");
+        assert_eq!(field("smtp://mx.example/path"), "relay.url");
+        assert_eq!(
+            field("smtp://mx.example?max_messages_per_second=NaN"),
+            "relay.max_messages_per_second"
+        );
+        assert_eq!(
+            field("smtp://mx.example?dangerous_accept_invalid_certs=yes"),
+            "relay.dangerous_accept_invalid_certs"
+        );
+        let e = RelayConfig::from_url("smtp://u:secret@mx.example?weight=x").unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let r = RelayConfig::from_url("smtp://mx.example?weight=4294967295").unwrap();
+        assert_eq!(r.weight, u32::MAX);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use qmail_core::spool::{Spool, now_secs};
 
 use crate::claim::{Identity, Lease};
 use crate::clock::{Clock, SpoolClock};
-use crate::housekeeping::{check_layout, purge_sent, purge_stale};
+use crate::housekeeping::{check_layout, purge_retention, purge_sent, purge_stale};
 use crate::queue::dir::quarantine_strays;
 use crate::relay::RelayPool;
 use crate::schedule::{self, CandidateQueue, Dir};
@@ -182,7 +182,17 @@ impl Dispatcher {
     /// whose directories are not safe to serve (owner or mode; the message names the
     /// directory and the fix).
     pub fn new(cfg: DispatchConfig) -> Result<Dispatcher> {
-        Dispatcher::build(cfg, false, None)
+        Dispatcher::build(cfg, false, None, None)
+    }
+
+    /// As [`Dispatcher::new`], counting into `metrics`: the binary keeps one [`Metrics`] for
+    /// the life of the process, so counters survive a SIGHUP reload ([`Dispatcher::reload`]
+    /// keeps them too).
+    ///
+    /// # Errors
+    /// As [`Dispatcher::new`].
+    pub fn with_metrics(cfg: DispatchConfig, metrics: Arc<Metrics>) -> Result<Dispatcher> {
+        Dispatcher::build(cfg, false, None, Some(metrics))
     }
 
     /// A dispatcher with a new configuration that keeps this one's instance id and leases
@@ -200,7 +210,12 @@ impl Dispatcher {
                 "SIGHUP: lease_secs changes at the next start, not at a reload"
             );
         }
-        Dispatcher::build(cfg, false, Some(Arc::clone(&self.shared.leases)))
+        Dispatcher::build(
+            cfg,
+            false,
+            Some(Arc::clone(&self.shared.leases)),
+            Some(Arc::clone(&self.shared.metrics)),
+        )
     }
 
     /// Workers holding a claim right now (transactions in flight).
@@ -212,6 +227,7 @@ impl Dispatcher {
         cfg: DispatchConfig,
         drain: bool,
         leases: Option<Arc<LeaseSet>>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<Dispatcher> {
         let cfg = cfg.resolve()?;
         for r in cfg.relays.iter().filter(|r| r.cleartext_credentials()) {
@@ -266,7 +282,7 @@ impl Dispatcher {
                 instance: leases.instance.clone(),
                 pool,
                 queue: CandidateQueue::new(drain),
-                metrics: Arc::new(Metrics::default()),
+                metrics: metrics.unwrap_or_default(),
                 delivery_log,
                 drain,
                 cfg,
@@ -302,7 +318,7 @@ impl Dispatcher {
     /// # Errors
     /// When a lease cannot be written.
     pub fn drain(cfg: DispatchConfig) -> Result<Summary> {
-        let d = Dispatcher::build(cfg, true, None)?;
+        let d = Dispatcher::build(cfg, true, None, None)?;
         let sh = &d.shared;
         for (i, s) in sh.spools.iter().enumerate() {
             d.housekeep(i, s);
@@ -325,6 +341,7 @@ impl Dispatcher {
     pub(crate) fn housekeep(&self, i: usize, s: &Path) {
         let sh = &self.shared;
         purge_stale(s, sh.cfg.tmp_max_age_secs, sh.lease_of[i].spool_now());
+        purge_retention(s, &sh.cfg);
         let n = quarantine_strays(s);
         if n > 0 {
             sh.metrics.add(&sh.metrics.corrupt, n as u64);

@@ -1,5 +1,6 @@
-//! Housekeeping: stale temporaries left by crashes, retention of `sent/`, and the check that a
-//! spool's directories are safe to serve (contract C2 of the two-user layout).
+//! Housekeeping: stale temporaries left by crashes, retention of `sent/`, `failed/` and
+//! `corrupt/`, and the check that a spool's directories are safe to serve (contract C2 of the
+//! two-user layout).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -140,4 +141,9 @@ pub fn check_layout(spool: &Path) -> Result<()> {
         check(d, 0o002, "anyone could plant files")?;
     }
     Ok(())
+}
+
+/// Retention of `failed/` and `corrupt/` (`failed_retention_secs`, `corrupt_retention_secs`).
+pub(crate) fn purge_retention(spool: &Path, cfg: &DispatchConfig) {
+    crate::admin::ops::purge_expired(spool, cfg.failed_retention_secs, cfg.corrupt_retention_secs);
 }

@@ -42,6 +42,7 @@ pub mod claim;
 pub mod clock;
 pub mod config;
 pub mod content;
+mod delivery_log;
 mod dispatcher;
 pub mod dkim;
 pub mod dsn;

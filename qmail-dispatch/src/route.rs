@@ -100,7 +100,7 @@ impl Shared {
                 }
                 match Session::open(&relay.endpoint, self.cfg.ehlo(), &self.cfg.timeouts) {
                     Ok(s) => {
-                        self.metrics.add(&self.metrics.connections, 1);
+                        self.metrics.relay_connection(&name, true);
                         w.sessions.insert(i, (s, Instant::now()));
                     }
                     Err(e) => {
@@ -110,7 +110,7 @@ impl Shared {
                         }
                         let reply = e.reply();
                         tracing::warn!(relay = %name, reply = %reply, "relay unusable; trying the next one");
-                        self.metrics.add(&self.metrics.relay_failures, 1);
+                        self.metrics.relay_connection(&name, false);
                         tried.push(i);
                         last = Some((name, reply));
                         continue;

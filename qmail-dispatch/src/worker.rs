@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -467,7 +467,7 @@ impl Shared {
             instance: self.instance.clone(),
             results: results.clone(),
         };
-        self.log_attempt(id, queue, &attempt);
+        self.log_attempt(id, queue, header, &attempt);
         st.push_attempt(attempt);
         if let Some(r) = reason {
             st.reason = Some(r);
@@ -557,36 +557,13 @@ impl Shared {
         }
     }
 
-    pub(crate) fn log_attempt(&self, id: &str, queue: &Path, a: &state::Attempt) {
-        let to_log = tracing::enabled!(target: "qmail::delivery", tracing::Level::INFO);
-        if !to_log && self.delivery_log.is_none() {
-            return;
-        }
-        let last = a
-            .results
-            .last()
-            .map(|r| r.reply.clone())
-            .unwrap_or_else(|| Reply::local(""));
-        let line = serde_json::json!({
-            "ts_ms": a.at_ms,
-            "id": id,
-            "spool": queue,
-            "attempt": a.number,
-            "relay": a.relay,
-            "recipients": a.results.iter().map(|r| &r.rcpt).collect::<Vec<_>>(),
-            "code": last.code,
-            "reply": last.text,
-            "results": a.results,
-            "duration_ms": a.duration_ms,
-            "instance": a.instance,
-        })
-        .to_string();
-        if to_log {
-            tracing::info!(target: "qmail::delivery", "{line}");
-        }
-        if let Some(f) = &self.delivery_log {
-            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
+    pub(crate) fn log_attempt(
+        &self,
+        id: &str,
+        queue: &Path,
+        header: &SpoolHeader,
+        a: &state::Attempt,
+    ) {
+        crate::delivery_log::record(self, id, queue, header, a);
     }
 }

@@ -153,6 +153,21 @@ pub(crate) fn write_truncated(buf: *mut c_char, len: usize, s: &str) -> usize {
     s.len()
 }
 
+/// Stores `value` in the caller's `*out` (an out-parameter); `Failure::Null(param)` for NULL.
+pub(crate) fn write_out<T: Copy>(
+    out: *mut T,
+    param: &'static str,
+    value: T,
+) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(Failure::Null(param));
+    }
+    // SAFETY: non-NULL, and qmail.h requires `out` to point to a writable, aligned `T` the
+    // caller owns; `T: Copy` has no destructor, so overwriting what was there is fine.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
 /// Writes `s` and a NUL into `buf`, which the caller checked holds `s.len() + 1` bytes.
 pub(crate) fn write_whole(buf: *mut c_char, len: usize, s: &str) {
     assert!(

@@ -32,6 +32,7 @@ pub mod raw;
 pub mod spool;
 // one-click unsubscribe (issue 16), after the message setters in qmail.h
 pub mod list;
+pub mod status;
 
 use std::ffi::{CString, c_char};
 use std::sync::OnceLock;

@@ -10,7 +10,7 @@ import helpers from './helpers.js'
 
 const require = createRequire(import.meta.url)
 const qmailCjs = require('qmail')
-const api = ['errorCodes', 'setDefaultSpool', 'spoolDirectories', 'RawSubmit', 'submit', 'submitSync', 'submitRaw', 'submitRawSync', 'submitRawStream', 'transport']
+const api = ['errorCodes', 'setDefaultSpool', 'spoolDirectories', 'status', 'RawSubmit', 'submit', 'submitSync', 'submitRaw', 'submitRawSync', 'submitRawStream', 'transport']
 
 test('require("qmail") and import "qmail" expose the same functions', () => {
   assert.deepEqual(Object.keys(qmailCjs).sort(), [...api].sort())

@@ -8,6 +8,7 @@ The `qmail` npm package: Node initiators submit mail into a qmail spool.
 - [`raw::submit_raw`] / [`raw::submit_raw_sync`]: spool a message composed elsewhere (nodemailer's
   own composer, see the `transport()` in `qmail.js`).
 - [`spool::set_default_spool`]: where submits go when they name no spool (else `QMAIL_SPOOL`).
+- [`status::status`]: where a submitted message is (queued, deferred with the last reply, ...).
 - [`error::error_codes`]: every `err.code` a call can fail with.
 
 Every rule (address syntax, header checks, MIME, durability) lives in `qmail-core`; this crate
@@ -27,3 +28,4 @@ pub mod error;
 pub mod message;
 pub mod raw;
 pub mod spool;
+pub mod status;

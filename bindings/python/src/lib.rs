@@ -23,6 +23,7 @@ threads go on while a message is written and fsynced.
 mod error;
 mod message;
 mod spool;
+mod status;
 
 use pyo3::prelude::*;
 
@@ -35,6 +36,8 @@ mod _qmail {
     use crate::message::Message;
     #[pymodule_export]
     use crate::spool::{_read_spool_file, Spool, parse_mailbox, set_default_spool, submit_message};
+    #[pymodule_export]
+    use crate::status::MessageStatus;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

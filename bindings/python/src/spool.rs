@@ -115,6 +115,32 @@ impl Spool {
         self.file_mode
     }
 
+    /// Where message `queue_id` is (read-only; see `crate::status`).
+    #[pyo3(signature = (queue_id, /, *, delivery_log = None))]
+    fn status(
+        &self,
+        py: Python<'_>,
+        queue_id: &str,
+        delivery_log: Option<PathBuf>,
+    ) -> PyResult<crate::status::MessageStatus> {
+        crate::status::status(py, self.initiator.spools(), queue_id, delivery_log)
+    }
+
+    /// The messages in the spool(s), oldest first (read-only; see `crate::status`).
+    #[pyo3(signature = (*, state = None, rcpt = None, sender = None, older = None, limit = None))]
+    fn list(
+        &self,
+        py: Python<'_>,
+        state: Option<&str>,
+        rcpt: Option<String>,
+        sender: Option<String>,
+        older: Option<i64>,
+        limit: Option<usize>,
+    ) -> PyResult<Vec<crate::status::MessageStatus>> {
+        let spools = self.initiator.spools();
+        crate::status::list(py, spools, state, rcpt, sender, older, limit)
+    }
+
     fn __repr__(&self) -> String {
         let paths: Vec<String> = self
             .initiator

@@ -21,6 +21,7 @@ def test_public_names() -> None:
             "InvalidHeader",
             "InvalidMessage",
             "Message",
+            "MessageStatus",
             "NoSpoolConfigured",
             "QmailError",
             "Spool",

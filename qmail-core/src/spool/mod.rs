@@ -8,6 +8,7 @@
 //! SPOOL/deferred/   a temporary failure; retried later
 //! SPOOL/failed/     permanent failure or queue lifetime exceeded (dead letters)
 //! SPOOL/corrupt/    files that could not be parsed, kept for a human
+//! SPOOL/hold/       put on hold by an operator: never claimed, never expired (Postfix's hold queue)
 //! ```
 //! A message's state is the directory its file is in; a state change is one `rename(2)`.
 //!
@@ -36,6 +37,7 @@
 
 pub mod queue_id;
 pub mod record;
+pub mod status;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -66,11 +68,15 @@ pub enum QueueState {
     Failed,
     /// `corrupt/`: unparseable files.
     Corrupt,
+    /// `hold/`: put on hold by an operator (`qmail-dispatcher hold ID`); no dispatcher claims
+    /// it and the queue lifetime does not fail it; `release` moves it back (Postfix's hold
+    /// queue, `postsuper -h`/`-H`).
+    Held,
 }
 
 impl QueueState {
     /// Every state, in lifecycle order.
-    pub const ALL: [QueueState; 7] = [
+    pub const ALL: [QueueState; 8] = [
         QueueState::Tmp,
         QueueState::Ready,
         QueueState::Scheduled,
@@ -78,6 +84,7 @@ impl QueueState {
         QueueState::Deferred,
         QueueState::Failed,
         QueueState::Corrupt,
+        QueueState::Held,
     ];
 
     /// The directory name.
@@ -90,6 +97,7 @@ impl QueueState {
             QueueState::Deferred => "deferred",
             QueueState::Failed => "failed",
             QueueState::Corrupt => "corrupt",
+            QueueState::Held => "hold",
         }
     }
 }
@@ -181,6 +189,14 @@ impl Spool {
         b.recursive(true).mode(dir_mode);
         for st in QueueState::ALL {
             let d = root.join(st.dir_name());
+            if st == QueueState::Held {
+                // the dispatcher's directory (0700 in the two-user layout): an initiator may
+                // not be allowed to create it, and never needs it
+                if !d.is_dir() {
+                    let _ = b.create(&d);
+                }
+                continue;
+            }
             if !d.is_dir() {
                 match b.create(&d) {
                     Ok(()) => {}

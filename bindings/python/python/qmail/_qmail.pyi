@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, TypeAlias, Union, final
 
 __all__ = [
     "Message",
+    "MessageStatus",
     "Spool",
     "_read_spool_file",
     "parse_mailbox",
@@ -251,6 +252,94 @@ class Spool:
     @property
     def file_mode(self) -> int:
         """The mode of spool files."""
+
+    def status(
+        self, queue_id: str, /, *, delivery_log: _StrPath | None = None
+    ) -> MessageStatus:
+        """Where message ``queue_id`` (the id ``submit`` returned) is: the first directory that
+        knows it answers. Read-only; safe beside running dispatchers.
+
+        Args:
+            queue_id: the queue id.
+            delivery_log: the dispatcher's ``delivery_log`` file, to tell a delivered message
+                from an unknown one when ``sent/`` does not keep delivered messages.
+
+        Raises:
+            InvalidArgument: ``queue_id`` is not a queue id (field ``queue_id``).
+            SpoolError: a directory cannot be read (field ``spool``).
+        """
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        rcpt: str | None = None,
+        sender: str | None = None,
+        older: int | None = None,
+        limit: int | None = None,
+    ) -> list[MessageStatus]:
+        """The messages in the directories, oldest first, with their envelope (mailq).
+
+        Args:
+            state: only these states, comma-separated (``"deferred"``, ``"deferred,held"``).
+            rcpt: only messages to this recipient (case-insensitive; ``"@domain"`` for a domain).
+            sender: only messages from this envelope sender (same forms).
+            older: only messages submitted more than this many seconds ago.
+            limit: at most this many.
+
+        Raises:
+            InvalidArgument: an unknown state (field ``state``), a negative ``older``.
+            SpoolError: a directory cannot be read.
+        """
+
+@final
+class MessageStatus:
+    """Where a message is, from :meth:`Spool.status` or :meth:`Spool.list`. Times are Unix
+    seconds."""
+
+    @property
+    def id(self) -> str:
+        """The queue id."""
+    @property
+    def state(
+        self,
+    ) -> Literal["queued", "scheduled", "active", "deferred", "held", "failed", "delivered", "unknown"]:
+        """Where it is: waiting (``queued``), held until its not-before time (``scheduled``),
+        being delivered (``active``), waiting for a retry (``deferred``), put on hold by an
+        operator (``held``), failed for good (``failed``), ``delivered``, or ``unknown``."""
+    @property
+    def spool(self) -> pathlib.Path | None:
+        """The spool directory it was found in."""
+    @property
+    def attempts(self) -> int:
+        """Delivery attempts made so far."""
+    @property
+    def next_attempt(self) -> int | None:
+        """When the next attempt is due (retry time, or not-before time)."""
+    @property
+    def last_reply(self) -> str | None:
+        """The last reply, e.g. ``"451 4.7.1 try later"``."""
+    @property
+    def reasons(self) -> list[str]:
+        """Why it failed: the message-level reason, then ``"<rcpt>: reply"`` per recipient."""
+    @property
+    def delivered_at(self) -> int | None:
+        """When it was delivered."""
+    @property
+    def sender(self) -> str | None:
+        """The envelope sender (``list`` only)."""
+    @property
+    def recipients(self) -> list[str]:
+        """The envelope recipients still to do (``list`` only)."""
+    @property
+    def message_id(self) -> str | None:
+        """The Message-ID header value (``list`` only)."""
+    @property
+    def created(self) -> int | None:
+        """When it was submitted (``list`` only)."""
+    @property
+    def size(self) -> int | None:
+        """The message size in bytes (``list`` only)."""
 
 def set_default_spool(
     spools: _StrPath | Iterable[_StrPath],

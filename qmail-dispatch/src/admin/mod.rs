@@ -1,6 +1,7 @@
 //! Operations on a spool for people and scripts: `status`, `show`, `retry`,
-//! `requeue-failed`. They work while dispatchers run (every change is one rename, after the
-//! state file is updated).
+//! `requeue-failed`, and the operator's commands in [`ops`] (`list`, `hold`, `release`,
+//! `delete`, `cat`, `summary`, `find`, retention). They work while dispatchers run (every
+//! change is one rename, after the state file is updated).
 
 use std::fs;
 use std::io;
@@ -8,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use qmail_core::spool::status;
 use qmail_core::spool::{QueueId, QueueState, SpoolFile, now_secs};
+
+pub mod ops;
 
 use super::claim::split_claim_name;
 use super::state::MessageState;
@@ -44,6 +48,8 @@ pub struct SpoolStatus {
     pub tmp_files: u64,
     /// Their total size in bytes.
     pub tmp_bytes: u64,
+    /// `hold/`.
+    pub held: StateCount,
 }
 
 fn count(dir: &Path, now: i64) -> StateCount {
@@ -79,6 +85,7 @@ pub fn status(spool: &Path) -> SpoolStatus {
         corrupt: d(QueueState::Corrupt),
         tmp_files: tmp.0,
         tmp_bytes: tmp.1,
+        held: d(QueueState::Held),
     }
 }
 
@@ -124,30 +131,9 @@ pub struct MessageView {
     pub dispatch: Option<MessageState>,
 }
 
-/// Finds a message in any state of the spool.
+/// Finds a message in any state of the spool (see [`qmail_core::spool::status::locate`]).
 pub fn locate(spool: &Path, id: &str) -> Option<(QueueState, PathBuf, Option<String>)> {
-    for st in [
-        QueueState::Ready,
-        QueueState::Scheduled,
-        QueueState::Deferred,
-        QueueState::Failed,
-        QueueState::Corrupt,
-    ] {
-        let p = spool.join(st.dir_name()).join(id);
-        if p.exists() {
-            return Some((st, p, None));
-        }
-    }
-    let rd = fs::read_dir(spool.join(QueueState::Active.dir_name())).ok()?;
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some((i, owner)) = split_claim_name(&name)
-            && i == id
-        {
-            return Some((QueueState::Active, e.path(), Some(owner.to_owned())));
-        }
-    }
-    None
+    status::locate(spool, id)
 }
 
 /// `show ID`.

@@ -1,0 +1,400 @@
+//! The dispatcher's HTTP listener (`--http ADDR`, `[http] listen`; `--metrics ADDR` is the
+//! same): Prometheus metrics, a health check, a JSON API and the web console.
+//!
+//! | method, path | what |
+//! | --- | --- |
+//! | `GET /metrics` | OpenMetrics text (`qmail_dispatch::metrics`) |
+//! | `GET /healthz` | `200 {"status":"ok",...}` while every spool is readable, else `503` |
+//! | `GET /api/v1/status` | per spool: counts per state; the last hour per minute |
+//! | `GET /api/v1/messages?state=&rcpt=&from=&older=&limit=` | the queue (as `list --json`) |
+//! | `GET /api/v1/messages/ID` | one message: envelope, state, attempt history |
+//! | `GET /api/v1/find?rcpt=&message_id=` | delivery-log search (as `find --json`) |
+//! | `POST /api/v1/messages/ID/{retry,hold,release,requeue}` | actions (token) |
+//! | `DELETE /api/v1/messages/ID` | delete (token; never a message in flight) |
+//! | `GET /` | the console (files embedded in the binary) |
+//!
+//! Actions need `Authorization: Bearer TOKEN` with the `[http] token` (or `token_file`) of
+//! the configuration; without a configured token they are refused (403). A header token is
+//! not sent by a browser on its own, so a page on another origin cannot act (no CSRF).
+//! The listener is meant for loopback (the default address is 127.0.0.1).
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use qmail_core::spool::status::{ListFilter, State};
+use qmail_dispatch::Metrics;
+use qmail_dispatch::admin::{self, ops};
+use tiny_http::{Header, Method, Request, Response, Server};
+
+/// What the listener serves; the configuration part is swapped when SIGHUP reloads.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// The process's counters (kept across reloads).
+    pub metrics: Arc<Metrics>,
+    /// The spools served.
+    pub spools: Vec<PathBuf>,
+    /// The delivery log, if configured.
+    pub delivery_log: Option<PathBuf>,
+    /// The token actions need (none: actions refused).
+    pub token: Option<String>,
+    /// The instance id the admin actions write state files as.
+    pub instance: String,
+}
+
+/// The shared view.
+pub type Shown = Arc<Mutex<View>>;
+
+const INDEX_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
+
+type Resp = Response<std::io::Cursor<Vec<u8>>>;
+
+fn text(code: u16, ctype: &str, body: impl Into<Vec<u8>>) -> Resp {
+    let mut r = Response::from_data(body.into()).with_status_code(code);
+    for (k, v) in [
+        ("Content-Type", ctype),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        (
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+        ),
+    ] {
+        // constant ASCII names and values: always valid
+        if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+            r.add_header(h);
+        }
+    }
+    r
+}
+
+fn json(code: u16, v: &serde_json::Value) -> Resp {
+    text(code, "application/json", v.to_string())
+}
+
+fn error(code: u16, msg: impl std::fmt::Display) -> Resp {
+    json(code, &serde_json::json!({ "error": msg.to_string() }))
+}
+
+fn query(url: &str) -> (String, Vec<(String, String)>) {
+    match url.split_once('?') {
+        Some((p, q)) => (
+            p.to_owned(),
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect(),
+        ),
+        None => (url.to_owned(), Vec::new()),
+    }
+}
+
+fn get<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    q.iter()
+        .find(|(x, _)| x == k)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// Compares without an early exit (the token is a secret).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(req: &Request, token: Option<&str>) -> Result<(), Resp> {
+    let Some(token) = token else {
+        return Err(error(
+            403,
+            "actions are disabled: set [http] token or token_file in the configuration",
+        ));
+    };
+    let given = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().to_owned())
+        .unwrap_or_default();
+    match given.strip_prefix("Bearer ") {
+        Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(error(
+            401,
+            "a valid Authorization: Bearer TOKEN is required",
+        )),
+    }
+}
+
+fn list_filter(q: &[(String, String)]) -> Result<ListFilter, String> {
+    let states = match get(q, "state") {
+        Some(s) => s
+            .split(',')
+            .map(|x| State::parse(x.trim()).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let num = |k: &str| -> Result<Option<i64>, String> {
+        get(q, k)
+            .map(|v| {
+                v.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| format!("{k}={v:?} is not a whole number"))
+            })
+            .transpose()
+    };
+    Ok(ListFilter {
+        states,
+        rcpt: get(q, "rcpt").map(str::to_owned),
+        from: get(q, "from").map(str::to_owned),
+        older_secs: num("older")?,
+        limit: Some(num("limit")?.map_or(500, |l| l as usize)),
+    })
+}
+
+fn healthz(v: &View) -> Resp {
+    let bad: Vec<String> = v
+        .spools
+        .iter()
+        .filter(|s| std::fs::read_dir(s).is_err())
+        .map(|s| s.display().to_string())
+        .collect();
+    let body = serde_json::json!({
+        "status": if bad.is_empty() { "ok" } else { "unavailable" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "spools": v.spools,
+        "unreadable": bad,
+    });
+    json(if bad.is_empty() { 200 } else { 503 }, &body)
+}
+
+fn status(v: &View) -> Resp {
+    let spools: Vec<serde_json::Value> = v
+        .spools
+        .iter()
+        .map(|sp| {
+            let st = admin::status(sp);
+            let mut counts = serde_json::Map::new();
+            for (name, c) in qmail_dispatch::metrics::state_counts(&st) {
+                counts.insert(
+                    name.into(),
+                    serde_json::json!({ "count": c.count, "oldest_age_secs": c.oldest_age_secs }),
+                );
+            }
+            serde_json::json!({ "spool": sp, "states": counts })
+        })
+        .collect();
+    json(
+        200,
+        &serde_json::json!({
+            "spools": spools,
+            "history": v.metrics.history(),
+            "now": qmail_core::spool::now_secs(),
+            "actions": v.token.is_some(),
+            "delivery_log": v.delivery_log.is_some(),
+        }),
+    )
+}
+
+fn messages(v: &View, q: &[(String, String)]) -> Resp {
+    let f = match list_filter(q) {
+        Ok(f) => f,
+        Err(e) => return error(400, e),
+    };
+    let mut rows = Vec::new();
+    for sp in &v.spools {
+        match ops::list(sp, &f) {
+            Ok(l) => rows.extend(l.into_iter().map(|e| {
+                let mut j = serde_json::to_value(e).unwrap_or_default();
+                if let Some(o) = j.as_object_mut() {
+                    o.insert("spool".into(), serde_json::json!(sp));
+                }
+                j
+            })),
+            Err(e) => return error(500, format_args!("{}: {e}", sp.display())),
+        }
+    }
+    json(200, &serde_json::json!({ "messages": rows }))
+}
+
+fn message(v: &View, id: &str) -> Resp {
+    if qmail_core::QueueId::parse(id).is_err() {
+        return error(400, format_args!("{id:?} is not a queue id"));
+    }
+    for sp in &v.spools {
+        match admin::show(sp, id) {
+            Ok(m) => {
+                let status = qmail_core::spool::status::status(sp, id, v.delivery_log.as_deref())
+                    .ok()
+                    .map(|s| serde_json::to_value(s).unwrap_or_default());
+                return json(
+                    200,
+                    &serde_json::json!({ "message": m, "status": status, "spool": sp }),
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return error(500, e),
+        }
+    }
+    // gone from the spools: the delivery log may know it
+    if let Some(log) = &v.delivery_log
+        && let Some(sp) = v.spools.first()
+        && let Ok(s) = qmail_core::spool::status::status(sp, id, Some(log))
+        && s.state != State::Unknown
+    {
+        let attempts = qmail_core::spool::status::read_log(log, |r| r.id == id).unwrap_or_default();
+        return json(
+            200,
+            &serde_json::json!({ "message": null, "status": s, "log": attempts }),
+        );
+    }
+    error(404, format_args!("no message {id}"))
+}
+
+fn find(v: &View, q: &[(String, String)]) -> Resp {
+    let Some(log) = &v.delivery_log else {
+        return error(
+            409,
+            "no delivery log: set delivery_log in the configuration to search delivered messages",
+        );
+    };
+    let (rcpt, mid) = (get(q, "rcpt"), get(q, "message_id"));
+    if rcpt.is_none() && mid.is_none() {
+        return error(400, "give rcpt= or message_id=");
+    }
+    match ops::find(log, rcpt, mid) {
+        Ok(r) => json(200, &serde_json::json!({ "attempts": r })),
+        Err(e) => error(500, e),
+    }
+}
+
+fn action(v: &View, id: &str, what: &str) -> Resp {
+    if qmail_core::QueueId::parse(id).is_err() {
+        return error(400, format_args!("{id:?} is not a queue id"));
+    }
+    let ids = [id.to_owned()];
+    let Some(sp) = v.spools.iter().find(|sp| admin::locate(sp, id).is_some()) else {
+        return error(404, format_args!("no message {id}"));
+    };
+    let moved = |r: std::io::Result<Vec<String>>, want: &str| match r {
+        Ok(m) if m.iter().any(|x| x == id) => {
+            json(200, &serde_json::json!({ "id": id, "outcome": "done" }))
+        }
+        Ok(_) => error(409, format_args!("{id} is not {want}")),
+        Err(e) => error(500, e),
+    };
+    let outcome = |r: std::io::Result<Vec<ops::IdOutcome>>| match r {
+        Ok(mut o) => match o.pop() {
+            Some(o) if o.done() => json(200, &serde_json::to_value(&o).unwrap_or_default()),
+            Some(o) => json(409, &serde_json::to_value(&o).unwrap_or_default()),
+            None => error(404, format_args!("no message {id}")),
+        },
+        Err(e) => error(500, e),
+    };
+    match what {
+        "retry" => moved(admin::retry(sp, &ids, &v.instance), "deferred"),
+        "requeue" => moved(admin::requeue_failed(sp, &ids, &v.instance), "failed"),
+        "hold" => outcome(ops::hold(sp, &ids)),
+        "release" => outcome(ops::release(sp, &ids)),
+        "delete" => outcome(ops::delete(sp, &ids)),
+        _ => error(404, format_args!("no action {what:?}")),
+    }
+}
+
+/// On a loopback listener, the `Host` a request names must be loopback too: a page whose
+/// DNS name was rebound to 127.0.0.1 would otherwise read the API (the queue's addresses).
+fn host_allowed(req: &Request, listen: SocketAddr) -> bool {
+    if !listen.ip().is_loopback() {
+        return true;
+    }
+    let Some(h) = req.headers().iter().find(|h| h.field.equiv("Host")) else {
+        // HTTP/1.0 without Host: a local tool, not a browser
+        return true;
+    };
+    let host = h.value.as_str();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
+    let v = shown.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !host_allowed(&req, listen) {
+        let _ = req.respond(error(421, "this listener answers only to a loopback Host"));
+        return;
+    }
+    let (path, q) = query(req.url());
+    // bodies are not used: read (bounded) and drop what a client sends
+    let mut sink = Vec::new();
+    let _ = req.as_reader().take(64 * 1024).read_to_end(&mut sink);
+    let m = req.method().clone();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let resp = match (&m, segs.as_slice()) {
+        (Method::Get, ["metrics"]) => text(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            v.metrics.render_with_queues(&v.spools),
+        ),
+        (Method::Get, ["healthz"]) => healthz(&v),
+        (Method::Get, [""]) | (Method::Get, ["index.html"]) => {
+            text(200, "text/html; charset=utf-8", INDEX_HTML)
+        }
+        (Method::Get, ["console.js"]) => text(200, "text/javascript; charset=utf-8", CONSOLE_JS),
+        (Method::Get, ["console.css"]) => text(200, "text/css; charset=utf-8", CONSOLE_CSS),
+        (Method::Get, ["api", "v1", "status"]) => status(&v),
+        (Method::Get, ["api", "v1", "messages"]) => messages(&v, &q),
+        (Method::Get, ["api", "v1", "messages", id]) => message(&v, id),
+        (Method::Get, ["api", "v1", "find"]) => find(&v, &q),
+        (Method::Post, ["api", "v1", "messages", id, what]) => {
+            match authorized(&req, v.token.as_deref()) {
+                Ok(()) => action(&v, id, what),
+                Err(r) => r,
+            }
+        }
+        (Method::Delete, ["api", "v1", "messages", id]) => {
+            match authorized(&req, v.token.as_deref()) {
+                Ok(()) => action(&v, id, "delete"),
+                Err(r) => r,
+            }
+        }
+        (_, ["api", ..]) | (_, ["metrics"]) | (_, ["healthz"]) => {
+            error(405, format_args!("{m} {path}: no such endpoint"))
+        }
+        _ => error(404, format_args!("{path}: not found")),
+    };
+    if let Err(e) = req.respond(resp) {
+        tracing::debug!(error = %e, "http: the client went away");
+    }
+}
+
+/// Binds `addr` and serves in two background threads.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn serve(addr: SocketAddr, shown: Shown) -> anyhow::Result<()> {
+    let server =
+        Server::http(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr} for http: {e}"))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the http listener is not on loopback: put it behind a proxy with TLS");
+    }
+    tracing::info!(%addr, "http listener (metrics, api, console)");
+    let server = Arc::new(server);
+    for n in 0..2 {
+        let (server, shown) = (Arc::clone(&server), Arc::clone(&shown));
+        std::thread::Builder::new()
+            .name(format!("qmail-http-{n}"))
+            .spawn(move || {
+                for req in server.incoming_requests() {
+                    handle(&shown, addr, req);
+                }
+            })?;
+    }
+    Ok(())
+}
