@@ -129,6 +129,17 @@ impl TlsSetup {
                     ));
                 }
                 Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("TLS handshake timed out after {} s", timeout.as_secs()),
+                    ));
+                }
                 Err(e) => return Err(e),
             }
         }
