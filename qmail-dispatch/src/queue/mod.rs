@@ -19,6 +19,8 @@
 //! 4. once any recipient was accepted, the message never goes back with its old state: a
 //!    settle that cannot be written is retried by the caller, never turned into a release.
 
+pub mod postgres;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
