@@ -26,6 +26,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
+    /// The PostgreSQL queue (`[queue]`, or `--queue URL`).
+    pub queue: Option<crate::forward::QueueSettings>,
 }
 
 /// The options that override the file.
@@ -37,6 +39,9 @@ pub struct Overrides {
     pub metrics: Option<SocketAddr>,
     pub workers: Option<usize>,
     pub log_format: Option<LogFormat>,
+    pub queue: Option<String>,
+    /// The command needs only the queue (`queue init`, `status --queue`): no spool required.
+    pub queue_only: bool,
 }
 
 /// Loads and resolves the settings.
@@ -64,6 +69,25 @@ pub fn load(o: &Overrides) -> Result<Settings> {
         Some(_) => bail!("metrics must be a string \"host:port\""),
         None => None,
     };
+    let mut queue: Option<crate::forward::QueueSettings> = match table.remove("queue") {
+        Some(v) => Some(
+            v.try_into()
+                .context("[queue]: url = \"postgres://...\", schema, tombstone_secs")?,
+        ),
+        None => None,
+    };
+    if let Some(url) = &o.queue {
+        match &mut queue {
+            Some(q) => q.url = url.clone(),
+            None => {
+                queue = Some(crate::forward::QueueSettings {
+                    url: url.clone(),
+                    schema: "qmail".into(),
+                    tombstone_secs: 7 * 86_400,
+                })
+            }
+        }
+    }
     let mut dispatch: DispatchConfig = toml::Value::Table(table).try_into().with_context(|| {
         format!(
             "in {}",
@@ -98,13 +122,18 @@ pub fn load(o: &Overrides) -> Result<Settings> {
     if let Some(w) = o.workers {
         dispatch.workers = w;
     }
-    let dispatch = dispatch
-        .resolve()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let dispatch = if o.queue_only && dispatch.spools.is_empty() {
+        dispatch
+    } else {
+        dispatch
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?
+    };
     Ok(Settings {
         dispatch,
         log_format: o.log_format.unwrap_or(log_format),
         metrics: o.metrics.or(metrics),
+        queue,
     })
 }
 
