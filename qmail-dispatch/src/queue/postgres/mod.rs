@@ -230,11 +230,12 @@ impl std::ops::DerefMut for Pooled<'_> {
 }
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take()
-            && !c.client.is_closed()
-        {
+        if let Some(c) = self.conn.take() {
             let mut idle = lock(&self.pool.idle);
-            if idle.len() < 32 {
+            if c.client.is_closed() {
+                // the server went away (restart, failover): the idle ones are as dead
+                idle.clear();
+            } else if idle.len() < 32 {
                 idle.push(c);
             }
         }
@@ -833,11 +834,15 @@ impl Queue for PgQueue {
         loop {
             let seen = self.inner.wake.current();
             self.renew_if_due()?;
-            if self.inner.lease_fresh() {
-                let got = self.try_claim(max)?;
-                if !got.is_empty() {
-                    return Ok(got);
-                }
+            if !self.inner.lease_fresh() {
+                // renewal is failing (the database is unreachable): claim nothing
+                return Err(QueueError::Unavailable(
+                    "the lease cannot be renewed: claiming nothing until it can".into(),
+                ));
+            }
+            let got = self.try_claim(max)?;
+            if !got.is_empty() {
+                return Ok(got);
             }
             let now = Instant::now();
             if now >= deadline {
