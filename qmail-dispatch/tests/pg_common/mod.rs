@@ -21,7 +21,7 @@ pub struct Pg {
     child: Option<Child>,
 }
 
-fn bin_dir() -> Option<PathBuf> {
+pub fn bin_dir() -> Option<PathBuf> {
     let mut best: Option<(u32, PathBuf)> = None;
     for e in std::fs::read_dir("/usr/lib/postgresql").ok()?.flatten() {
         let v: u32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
@@ -33,7 +33,7 @@ fn bin_dir() -> Option<PathBuf> {
     best.map(|(_, b)| b)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| {
             s.lines()
@@ -43,7 +43,7 @@ fn is_root() -> bool {
 }
 
 /// `setpriv` to the postgres user (as root) and a death signal tied to the spawning thread.
-fn as_pg(prog: &Path) -> Command {
+pub fn as_pg(prog: &Path) -> Command {
     let mut c = Command::new("setpriv");
     if is_root() {
         c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups"]);
@@ -52,7 +52,7 @@ fn as_pg(prog: &Path) -> Command {
     c
 }
 
-fn chown_pg(p: &Path) {
+pub fn chown_pg(p: &Path) {
     if is_root() {
         let st = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -65,7 +65,7 @@ fn chown_pg(p: &Path) {
 
 /// One initdb per machine and version (`/tmp/qmail-pg-template-V`, made atomically by a
 /// rename); each instance copies it (cp -a, a fraction of a second).
-fn template(bin: &Path) -> &'static Path {
+pub fn template(bin: &Path) -> &'static Path {
     static T: OnceLock<PathBuf> = OnceLock::new();
     T.get_or_init(|| {
         let v = bin

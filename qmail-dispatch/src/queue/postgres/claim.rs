@@ -74,6 +74,17 @@ impl PgClaim {
         self.claims
     }
 
+    /// [`Claim::settle`] without giving the claim up, so a settle that could not be written
+    /// ([`SettleError::Queue`]: the database is failing over) can be retried with the same
+    /// fencing token. A retry after a COMMIT whose reply was lost finds the row already
+    /// settled and says [`SettleError::LostClaim`]: the first settle took effect.
+    ///
+    /// # Errors
+    /// As [`Claim::settle`].
+    pub fn settle_ref(&self, outcome: Settlement) -> Result<(), SettleError> {
+        PgClaim::settle_raw(&self.inner, &self.id, self.claims, outcome)
+    }
+
     /// The guarded settle, also used to quarantine rows that do not decode.
     pub(crate) fn settle_raw(
         inner: &Inner,
