@@ -85,7 +85,9 @@ impl PgClaim {
         PgClaim::settle_raw(&self.inner, &self.id, self.claims, outcome)
     }
 
-    /// The guarded settle, also used to quarantine rows that do not decode.
+    /// The guarded settle, also used to quarantine rows that do not decode. One statement
+    /// (autocommit) per settle: the guard, the state change, the chunks of a delivered
+    /// message and the notification of a release happen together or not at all.
     pub(crate) fn settle_raw(
         inner: &Inner,
         id: &str,
@@ -104,82 +106,73 @@ impl PgClaim {
             })
         };
         let mut c = inner.conn()?;
-        let mut tx = c.client.transaction().map_err(db_error)?;
-        let n = match &outcome {
+        let count = |u: &str| format!("WITH u AS ({u} RETURNING id) SELECT count(*) FROM u");
+        let row = match &outcome {
             Settlement::Delivered(st) => {
                 let j = json(st)?;
-                let n = tx
-                    .execute(
-                        &format!(
-                            "UPDATE {s}.message SET state = 'delivered', owner = NULL, body = NULL, \
-                             chunked = false, dstate = $4::text::jsonb, settled_at = now() \
-                             WHERE {guard}"
-                        ),
-                        &[&id, &owner, &claims, &j],
+                let q = c.stmt("settle_delivered", || {
+                    format!(
+                        "WITH u AS (UPDATE {s}.message SET state = 'delivered', owner = NULL, \
+                         body = NULL, chunked = false, dstate = $4::text::jsonb, \
+                         settled_at = now() WHERE {guard} RETURNING id), \
+                         d AS (DELETE FROM {s}.chunk WHERE id IN (SELECT id FROM u)) \
+                         SELECT count(*) FROM u"
                     )
-                    .map_err(db_error)?;
-                if n == 1 {
-                    tx.execute(&format!("DELETE FROM {s}.chunk WHERE id = $1"), &[&id])
-                        .map_err(db_error)?;
-                }
-                n
+                })?;
+                c.client.query_one(&q, &[&id, &owner, &claims, &j])
             }
             Settlement::Deferred { state, due } => {
                 let j = json(state)?;
-                tx.execute(
-                    &format!(
+                let q = c.stmt("settle_deferred", || {
+                    count(&format!(
                         "UPDATE {s}.message SET state = 'deferred', owner = NULL, \
                          dstate = $4::text::jsonb, due = to_timestamp($5::bigint), \
                          settled_at = now() WHERE {guard}"
-                    ),
-                    &[&id, &owner, &claims, &j, due],
-                )
-                .map_err(db_error)?
+                    ))
+                })?;
+                c.client.query_one(&q, &[&id, &owner, &claims, &j, due])
             }
             Settlement::Failed(st) => {
                 let j = json(st)?;
-                tx.execute(
-                    &format!(
+                let q = c.stmt("settle_failed", || {
+                    count(&format!(
                         "UPDATE {s}.message SET state = 'failed', owner = NULL, \
                          dstate = $4::text::jsonb, settled_at = now() WHERE {guard}"
-                    ),
-                    &[&id, &owner, &claims, &j],
-                )
-                .map_err(db_error)?
+                    ))
+                })?;
+                c.client.query_one(&q, &[&id, &owner, &claims, &j])
             }
-            Settlement::Corrupt(reason) => tx
-                .execute(
-                    &format!(
+            Settlement::Corrupt(reason) => {
+                let q = c.stmt("settle_corrupt", || {
+                    count(&format!(
                         "UPDATE {s}.message SET state = 'corrupt', owner = NULL, reason = $4, \
                          settled_at = now() WHERE {guard}"
-                    ),
-                    &[&id, &owner, &claims, reason],
-                )
-                .map_err(db_error)?,
-            Settlement::Held => tx
-                .execute(
-                    &format!("UPDATE {s}.message SET state = 'held', owner = NULL WHERE {guard}"),
-                    &[&id, &owner, &claims],
-                )
-                .map_err(db_error)?,
+                    ))
+                })?;
+                c.client.query_one(&q, &[&id, &owner, &claims, reason])
+            }
+            Settlement::Held => {
+                let q = c.stmt("settle_held", || {
+                    count(&format!(
+                        "UPDATE {s}.message SET state = 'held', owner = NULL WHERE {guard}"
+                    ))
+                })?;
+                c.client.query_one(&q, &[&id, &owner, &claims])
+            }
             Settlement::Release => {
-                let n = tx
-                    .execute(
-                        &format!(
-                            "UPDATE {s}.message SET state = 'ready', owner = NULL WHERE {guard}"
-                        ),
-                        &[&id, &owner, &claims],
+                let q = c.stmt("settle_release", || {
+                    format!(
+                        "WITH u AS (UPDATE {s}.message SET state = 'ready', owner = NULL \
+                         WHERE {guard} RETURNING id) \
+                         SELECT count(*) FROM (SELECT pg_notify($4, '') FROM u) n"
                     )
-                    .map_err(db_error)?;
-                if n == 1 {
-                    tx.execute("SELECT pg_notify($1, '')", &[&format!("{s}_ready")])
-                        .map_err(db_error)?;
-                }
-                n
+                })?;
+                let channel = format!("{s}_ready");
+                c.client.query_one(&q, &[&id, &owner, &claims, &channel])
             }
         };
+        let n: i64 = row.map_err(db_error)?.get(0);
         if n == 0 {
-            tx.rollback().map_err(db_error)?;
             tracing::warn!(
                 id = %id,
                 owner = %owner,
@@ -189,7 +182,6 @@ impl PgClaim {
             );
             return Err(SettleError::LostClaim);
         }
-        tx.commit().map_err(db_error)?;
         Ok(())
     }
 }

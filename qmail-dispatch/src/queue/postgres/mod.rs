@@ -2,7 +2,7 @@
 //!
 //! - One row per message in `SCHEMA.message` (queue id as primary key); bodies up to
 //!   [`INLINE_MAX`] inline, larger ones in `SCHEMA.chunk` as ordered [`CHUNK_LEN`] pieces,
-//!   streamed in ([`PgQueue::import`]) and out ([`Claim::body`]) one chunk at a time.
+//!   streamed in ([`PgQueue::import`]) and out ([`crate::queue::Claim::body`]) one chunk at a time.
 //! - Claims: `UPDATE … FROM (SELECT … ORDER BY rank FOR UPDATE SKIP LOCKED LIMIT n)`, the
 //!   pattern of Oban, GoodJob, River and Solid Queue; each claim bumps the row's `claims`
 //!   counter, the fencing token every settle is guarded by (`WHERE owner = $me AND claims =
