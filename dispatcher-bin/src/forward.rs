@@ -383,3 +383,53 @@ fn sleep_unless(term: &AtomicBool, d: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_table_and_override() {
+        let dir = std::env::temp_dir().join(format!("qmail-queue-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "spools = [\"/tmp/a\"]\n[queue]\nurl = \"postgres://q@db1,db2/mail?target_session_attrs=read-write\"\nschema = \"mail_a\"\n",
+        )
+        .unwrap();
+        let o = crate::settings::Overrides {
+            config: Some(f.clone()),
+            ..Default::default()
+        };
+        let s = crate::settings::load(&o).unwrap();
+        let q = s.queue.unwrap();
+        assert_eq!(q.schema, "mail_a");
+        assert_eq!(q.tombstone_secs, 7 * 86_400);
+        assert!(q.url.starts_with("postgres://q@db1,db2/"));
+        let s = crate::settings::load(&crate::settings::Overrides {
+            queue: Some("postgres://other/db".into()),
+            ..o.clone()
+        })
+        .unwrap();
+        assert_eq!(s.queue.unwrap().url, "postgres://other/db");
+        std::fs::write(
+            &f,
+            "spools = [\"/tmp/a\"]\n[queue]\nurl = \"x\"\nshema = \"s\"\n",
+        )
+        .unwrap();
+        assert!(
+            crate::settings::load(&o).is_err(),
+            "unknown keys in [queue] are errors"
+        );
+        // queue-only commands need no spool
+        let s = crate::settings::load(&crate::settings::Overrides {
+            queue: Some("postgres://db/x".into()),
+            queue_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(s.queue.is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
