@@ -386,7 +386,6 @@ fn sleep_unless(term: &AtomicBool, d: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn queue_table_and_override() {
