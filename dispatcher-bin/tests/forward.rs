@@ -274,10 +274,7 @@ fn inotify_wakes_an_idle_forwarder() {
 fn a_1_gib_message_is_forwarded_in_bounded_memory() {
     let Some(pg) = Pg::start() else { return };
     init(&pg);
-    let mib: u64 = std::env::var("QMAIL_PG_BIG_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let mib = pg_common::big_mib();
     let dir = tempfile::tempdir().unwrap();
     let _spool = spool_at(dir.path());
     let id = QueueId::generate();

@@ -353,10 +353,7 @@ fn peak_rss_anon_kib<T>(f: impl FnOnce() -> T) -> (T, u64) {
 fn a_large_body_is_chunked_and_streamed_in_bounded_memory() {
     let Some(pg) = Pg::start() else { return };
     let q = queue(&pg, "big");
-    let mib: u64 = std::env::var("QMAIL_PG_BIG_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let mib = pg_common::big_mib();
     let len = mib << 20 | 12_345; // not a multiple of the chunk size
     let id = QueueId::generate();
     let before = rss_anon_kib(std::process::id()).unwrap();

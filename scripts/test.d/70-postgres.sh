@@ -6,7 +6,7 @@
 # forward, status --queue, SIGKILL between COMMIT and unlink, the database killed mid-run,
 # inotify wake-up, a 1 GiB message forwarded in bounded memory). Each test starts its own
 # private postgres (scripts/setup-postgres installs Debian's package). Skips loudly only when
-# PostgreSQL cannot be installed. QMAIL_PG_BIG_MIB sets the large message (default 1024).
+# PostgreSQL cannot be installed. QMAIL_PG_BIG_MIB sets the large message (default 1024 here, 64 in a plain cargo test).
 # failover.rs: three network-namespace hosts (primary + two synchronous standbys), the primary
 # SIGKILLed mid-run and a standby promoted. About 3 minutes here, most of it the two 1 GiB tests.
 set -euo pipefail

@@ -267,3 +267,18 @@ pub fn rss_anon_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Size of the large-message tests in MiB: `QMAIL_PG_BIG_MIB`, else 1024 (1 GiB) under
+/// `scripts/test.d/70-postgres.sh` (`QMAIL_PG_REQUIRED=1`) and 64 in a plain `cargo test`.
+pub fn big_mib() -> u64 {
+    std::env::var("QMAIL_PG_BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(
+            if std::env::var("QMAIL_PG_REQUIRED").as_deref() == Ok("1") {
+                1024
+            } else {
+                64
+            },
+        )
+}
