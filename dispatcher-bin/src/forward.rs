@@ -21,7 +21,7 @@ use qmail_core::spool::QueueState;
 use qmail_core::{ErrorKind, QueueId, SpoolFile};
 use qmail_dispatch::claim;
 use qmail_dispatch::queue::QueueError;
-use qmail_dispatch::queue::postgres::{Imported, PgOptions, PgQueue, QueueStatus};
+use qmail_dispatch::queue::postgres::{ImportItem, Imported, PgOptions, PgQueue, QueueStatus};
 
 /// The `[queue]` table of the configuration file.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -221,6 +221,90 @@ fn forward_one(q: &PgQueue, spool: &Path, f: &Found, claimed: &Path) -> Result<S
     }
 }
 
+/// Most messages in one import transaction.
+const BATCH_MAX: usize = 64;
+/// A batch closes once its files reach this many bytes (a large message goes alone).
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// Forwards claimed files in one transaction (one commit for the lot); any failure other than
+/// the database being down falls back to one transaction per file, so one bad file cannot
+/// hold the others back. Every file ends forwarded (unlinked), quarantined, or given back.
+fn forward_batch(
+    q: &PgQueue,
+    spools: &[PathBuf],
+    batch: &[(&Found, PathBuf)],
+) -> Vec<(String, Result<Step>)> {
+    let one_by_one = |batch: &[(&Found, PathBuf)]| {
+        batch
+            .iter()
+            .map(|(f, p)| (f.id.clone(), forward_one(q, &spools[f.spool], f, p)))
+            .collect::<Vec<_>>()
+    };
+    if batch.len() == 1 {
+        return one_by_one(batch);
+    }
+    let mut opened = Vec::with_capacity(batch.len());
+    for (f, p) in batch {
+        match (QueueId::parse(&f.id), SpoolFile::open(p)) {
+            (Ok(id), Ok(file)) => match file.body_reader() {
+                Ok(r) => opened.push((id, file, r)),
+                Err(_) => return one_by_one(batch),
+            },
+            // a corrupt or unreadable one: the single path quarantines or reports it
+            _ => return one_by_one(batch),
+        }
+    }
+    let mut items: Vec<ImportItem<'_>> = opened
+        .iter_mut()
+        .map(|(id, file, r)| ImportItem {
+            id,
+            header: &file.header,
+            body: r,
+            len: file.body_len,
+        })
+        .collect();
+    match q.import_batch(&mut items) {
+        Ok(results) => {
+            drop(items);
+            if std::env::var_os("QMAIL_FORWARD_TEST_HOLD_AFTER_COMMIT").is_some() {
+                for (f, _) in batch {
+                    eprintln!("committed {}", f.id);
+                }
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            batch
+                .iter()
+                .zip(results)
+                .map(|((f, p), r)| {
+                    let step = std::fs::remove_file(p)
+                        .with_context(|| format!("cannot remove {}", p.display()))
+                        .map(|()| match r {
+                            Imported::New => Step::Forwarded,
+                            Imported::Duplicate => Step::Duplicate,
+                        });
+                    (f.id.clone(), step)
+                })
+                .collect()
+        }
+        Err(QueueError::Unavailable(m)) => batch
+            .iter()
+            .map(|(f, p)| {
+                let step = claim::release(p, &spools[f.spool], &f.id, f.from)
+                    .with_context(|| format!("cannot give {} back", f.id))
+                    .map(|()| Step::Unavailable(m.clone()));
+                (f.id.clone(), step)
+            })
+            .collect(),
+        Err(_) => {
+            drop(items);
+            drop(opened);
+            one_by_one(batch)
+        }
+    }
+}
+
 /// `forward`: until `term` (or, with `drain`, until the spools are empty).
 pub fn forward(s: ForwardSettings, term: Arc<AtomicBool>, drain: bool) -> Result<ExitCode> {
     if s.spools.is_empty() {
@@ -313,42 +397,62 @@ pub fn forward(s: ForwardSettings, term: Arc<AtomicBool>, drain: bool) -> Result
         let found = scan(&s.spools);
         let mut did = 0usize;
         let mut failed = false;
-        for f in &found {
+        let mut batch: Vec<(&Found, PathBuf)> = Vec::new();
+        let mut bytes = 0u64;
+        let mut it = found.iter().peekable();
+        while let Some(f) = it.next() {
             if term.load(Ordering::SeqCst) {
                 break;
             }
             let sp = &s.spools[f.spool];
-            let claimed = match claim::claim(sp, &f.id, f.from, &instance) {
-                Ok(Some(p)) => p,
-                Ok(None) => continue, // another forwarder was first
-                Err(e) => {
-                    tracing::warn!(id = %f.id, error = %e, "cannot claim");
-                    continue;
+            match claim::claim(sp, &f.id, f.from, &instance) {
+                Ok(Some(p)) => {
+                    bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    batch.push((f, p));
                 }
-            };
-            match forward_one(&q, sp, f, &claimed) {
-                Ok(Step::Forwarded) => {
-                    forwarded += 1;
-                    did += 1;
-                    tracing::debug!(id = %f.id, "forwarded");
-                }
-                Ok(Step::Duplicate) => {
-                    duplicates += 1;
-                    did += 1;
-                    tracing::info!(id = %f.id, "already in the queue (re-forward): local copy removed");
-                }
-                Ok(Step::Corrupt) => corrupt += 1,
-                Ok(Step::Unavailable(m)) => {
-                    tracing::warn!(error = %m, "queue unavailable; local messages wait in the spool");
-                    down_since.get_or_insert_with(Instant::now);
-                    queue = None;
-                    failed = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(id = %f.id, error = %format!("{e:#}"), "forward failed");
+                Ok(None) => {} // another forwarder was first
+                Err(e) => tracing::warn!(id = %f.id, error = %e, "cannot claim"),
+            }
+            let full = batch.len() >= BATCH_MAX || bytes >= BATCH_BYTES || it.peek().is_none();
+            if !full || batch.is_empty() {
+                continue;
+            }
+            let steps = forward_batch(&q, &s.spools, &batch);
+            batch.clear();
+            bytes = 0;
+            for (id, step) in steps {
+                match step {
+                    Ok(Step::Forwarded) => {
+                        forwarded += 1;
+                        did += 1;
+                        tracing::debug!(id = %id, "forwarded");
+                    }
+                    Ok(Step::Duplicate) => {
+                        duplicates += 1;
+                        did += 1;
+                        tracing::info!(id = %id, "already in the queue (re-forward): local copy removed");
+                    }
+                    Ok(Step::Corrupt) => corrupt += 1,
+                    Ok(Step::Unavailable(m)) => {
+                        if !failed {
+                            tracing::warn!(error = %m, "queue unavailable; local messages wait in the spool");
+                        }
+                        down_since.get_or_insert_with(Instant::now);
+                        queue = None;
+                        failed = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %id, error = %format!("{e:#}"), "forward failed");
+                    }
                 }
             }
+            if failed {
+                break;
+            }
+        }
+        // claimed but not sent (stopping): back where they came from
+        for (f, p) in batch {
+            let _ = claim::release(&p, &s.spools[f.spool], &f.id, f.from);
         }
         if failed {
             sleep_unless(&term, backoff);

@@ -97,6 +97,18 @@ pub enum Imported {
     Duplicate,
 }
 
+/// One message for [`PgQueue::import_batch`].
+pub struct ImportItem<'a> {
+    /// The queue id (the primary key).
+    pub id: &'a QueueId,
+    /// The spool header.
+    pub header: &'a SpoolHeader,
+    /// The message bytes (exactly `len` of them are read).
+    pub body: &'a mut dyn Read,
+    /// The message length in bytes.
+    pub len: u64,
+}
+
 /// Messages in one state (see [`PgQueue::status`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StateCount {
@@ -471,7 +483,61 @@ impl PgQueue {
         body: &mut dyn Read,
         len: u64,
     ) -> Result<Imported, QueueError> {
+        let mut one = [ImportItem {
+            id,
+            header,
+            body,
+            len,
+        }];
+        Ok(self.import_batch(&mut one)?[0])
+    }
+
+    /// As [`PgQueue::import`] for several messages in one transaction (one commit, so one
+    /// WAL flush, for the lot): all of them are in the queue after `Ok`, none after `Err`.
+    /// The answer has one [`Imported`] per item, in order.
+    ///
+    /// # Errors
+    /// As [`PgQueue::import`]; an error in any item fails the whole batch.
+    pub fn import_batch(&self, items: &mut [ImportItem<'_>]) -> Result<Vec<Imported>, QueueError> {
         let s = &self.inner.s;
+        let mut c = self.inner.conn()?;
+        let ins = c.stmt("import", || {
+            format!(
+                "INSERT INTO {s}.message (id, state, rank, priority, created, due, header, \
+                 header_version, body_len, body, chunked) \
+                 VALUES ($1, CASE WHEN to_timestamp($5::bigint) > now() THEN 'scheduled' \
+                 ELSE 'ready' END, $2, $3, $4, greatest(to_timestamp($5::bigint), now()), $6, \
+                 $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
+            )
+        })?;
+        let chunk = c.stmt("chunk", || {
+            format!("INSERT INTO {s}.chunk (id, seq, data) VALUES ($1, $2, $3)")
+        })?;
+        let channel = self.channel();
+        let mut tx = c.client.transaction().map_err(db_error)?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut any_new = false;
+        for it in items.iter_mut() {
+            let r = self.import_into(&mut tx, &ins, &chunk, it)?;
+            any_new |= r == Imported::New;
+            out.push(r);
+        }
+        if any_new {
+            tx.execute("SELECT pg_notify($1, '')", &[&channel])
+                .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(out)
+    }
+
+    fn import_into(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        ins: &postgres::Statement,
+        chunk: &postgres::Statement,
+        it: &mut ImportItem<'_>,
+    ) -> Result<Imported, QueueError> {
+        let (id, header, len) = (it.id, it.header, it.len);
         let hbytes = encode_header(header).map_err(|e| QueueError::Corrupt {
             id: id.to_string(),
             reason: e.to_string(),
@@ -490,10 +556,12 @@ impl PgQueue {
             reason: format!("body length {len} is too large"),
         })?;
         let inline = len <= INLINE_MAX;
-        // a small body is read before the transaction: one round trip with the row
         let small = if inline {
             let mut v = Vec::with_capacity(len as usize);
-            body.take(len).read_to_end(&mut v).map_err(io_err)?;
+            (&mut *it.body)
+                .take(len)
+                .read_to_end(&mut v)
+                .map_err(io_err)?;
             if v.len() as u64 != len {
                 return Err(io_err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -505,26 +573,11 @@ impl PgQueue {
             None
         };
         let not_before = header.not_before.unwrap_or(0);
-        let mut c = self.inner.conn()?;
-        let ins = c.stmt("import", || {
-            format!(
-                "INSERT INTO {s}.message (id, state, rank, priority, created, due, header, \
-                 header_version, body_len, body, chunked) \
-                 VALUES ($1, CASE WHEN to_timestamp($5::bigint) > now() THEN 'scheduled' \
-                 ELSE 'ready' END, $2, $3, $4, greatest(to_timestamp($5::bigint), now()), $6, \
-                 $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING"
-            )
-        })?;
-        let chunk = c.stmt("chunk", || {
-            format!("INSERT INTO {s}.chunk (id, seq, data) VALUES ($1, $2, $3)")
-        })?;
-        let channel = self.channel();
-        let mut tx = c.client.transaction().map_err(db_error)?;
         let prio = header.priority as i16;
         let version = FORMAT_VERSION as i16;
         let n = tx
             .execute(
-                &ins,
+                ins,
                 &[
                     &id.as_str(),
                     &rank,
@@ -540,7 +593,6 @@ impl PgQueue {
             )
             .map_err(db_error)?;
         if n == 0 {
-            tx.rollback().map_err(db_error)?;
             return Ok(Imported::Duplicate);
         }
         if !inline {
@@ -549,16 +601,13 @@ impl PgQueue {
             let mut left = len;
             while left > 0 {
                 let want = left.min(CHUNK_LEN as u64) as usize;
-                body.read_exact(&mut buf[..want]).map_err(io_err)?;
-                tx.execute(&chunk, &[&id.as_str(), &seq, &&buf[..want]])
+                it.body.read_exact(&mut buf[..want]).map_err(io_err)?;
+                tx.execute(chunk, &[&id.as_str(), &seq, &&buf[..want]])
                     .map_err(db_error)?;
                 seq += 1;
                 left -= want as u64;
             }
         }
-        tx.execute("SELECT pg_notify($1, '')", &[&channel])
-            .map_err(db_error)?;
-        tx.commit().map_err(db_error)?;
         Ok(Imported::New)
     }
 
