@@ -3,8 +3,8 @@
 //!
 //! The forwarder claims local messages exactly as a dispatcher does (`ready/ID` or
 //! `scheduled/ID` renamed to `active/ID+INSTANCE` under a lease, `qmail_dispatch::claim`),
-//! copies each into the queue in one transaction (idempotent on the queue id), and deletes
-//! the local file only after COMMIT. A crash between COMMIT and the unlink leaves the file,
+//! copies them into the queue, up to 64 (8 MiB) per transaction (idempotent on the queue
+//! id), and deletes the local files only after COMMIT. A crash between COMMIT and the unlink leaves the file,
 //! which the next forwarder takes back and imports again: a duplicate primary key, so
 //! nothing is written and the file is then removed. While the database is down it claims
 //! nothing more, gives back what it held, and retries with a backoff of up to 10 s.
