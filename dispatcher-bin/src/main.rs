@@ -5,6 +5,7 @@
 mod admin_cmd;
 mod assets;
 mod check;
+mod forward;
 mod http;
 mod journal;
 mod service;
@@ -37,6 +38,10 @@ struct Cli {
     /// file's, else QMAIL_SPOOL (colon-separated).
     #[arg(long = "spool", global = true)]
     spools: Vec<PathBuf>,
+    /// A PostgreSQL queue: postgres://user@host[,host2]/db?target_session_attrs=read-write
+    /// (replaces the file's `[queue] url`; see docs/scale-out.md).
+    #[arg(long = "queue", global = true)]
+    queue: Option<String>,
     /// A relay: smtp://[user:pass@]host:port?tls=required|opportunistic|none, or smtps://
     /// (repeatable; replaces the file's relays). None: messages go to SPOOL/outbox/.
     #[arg(long = "relay", global = true)]
@@ -199,6 +204,24 @@ enum Command {
         /// Output directory.
         dir: PathBuf,
     },
+    /// Copy the local spools' messages into the PostgreSQL queue (`--queue`), removing each
+    /// local file once committed; until SIGTERM/SIGINT.
+    Forward {
+        /// Stop once the spools are empty (print a summary).
+        #[arg(long)]
+        drain: bool,
+    },
+    /// The PostgreSQL queue itself.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Create the queue's schema, or migrate it to this version (idempotent).
+    Init,
 }
 
 fn init_logging(format: LogFormat) {
@@ -257,6 +280,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         http: cli.http,
         workers: cli.workers,
         log_format: cli.log_format,
+        queue: cli.queue.clone(),
+        queue_only: matches!(cli.command, Command::Queue { .. })
+            || (matches!(cli.command, Command::Status { .. }) && cli.queue.is_some()),
     };
     let s = settings::load(&o)?;
     init_logging(s.log_format);
@@ -275,6 +301,34 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { json } if s.queue.is_some() => {
+            forward::status(s.queue.as_ref().context("queue")?, json)
+        }
+        Command::Forward { drain } => {
+            let queue = s
+                .queue
+                .clone()
+                .context("forward needs a queue: --queue URL or [queue] url in the file")?;
+            let term = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, Arc::clone(&term))?;
+            }
+            let fs = forward::ForwardSettings {
+                spools: s.dispatch.spools.clone(),
+                queue,
+                lease: Duration::from_secs(s.dispatch.lease_secs.max(1)),
+                rescan: Duration::from_millis(s.dispatch.rescan_ms.max(50)),
+                priority_step_secs: s.dispatch.priority_step_secs,
+            };
+            forward::forward(fs, term, drain)
+        }
+        Command::Queue {
+            command: QueueCommand::Init,
+        } => forward::init(
+            s.queue
+                .as_ref()
+                .context("queue init needs --queue URL or [queue] url in the file")?,
+        ),
         Command::Status { json } => {
             let all: Vec<admin::SpoolStatus> =
                 s.dispatch.spools.iter().map(|p| admin::status(p)).collect();

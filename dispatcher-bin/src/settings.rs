@@ -37,6 +37,8 @@ pub struct Settings {
     pub http: Option<SocketAddr>,
     /// The token the API's actions need (`[http] token` / `token_file`).
     pub http_token: Option<String>,
+    /// The PostgreSQL queue (`[queue]`, or `--queue URL`).
+    pub queue: Option<crate::forward::QueueSettings>,
 }
 
 /// The options that override the file.
@@ -48,6 +50,9 @@ pub struct Overrides {
     pub http: Option<SocketAddr>,
     pub workers: Option<usize>,
     pub log_format: Option<LogFormat>,
+    pub queue: Option<String>,
+    /// The command needs only the queue (`queue init`, `status --queue`): no spool required.
+    pub queue_only: bool,
 }
 
 /// `[http]`.
@@ -70,9 +75,11 @@ struct BinSection {
     /// The old name of `[http] listen`.
     metrics: Option<String>,
     http: Option<HttpSection>,
+    /// `[queue]`: the PostgreSQL queue (`url = "postgres://..."`, `schema`, `tombstone_secs`).
+    queue: Option<crate::forward::QueueSettings>,
 }
 
-const BIN_KEYS: [&str; 3] = ["log_format", "metrics", "http"];
+const BIN_KEYS: [&str; 4] = ["log_format", "metrics", "http", "queue"];
 
 /// `host:port`, or a bare port meaning `127.0.0.1:port` (`localhost` is 127.0.0.1).
 ///
@@ -280,6 +287,19 @@ pub fn load(o: &Overrides) -> Result<Settings> {
         (None, None) => None,
     };
     let http_token = http_token(&http_section).map_err(|e| at("http", format!("{e:#}")))?;
+    let mut queue = bin.queue.clone();
+    if let Some(url) = &o.queue {
+        match &mut queue {
+            Some(q) => q.url = url.clone(),
+            None => {
+                queue = Some(crate::forward::QueueSettings {
+                    url: url.clone(),
+                    schema: "qmail".into(),
+                    tombstone_secs: 7 * 86_400,
+                })
+            }
+        }
+    }
     if !o.spools.is_empty() {
         dispatch.spools = o.spools.clone();
     }
@@ -328,15 +348,21 @@ pub fn load(o: &Overrides) -> Result<Settings> {
             });
         }
     }
-    let dispatch = dispatch.resolve().map_err(|e| {
-        let field = e.field().unwrap_or("").to_owned();
-        at(&field, format!("invalid configuration: {e}"))
-    })?;
+    // `forward` and `queue init` need no spool of their own beyond --spool
+    let dispatch = if o.queue_only && dispatch.spools.is_empty() {
+        dispatch
+    } else {
+        dispatch.resolve().map_err(|e| {
+            let field = e.field().unwrap_or("").to_owned();
+            at(&field, format!("invalid configuration: {e}"))
+        })?
+    };
     Ok(Settings {
         dispatch,
         log_format: o.log_format.or(bin.log_format).unwrap_or(LogFormat::Human),
         http: o.http.or(listen),
         http_token,
+        queue,
     })
 }
 

@@ -20,6 +20,7 @@
 //!    settle that cannot be written is retried by the caller, never turned into a release.
 
 pub mod dir;
+pub mod postgres;
 
 use std::io::Read;
 use std::path::PathBuf;

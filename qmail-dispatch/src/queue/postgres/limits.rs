@@ -1,0 +1,160 @@
+//! Fleet-wide relay limits: what every dispatcher sharing the queue respects together.
+//!
+//! - `max_connections` per relay: slot `i` of relay `R` is the session advisory lock
+//!   `(key(SCHEMA:slot:R), i)`, taken with `pg_try_advisory_lock` on this process's limits
+//!   connection. A process that dies (or whose connection drops) frees its slots at once.
+//! - messages per second per relay: a token bucket row in `SCHEMA.rate`, refilled and taken
+//!   in one statement under the row lock, in database time (`clock_timestamp()`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::NoTls;
+
+use super::{Inner, PgQueue, advisory_key, db_error, lock};
+use crate::queue::QueueError;
+
+/// One of a relay's fleet-wide connection slots; released when dropped.
+pub struct ConnectionSlot {
+    inner: Arc<Inner>,
+    key: (i32, i32),
+}
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSlot")
+            .field("slot", &self.key.1)
+            .finish()
+    }
+}
+
+impl ConnectionSlot {
+    /// Which slot (0-based) of the relay this is.
+    pub fn index(&self) -> i32 {
+        self.key.1
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.inner.limits);
+        if let Some(client) = c.as_mut() {
+            let _ = client.execute(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&self.key.0, &self.key.1],
+            );
+        }
+        lock(&self.inner.held_slots).remove(&self.key);
+    }
+}
+
+/// The answer of [`PgQueue::take_token`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RateDecision {
+    /// A token was taken: send one message now.
+    Granted,
+    /// The bucket is empty: ask again after this long.
+    Wait(Duration),
+}
+
+impl PgQueue {
+    /// Takes a free connection slot of `relay` among `max` fleet-wide, or `None` when all
+    /// are held (by this or other processes). Hold the slot for the SMTP session.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the database cannot be reached (the caller decides:
+    /// the route falls back to its per-process limit).
+    pub fn connection_slot(
+        &self,
+        relay: &str,
+        max: u32,
+    ) -> Result<Option<ConnectionSlot>, QueueError> {
+        let ns = advisory_key(&self.inner.s, &format!("slot:{relay}"));
+        let mut guard = lock(&self.inner.limits);
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            // a new session holds none of the old one's locks
+            lock(&self.inner.held_slots).clear();
+            *guard = Some(self.inner.config.connect(NoTls).map_err(db_error)?);
+        }
+        let Some(client) = guard.as_mut() else {
+            return Err(QueueError::Unavailable("no limits connection".into()));
+        };
+        for i in 0..max.min(i32::MAX as u32) as i32 {
+            if lock(&self.inner.held_slots).contains(&(ns, i)) {
+                continue;
+            }
+            let got: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&ns, &i])
+                .map_err(db_error)?
+                .get(0);
+            if got {
+                lock(&self.inner.held_slots).insert((ns, i));
+                return Ok(Some(ConnectionSlot {
+                    inner: Arc::clone(&self.inner),
+                    key: (ns, i),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes one token from `relay`'s fleet-wide bucket: `per_sec` tokens a second, at most
+    /// `burst` (≥ 1) saved up. Over any interval T the fleet is granted at most
+    /// `burst + per_sec × T` tokens.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`]; [`QueueError::Corrupt`] (field `rate`) for a rate or
+    /// burst that is not positive and finite.
+    pub fn take_token(
+        &self,
+        relay: &str,
+        per_sec: f64,
+        burst: f64,
+    ) -> Result<RateDecision, QueueError> {
+        if !(per_sec.is_finite() && per_sec > 0.0 && burst.is_finite() && burst >= 1.0) {
+            return Err(QueueError::Corrupt {
+                id: "rate".into(),
+                reason: format!(
+                    "messages_per_sec = {per_sec}, burst = {burst}: need a positive rate and a \
+                     burst of at least 1"
+                ),
+            });
+        }
+        let s = &self.inner.s;
+        let mut c = self.inner.conn()?;
+        let st = c.stmt("token", || {
+            format!(
+                "WITH t AS (SELECT clock_timestamp() AS now) \
+                 INSERT INTO {s}.rate AS r (relay, tokens, updated) \
+                 SELECT $1::text, $3::float8 - 1, t.now FROM t \
+                 ON CONFLICT (relay) DO UPDATE SET \
+                   tokens = least($3, r.tokens + extract(epoch FROM clock_timestamp() - r.updated) \
+                            * $2::float8) - 1, \
+                   updated = clock_timestamp() \
+                 WHERE least($3, r.tokens + extract(epoch FROM clock_timestamp() - r.updated) \
+                       * $2) >= 1 \
+                 RETURNING r.tokens"
+            )
+        })?;
+        let got = c
+            .client
+            .query_opt(&st, &[&relay, &per_sec, &burst])
+            .map_err(db_error)?;
+        if got.is_some() {
+            return Ok(RateDecision::Granted);
+        }
+        let have: f64 = c
+            .client
+            .query_one(
+                &format!(
+                    "SELECT least($2::float8, tokens + extract(epoch FROM clock_timestamp() - updated) \
+                     * $3::float8)::float8 FROM {s}.rate WHERE relay = $1"
+                ),
+                &[&relay, &burst, &per_sec],
+            )
+            .map_err(db_error)?
+            .get(0);
+        let wait = ((1.0 - have).max(0.0) / per_sec).clamp(0.001, 60.0);
+        Ok(RateDecision::Wait(Duration::from_secs_f64(wait)))
+    }
+}
