@@ -47,6 +47,10 @@ pkg-config --exists qmail
 step "the header alone compiles as C99 and as C++"
 cc -std=c99 -Wall -Wextra -Werror -pedantic -fsyntax-only -x c include/qmail.h
 g++ -x c++ -std=c++11 -Wall -Wextra -Werror -pedantic -fsyntax-only include/qmail.h
+step "the C++ wrapper qmail.hpp compiles as C++11 and C++17 (built and run by 80-deploy.sh)"
+for std in c++11 c++17; do
+    g++ -x c++ -std=$std -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude include/qmail.hpp
+done
 
 step "C test programs, dynamic and static (tests/c/Makefile)"
 make -s -C tests/c DIST="$dist" OUT="$dist/tests"

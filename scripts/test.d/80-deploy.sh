@@ -131,6 +131,9 @@ for f in LICENSE-MIT LICENSE-APACHE qmail/__init__.py qmail/py.typed; do
 done
 $py -m zipfile -e "$wheel" "$work/wheel"
 grep -q ', stripped' <<<"$(file "$work"/wheel/qmail/_qmail*.so)" || fail "the extension is not stripped"
+# manylinux_2_17 means it: no glibc symbol newer than 2.17
+newest=$(objdump -T "$work"/wheel/qmail/_qmail*.so | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -n 1)
+[ "$(printf '%s\n' "$newest" GLIBC_2.17 | sort -V | tail -n 1)" = GLIBC_2.17 ] || fail "the extension needs $newest"
 ok
 
 step "Python: the wheel into a fresh venv, no Rust on PATH"
