@@ -350,6 +350,15 @@ impl RelayConfig {
         if self.max_messages_per_connection == 0 {
             self.max_messages_per_connection = 1;
         }
+        if !(self.max_messages_per_second.is_finite() && self.max_messages_per_second >= 0.0) {
+            return Err(invalid(
+                "relay.max_messages_per_second",
+                format!(
+                    "max_messages_per_second = {} is not a rate of 0 or more (0 = unlimited)",
+                    self.max_messages_per_second
+                ),
+            ));
+        }
         Ok(self)
     }
 

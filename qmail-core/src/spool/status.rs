@@ -548,8 +548,9 @@ pub fn entry(
     e
 }
 
-/// The messages of a spool that `filter` accepts, oldest first (by submit time, then id).
-/// Opens each spool file's header (not the message) and its state file.
+/// The messages of a spool that `filter` accepts, oldest first (by the submit time in the
+/// queue id, then id). Lists the directories, then opens spool file headers (not the
+/// messages) and state files oldest first, only until `limit` entries passed the filters.
 ///
 /// # Errors
 /// [`ErrorKind::SpoolUnavailable`] naming `spool` when the spool directory cannot be read.
@@ -567,7 +568,9 @@ pub fn list(spool: &Path, filter: &ListFilter) -> Result<Vec<ListEntry>> {
         filter.states.clone()
     };
     let now = now_secs();
-    let mut out = Vec::new();
+    // names first (no file opened), oldest first by the time in the queue id; then each file
+    // is opened only until `limit` entries passed the filters
+    let mut names: Vec<(i64, String, QueueState, PathBuf, Option<String>)> = Vec::new();
     for st in states {
         for &dir in dirs_of(st) {
             let Ok(rd) = fs::read_dir(spool.join(dir.dir_name())) else {
@@ -581,34 +584,37 @@ pub fn list(spool: &Path, filter: &ListFilter) -> Result<Vec<ListEntry>> {
                     _ => (name, None),
                 };
                 let Ok(q) = QueueId::parse(id) else { continue };
-                if let (Some(o), Some(t)) = (filter.older_secs, q.created_secs())
-                    && now - t < o
-                {
+                let t = q.created_secs().unwrap_or(i64::MAX);
+                if filter.older_secs.is_some_and(|o| now - t < o) {
                     continue;
                 }
-                let e = entry(spool, dir, id, &de.path(), owner);
-                if let Some(p) = &filter.rcpt
-                    && !e.recipients.iter().any(|r| addr_matches(p, r))
-                {
-                    continue;
-                }
-                if let Some(p) = &filter.from
-                    && !e.sender.as_deref().is_some_and(|s| addr_matches(p, s))
-                {
-                    continue;
-                }
-                if let (Some(o), Some(c)) = (filter.older_secs, e.created)
-                    && now - c < o
-                {
-                    continue;
-                }
-                out.push(e);
+                names.push((t, id.to_owned(), dir, de.path(), owner));
             }
         }
     }
-    out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
-    if let Some(l) = filter.limit {
-        out.truncate(l);
+    names.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut out = Vec::new();
+    for (_, id, dir, path, owner) in names {
+        if filter.limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+        let e = entry(spool, dir, &id, &path, owner);
+        if let Some(p) = &filter.rcpt
+            && !e.recipients.iter().any(|r| addr_matches(p, r))
+        {
+            continue;
+        }
+        if let Some(p) = &filter.from
+            && !e.sender.as_deref().is_some_and(|s| addr_matches(p, s))
+        {
+            continue;
+        }
+        if let (Some(o), Some(c)) = (filter.older_secs, e.created)
+            && now - c < o
+        {
+            continue;
+        }
+        out.push(e);
     }
     Ok(out)
 }
