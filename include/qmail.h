@@ -26,10 +26,14 @@
 #include <stdint.h>
 #include <stdbool.h>
 
-/**
- * The longest queue id, in bytes, without the terminating NUL.
- */
-#define QMAIL_ID_MAX 128
+/** The qmail version this header belongs to (semantic versioning; the SONAME carries the major). */
+#define QMAIL_VERSION_MAJOR 0
+#define QMAIL_VERSION_MINOR 1
+#define QMAIL_VERSION_PATCH 0
+/** The same as a string, e.g. "0.1.0"; compare with qmail_version() at run time. */
+#define QMAIL_VERSION "0.1.0"
+/** One number for preprocessor comparisons: MAJOR * 10000 + MINOR * 100 + PATCH. */
+#define QMAIL_VERSION_NUMBER (QMAIL_VERSION_MAJOR * 10000 + QMAIL_VERSION_MINOR * 100 + QMAIL_VERSION_PATCH)
 
 /**
  * The size of an id buffer for `qmail_submit()`: `QMAIL_ID_MAX` plus the NUL.
@@ -37,9 +41,9 @@
 #define QMAIL_ID_BUF_LEN 129
 
 /**
- * X-Priority 1, Importance high (for `qmail_message_set_priority()`).
+ * The longest queue id, in bytes, without the terminating NUL.
  */
-#define QMAIL_PRIORITY_HIGHEST 1
+#define QMAIL_ID_MAX 128
 
 /**
  * X-Priority 2, Importance high.
@@ -47,9 +51,9 @@
 #define QMAIL_PRIORITY_HIGH 2
 
 /**
- * X-Priority 3, Importance normal: the default, no priority headers are written.
+ * X-Priority 1, Importance high (for `qmail_message_set_priority()`).
  */
-#define QMAIL_PRIORITY_NORMAL 3
+#define QMAIL_PRIORITY_HIGHEST 1
 
 /**
  * X-Priority 4, Importance low.
@@ -60,6 +64,11 @@
  * X-Priority 5, Importance low.
  */
 #define QMAIL_PRIORITY_LOWEST 5
+
+/**
+ * X-Priority 3, Importance normal: the default, no priority headers are written.
+ */
+#define QMAIL_PRIORITY_NORMAL 3
 
 /**
  * The result of a fallible qmail call: `QMAIL_RESULT_OK` (0) or what went wrong.
@@ -242,279 +251,6 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library version, e.g. `"0.1.0"` (the qmail-core version it was built from; the
- * SONAME carries its major number).
- *
- * Ownership: a static string; do not free or modify it. Never NULL. Threads: safe anywhere.
- */
-const char *qmail_version(void);
-
-/**
- * Copies the text of the calling thread's last error into `buf`.
- *
- * The text names the field at fault first, e.g. `"reply_to: contains a forbidden character
- * '\r'"` or `"attachments[0]: cannot read /tmp/a.pdf: No such file or directory (os error
- * 2)"`. It is UTF-8.
- *
- * Shape: like `snprintf`: writes at most `len` bytes including a terminating NUL (when `len`
- * is at least 1; truncated at a UTF-8 character boundary), and returns the length of the
- * whole text in bytes, without the NUL. A return value `>= len` means the text was
- * truncated: call again with a buffer of `return value + 1` bytes. `buf` may be NULL when
- * `len` is 0 (to ask for the length). Returns 0 and writes `""` when there is no last error.
- *
- * Errors: the last error is set by every call that returns a `qmail_result` other than
- * `QMAIL_RESULT_OK` (and by `qmail_message_new()` returning NULL), and cleared by every call
- * that returns `QMAIL_RESULT_OK`. This function and the other `qmail_last_error_*` and
- * `qmail_result_*` functions neither set nor clear it.
- *
- * Ownership: the caller owns `buf`. Threads: each thread has its own last error; safe to
- * call from any thread at any time.
- */
-size_t qmail_last_error_message(char *buf, size_t len);
-
-/**
- * Copies the name of the field at fault in the calling thread's last error into `buf`:
- * `"from"`, `"to"`, `"reply_to"`, `"subject"`, `"headers.X-Trace"`, `"attachments[2]"`,
- * `"inline[0]"`, `"spool"`, or the parameter name for `QMAIL_RESULT_NULL_PARAMETER` and
- * `QMAIL_RESULT_INVALID_UTF8` (`"msg"`, `"address"`, ...).
- *
- * Shape: as `qmail_last_error_message()` (snprintf-like, returns the full length). Writes
- * `""` and returns 0 when there is no last error or it names no field. Threads: as
- * `qmail_last_error_message()`.
- */
-size_t qmail_last_error_field(char *buf, size_t len);
-
-/**
- * The result number of the calling thread's last error, or `QMAIL_RESULT_OK` when there is
- * none. Useful after `qmail_message_new()` returned NULL. Threads: per thread; safe anywhere.
- */
-qmail_result qmail_last_error_result(void);
-
-/**
- * The stable name of a result number, e.g. `"InvalidAddress"` for 2002: the same string that
- * the Rust, Python and Node APIs use for that kind of error. `"Unknown"` for a number that is
- * not a `qmail_result`.
- *
- * Ownership: the string is static; do not free or modify it. Never NULL. Threads: safe
- * anywhere.
- */
-const char *qmail_result_name(uint32_t result);
-
-/**
- * True when the same call may succeed if tried again later or on another spool
- * (`QMAIL_RESULT_SPOOL_UNAVAILABLE`, `QMAIL_RESULT_IO`); false for `QMAIL_RESULT_OK`, for
- * permanent errors (a bad address stays bad) and for numbers that are not a `qmail_result`.
- * The rule is qmail-core's `Error::is_transient`. Threads: safe anywhere.
- */
-bool qmail_result_is_transient(uint32_t result);
-
-/**
- * A new, empty message.
- *
- * Ownership: the caller owns the result and must release it with `qmail_message_free()`.
- * Returns NULL only if qmail panicked (then `qmail_last_error_result()` is
- * `QMAIL_RESULT_PANIC`). Threads: safe from any thread.
- */
-qmail_message *qmail_message_new(void);
-
-/**
- * Releases a message made by `qmail_message_new()`, and everything it holds (attachment
- * bytes copied by `qmail_attach_bytes()` included; attached files are not touched).
- *
- * NULL is a no-op. Must not be called twice on the same handle, nor while another thread
- * uses it; the handle is invalid afterwards.
- */
-void qmail_message_free(qmail_message *msg);
-
-/**
- * Sets From (RFC 5322 §3.6.2), required: `"Name <addr@example.com>"`, `"<addr@example.com>"`
- * or a bare `"addr@example.com"`. A display name with ',' or other specials is quoted:
- * `"\"Dupont, Élodie\" <elodie@example.com>"`; non-ASCII names are encoded when the message
- * is rendered (RFC 2047). A non-ASCII domain is converted to IDNA A-labels.
- *
- * Shape (every setter): `msg` and `address` must not be NULL (`QMAIL_RESULT_NULL_PARAMETER`);
- * strings are NUL-terminated UTF-8 (`QMAIL_RESULT_INVALID_UTF8`), copied: the caller keeps
- * ownership and may free them after the call. On an error the message is unchanged and the
- * last error names the field. Threads: one thread at a time per message.
- *
- * Errors: `QMAIL_RESULT_INVALID_ADDRESS` naming `from` (malformed; CR, LF or NUL anywhere),
- * `QMAIL_RESULT_INVALID_HEADER` (a control character in the display name).
- */
-qmail_result qmail_message_set_from(qmail_message *msg, const char *address);
-
-/**
- * Sets Sender (RFC 5322 §3.6.2): the agent that sends on behalf of From. Also the default
- * envelope sender when set. Shape and errors as `qmail_message_set_from()`, naming `sender`.
- */
-qmail_result qmail_message_set_sender(qmail_message *msg, const char *address);
-
-/**
- * Adds a Reply-To address (call again for more). Shape and errors as
- * `qmail_message_set_from()`, naming `reply_to`.
- */
-qmail_result qmail_message_add_reply_to(qmail_message *msg, const char *address);
-
-/**
- * Adds a To recipient (call again for more). At least one To, Cc or Bcc recipient is
- * required. Shape and errors as `qmail_message_set_from()`, naming `to`.
- */
-qmail_result qmail_message_add_to(qmail_message *msg, const char *address);
-
-/**
- * Adds a Cc recipient. Shape and errors as `qmail_message_set_from()`, naming `cc`.
- */
-qmail_result qmail_message_add_cc(qmail_message *msg, const char *address);
-
-/**
- * Adds a Bcc recipient: it goes into the envelope only and is never written into the
- * message's headers. Shape and errors as `qmail_message_set_from()`, naming `bcc`.
- */
-qmail_result qmail_message_add_bcc(qmail_message *msg, const char *address);
-
-/**
- * Sets From from a display name and an address given apart, so that the name needs no
- * quoting: `qmail_message_set_from_with_name(msg, "Dupont, Élodie", "elodie@example.com")`.
- * The same for the other address fields: `qmail_message_set_sender_with_name`,
- * `qmail_message_add_reply_to_with_name`, `qmail_message_add_to_with_name`,
- * `qmail_message_add_cc_with_name`, `qmail_message_add_bcc_with_name`.
- *
- * Shape: `msg` and `address` must not be NULL; `name` may be NULL or empty (no display
- * name). `name` is raw text, any Unicode (quoted or RFC 2047 encoded when rendered);
- * `address` is a bare addr-spec, `local@domain`, without angle brackets. Both UTF-8, copied.
- * Threads: one thread at a time per message.
- *
- * Errors: `QMAIL_RESULT_INVALID_HEADER` naming the field for CR, LF, NUL or another control
- * character in the name; `QMAIL_RESULT_INVALID_ADDRESS` naming the field for the address.
- */
-qmail_result qmail_message_set_from_with_name(qmail_message *msg,
-                                              const char *name,
-                                              const char *address);
-
-/**
- * Sets Sender from a name and an address given apart; see
- * `qmail_message_set_from_with_name()`.
- */
-qmail_result qmail_message_set_sender_with_name(qmail_message *msg,
-                                                const char *name,
-                                                const char *address);
-
-/**
- * Adds a Reply-To address from a name and an address given apart; see
- * `qmail_message_set_from_with_name()`.
- */
-qmail_result qmail_message_add_reply_to_with_name(qmail_message *msg,
-                                                  const char *name,
-                                                  const char *address);
-
-/**
- * Adds a To recipient from a name and an address given apart; see
- * `qmail_message_set_from_with_name()`.
- */
-qmail_result qmail_message_add_to_with_name(qmail_message *msg,
-                                            const char *name,
-                                            const char *address);
-
-/**
- * Adds a Cc recipient from a name and an address given apart; see
- * `qmail_message_set_from_with_name()`.
- */
-qmail_result qmail_message_add_cc_with_name(qmail_message *msg,
-                                            const char *name,
-                                            const char *address);
-
-/**
- * Adds a Bcc recipient from a name and an address given apart (the name is not written
- * anywhere: Bcc is envelope only); see `qmail_message_set_from_with_name()`.
- */
-qmail_result qmail_message_add_bcc_with_name(qmail_message *msg,
-                                             const char *name,
-                                             const char *address);
-
-/**
- * Asks for a read receipt: Disposition-Notification-To (RFC 8098) with this address. Shape
- * and errors as `qmail_message_set_from()`, naming `read_receipt_to`.
- */
-qmail_result qmail_message_set_read_receipt_to(qmail_message *msg, const char *address);
-
-/**
- * Sets the Subject: any Unicode text on one line (RFC 2047 encoded when needed, folded to
- * lines of at most 78 characters). Shape as `qmail_message_set_from()`.
- *
- * Errors: `QMAIL_RESULT_INVALID_HEADER` naming `subject` for CR, LF, NUL or another control
- * character (a trailing newline too: header values are one line).
- */
-qmail_result qmail_message_set_subject(qmail_message *msg, const char *subject);
-
-/**
- * Sets the text/plain body (UTF-8; LF, CRLF or lone CR line breaks all become CRLF; long
- * lines are encoded, never cut). With an HTML body too, both go in a multipart/alternative
- * (RFC 2046 §5.1.4). Shape as `qmail_message_set_from()`; the text is copied.
- *
- * Errors: none beyond NULL and UTF-8 (a C string cannot hold the NUL that the core refuses).
- */
-qmail_result qmail_message_set_text(qmail_message *msg, const char *text);
-
-/**
- * Sets the text/html body. `cid:NAME` references must match an inline part added with
- * `qmail_attach_inline()` (checked by `qmail_submit()`). Shape and errors as
- * `qmail_message_set_text()`.
- */
-qmail_result qmail_message_set_html(qmail_message *msg, const char *html);
-
-/**
- * Adds a custom header field, e.g. `("X-Campaign", "spring")`. `Message-ID` and `Date`
- * replace the generated ones (and are checked: `<left@right>`; an RFC 5322 §3.3 date-time).
- * Shape as `qmail_message_set_from()`; both strings are copied.
- *
- * Errors: `QMAIL_RESULT_INVALID_HEADER` naming `headers.NAME`: a name that is empty, over 76
- * characters, or not printable US-ASCII 33..126 without ':' (RFC 5322 §2.2); CR, LF, NUL or
- * another control character in the value; a field that has its own setter (From, To, Cc,
- * Bcc, Subject, Content-Type, ...).
- */
-qmail_result qmail_message_add_header(qmail_message *msg, const char *name, const char *value);
-
-/**
- * Sets the priority, written as X-Priority and Importance (RFC 2156 §5.3):
- * `QMAIL_PRIORITY_HIGHEST` (1) .. `QMAIL_PRIORITY_LOWEST` (5); `QMAIL_PRIORITY_NORMAL` (3) is
- * the default. Also the dispatcher's order of sending. Threads: one thread at a time per
- * message.
- *
- * Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg`; `QMAIL_RESULT_INVALID_ARGUMENT`
- * naming `priority` outside 1..5.
- */
-qmail_result qmail_message_set_priority(qmail_message *msg, int32_t priority);
-
-/**
- * Sets the envelope sender (SMTP MAIL FROM, where bounces go): an address with or without
- * angle brackets, or `"<>"` (or `""`) for the null reverse-path (RFC 5321 §4.5.5). Default:
- * Sender if set, else From. Shape as `qmail_message_set_from()`.
- *
- * Errors: `QMAIL_RESULT_INVALID_ADDRESS` naming `envelope_from`.
- */
-qmail_result qmail_message_set_envelope_from(qmail_message *msg, const char *address);
-
-/**
- * Holds the message until this time, in Unix seconds (UTC): it is spooled at once but a
- * dispatcher sends it only from then on (scheduled send). A time in the past means now.
- * Threads: one thread at a time per message.
- *
- * Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg`; `QMAIL_RESULT_INVALID_ARGUMENT`
- * naming `not_before` for a negative time.
- */
-qmail_result qmail_message_set_not_before(qmail_message *msg, int64_t unix_seconds);
-
-/**
- * Names the spool directory this message is submitted to, instead of the default spool(s)
- * of `qmail_set_default_spool()` / `QMAIL_SPOOL`. The directory (and its state
- * subdirectories) is created by `qmail_submit()` when missing. Submits to a named spool are
- * durable (fsynced). `path` is any NUL-terminated byte string (need not be UTF-8), copied.
- *
- * Errors: `QMAIL_RESULT_NULL_PARAMETER`; `QMAIL_RESULT_INVALID_ARGUMENT` naming `spool` for
- * an empty path. Whether the directory is usable is found out by `qmail_submit()`.
- */
-qmail_result qmail_message_set_spool(qmail_message *msg, const char *path);
-
-/**
  * Attaches a file. The file must exist and be a readable regular file now; its bytes are
  * read (streamed, base64-encoded) by `qmail_submit()`, so it must still be there then.
  *
@@ -581,6 +317,353 @@ qmail_result qmail_attach_inline_bytes(qmail_message *msg,
                                        const char *content_type);
 
 /**
+ * Copies the name of the field at fault in the calling thread's last error into `buf`:
+ * `"from"`, `"to"`, `"reply_to"`, `"subject"`, `"headers.X-Trace"`, `"attachments[2]"`,
+ * `"inline[0]"`, `"spool"`, or the parameter name for `QMAIL_RESULT_NULL_PARAMETER` and
+ * `QMAIL_RESULT_INVALID_UTF8` (`"msg"`, `"address"`, ...).
+ *
+ * Shape: as `qmail_last_error_message()` (snprintf-like, returns the full length). Writes
+ * `""` and returns 0 when there is no last error or it names no field. Threads: as
+ * `qmail_last_error_message()`.
+ */
+size_t qmail_last_error_field(char *buf, size_t len);
+
+/**
+ * Copies the text of the calling thread's last error into `buf`.
+ *
+ * The text names the field at fault first, e.g. `"reply_to: contains a forbidden character
+ * '\r'"` or `"attachments[0]: cannot read /tmp/a.pdf: No such file or directory (os error
+ * 2)"`. It is UTF-8.
+ *
+ * Shape: like `snprintf`: writes at most `len` bytes including a terminating NUL (when `len`
+ * is at least 1; truncated at a UTF-8 character boundary), and returns the length of the
+ * whole text in bytes, without the NUL. A return value `>= len` means the text was
+ * truncated: call again with a buffer of `return value + 1` bytes. `buf` may be NULL when
+ * `len` is 0 (to ask for the length). Returns 0 and writes `""` when there is no last error.
+ *
+ * Errors: the last error is set by every call that returns a `qmail_result` other than
+ * `QMAIL_RESULT_OK` (and by `qmail_message_new()` returning NULL), and cleared by every call
+ * that returns `QMAIL_RESULT_OK`. This function and the other `qmail_last_error_*` and
+ * `qmail_result_*` functions neither set nor clear it.
+ *
+ * Ownership: the caller owns `buf`. Threads: each thread has its own last error; safe to
+ * call from any thread at any time.
+ */
+size_t qmail_last_error_message(char *buf, size_t len);
+
+/**
+ * The result number of the calling thread's last error, or `QMAIL_RESULT_OK` when there is
+ * none. Useful after `qmail_message_new()` returned NULL. Threads: per thread; safe anywhere.
+ */
+qmail_result qmail_last_error_result(void);
+
+/**
+ * Adds a Bcc recipient: it goes into the envelope only and is never written into the
+ * message's headers. Shape and errors as `qmail_message_set_from()`, naming `bcc`.
+ */
+qmail_result qmail_message_add_bcc(qmail_message *msg, const char *address);
+
+/**
+ * Adds a Bcc recipient from a name and an address given apart (the name is not written
+ * anywhere: Bcc is envelope only); see `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_bcc_with_name(qmail_message *msg,
+                                             const char *name,
+                                             const char *address);
+
+/**
+ * Adds a Cc recipient. Shape and errors as `qmail_message_set_from()`, naming `cc`.
+ */
+qmail_result qmail_message_add_cc(qmail_message *msg, const char *address);
+
+/**
+ * Adds a Cc recipient from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_cc_with_name(qmail_message *msg,
+                                            const char *name,
+                                            const char *address);
+
+/**
+ * Adds a custom header field, e.g. `("X-Campaign", "spring")`. `Message-ID` and `Date`
+ * replace the generated ones (and are checked: `<left@right>`; an RFC 5322 §3.3 date-time).
+ * Shape as `qmail_message_set_from()`; both strings are copied.
+ *
+ * Errors: `QMAIL_RESULT_INVALID_HEADER` naming `headers.NAME`: a name that is empty, over 76
+ * characters, or not printable US-ASCII 33..126 without ':' (RFC 5322 §2.2); CR, LF, NUL or
+ * another control character in the value; a field that has its own setter (From, To, Cc,
+ * Bcc, Subject, Content-Type, ...).
+ */
+qmail_result qmail_message_add_header(qmail_message *msg, const char *name, const char *value);
+
+/**
+ * Adds a Reply-To address (call again for more). Shape and errors as
+ * `qmail_message_set_from()`, naming `reply_to`.
+ */
+qmail_result qmail_message_add_reply_to(qmail_message *msg, const char *address);
+
+/**
+ * Adds a Reply-To address from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_reply_to_with_name(qmail_message *msg,
+                                                  const char *name,
+                                                  const char *address);
+
+/**
+ * Adds a To recipient (call again for more). At least one To, Cc or Bcc recipient is
+ * required. Shape and errors as `qmail_message_set_from()`, naming `to`.
+ */
+qmail_result qmail_message_add_to(qmail_message *msg, const char *address);
+
+/**
+ * Adds a To recipient from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_add_to_with_name(qmail_message *msg,
+                                            const char *name,
+                                            const char *address);
+
+/**
+ * Releases a message made by `qmail_message_new()`, and everything it holds (attachment
+ * bytes copied by `qmail_attach_bytes()` included; attached files are not touched).
+ *
+ * NULL is a no-op. Must not be called twice on the same handle, nor while another thread
+ * uses it; the handle is invalid afterwards.
+ */
+void qmail_message_free(qmail_message *msg);
+
+/**
+ * A new, empty message.
+ *
+ * Ownership: the caller owns the result and must release it with `qmail_message_free()`.
+ * Returns NULL only if qmail panicked (then `qmail_last_error_result()` is
+ * `QMAIL_RESULT_PANIC`). Threads: safe from any thread.
+ */
+qmail_message *qmail_message_new(void);
+
+/**
+ * Sets the envelope sender (SMTP MAIL FROM, where bounces go): an address with or without
+ * angle brackets, or `"<>"` (or `""`) for the null reverse-path (RFC 5321 §4.5.5). Default:
+ * Sender if set, else From. Shape as `qmail_message_set_from()`.
+ *
+ * Errors: `QMAIL_RESULT_INVALID_ADDRESS` naming `envelope_from`.
+ */
+qmail_result qmail_message_set_envelope_from(qmail_message *msg, const char *address);
+
+/**
+ * Sets From (RFC 5322 §3.6.2), required: `"Name <addr@example.com>"`, `"<addr@example.com>"`
+ * or a bare `"addr@example.com"`. A display name with ',' or other specials is quoted:
+ * `"\"Dupont, Élodie\" <elodie@example.com>"`; non-ASCII names are encoded when the message
+ * is rendered (RFC 2047). A non-ASCII domain is converted to IDNA A-labels.
+ *
+ * Shape (every setter): `msg` and `address` must not be NULL (`QMAIL_RESULT_NULL_PARAMETER`);
+ * strings are NUL-terminated UTF-8 (`QMAIL_RESULT_INVALID_UTF8`), copied: the caller keeps
+ * ownership and may free them after the call. On an error the message is unchanged and the
+ * last error names the field. Threads: one thread at a time per message.
+ *
+ * Errors: `QMAIL_RESULT_INVALID_ADDRESS` naming `from` (malformed; CR, LF or NUL anywhere),
+ * `QMAIL_RESULT_INVALID_HEADER` (a control character in the display name).
+ */
+qmail_result qmail_message_set_from(qmail_message *msg, const char *address);
+
+/**
+ * Sets From from a display name and an address given apart, so that the name needs no
+ * quoting: `qmail_message_set_from_with_name(msg, "Dupont, Élodie", "elodie@example.com")`.
+ * The same for the other address fields: `qmail_message_set_sender_with_name`,
+ * `qmail_message_add_reply_to_with_name`, `qmail_message_add_to_with_name`,
+ * `qmail_message_add_cc_with_name`, `qmail_message_add_bcc_with_name`.
+ *
+ * Shape: `msg` and `address` must not be NULL; `name` may be NULL or empty (no display
+ * name). `name` is raw text, any Unicode (quoted or RFC 2047 encoded when rendered);
+ * `address` is a bare addr-spec, `local@domain`, without angle brackets. Both UTF-8, copied.
+ * Threads: one thread at a time per message.
+ *
+ * Errors: `QMAIL_RESULT_INVALID_HEADER` naming the field for CR, LF, NUL or another control
+ * character in the name; `QMAIL_RESULT_INVALID_ADDRESS` naming the field for the address.
+ */
+qmail_result qmail_message_set_from_with_name(qmail_message *msg,
+                                              const char *name,
+                                              const char *address);
+
+/**
+ * Sets the text/html body. `cid:NAME` references must match an inline part added with
+ * `qmail_attach_inline()` (checked by `qmail_submit()`). Shape and errors as
+ * `qmail_message_set_text()`.
+ */
+qmail_result qmail_message_set_html(qmail_message *msg, const char *html);
+
+/**
+ * Offers unsubscribing: writes `List-Unsubscribe: <url>[, <mailto>]` (RFC 2369 §3.2) and,
+ * when `one_click` is non-zero, `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+ * (RFC 8058), for which `url` must be an `https://` URI. `mailto` (may be NULL) is a
+ * `mailto:` URI or a bare address, written after `url`. UTF-8, NUL-terminated; the strings are
+ * copied. Threads: one thread at a time per message.
+ *
+ * Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg` or `url`;
+ * `QMAIL_RESULT_INVALID_ARGUMENT` naming `list_unsubscribe.url` (not an http(s) URI, not
+ * https with `one_click`, spaces, `<`, `>`, `"` or `,` in it, over 900 octets) or
+ * `list_unsubscribe.mailto` (not a mailto: URI of a valid address).
+ */
+qmail_result qmail_message_set_list_unsubscribe(qmail_message *msg,
+                                                const char *url,
+                                                const char *mailto,
+                                                int32_t one_click);
+
+/**
+ * Holds the message until this time, in Unix seconds (UTC): it is spooled at once but a
+ * dispatcher sends it only from then on (scheduled send). A time in the past means now.
+ * Threads: one thread at a time per message.
+ *
+ * Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg`; `QMAIL_RESULT_INVALID_ARGUMENT`
+ * naming `not_before` for a negative time.
+ */
+qmail_result qmail_message_set_not_before(qmail_message *msg, int64_t unix_seconds);
+
+/**
+ * Sets the priority, written as X-Priority and Importance (RFC 2156 §5.3):
+ * `QMAIL_PRIORITY_HIGHEST` (1) .. `QMAIL_PRIORITY_LOWEST` (5); `QMAIL_PRIORITY_NORMAL` (3) is
+ * the default. Also the dispatcher's order of sending. Threads: one thread at a time per
+ * message.
+ *
+ * Errors: `QMAIL_RESULT_NULL_PARAMETER` for a NULL `msg`; `QMAIL_RESULT_INVALID_ARGUMENT`
+ * naming `priority` outside 1..5.
+ */
+qmail_result qmail_message_set_priority(qmail_message *msg, int32_t priority);
+
+/**
+ * Asks for a read receipt: Disposition-Notification-To (RFC 8098) with this address. Shape
+ * and errors as `qmail_message_set_from()`, naming `read_receipt_to`.
+ */
+qmail_result qmail_message_set_read_receipt_to(qmail_message *msg, const char *address);
+
+/**
+ * Sets Sender (RFC 5322 §3.6.2): the agent that sends on behalf of From. Also the default
+ * envelope sender when set. Shape and errors as `qmail_message_set_from()`, naming `sender`.
+ */
+qmail_result qmail_message_set_sender(qmail_message *msg, const char *address);
+
+/**
+ * Sets Sender from a name and an address given apart; see
+ * `qmail_message_set_from_with_name()`.
+ */
+qmail_result qmail_message_set_sender_with_name(qmail_message *msg,
+                                                const char *name,
+                                                const char *address);
+
+/**
+ * Names the spool directory this message is submitted to, instead of the default spool(s)
+ * of `qmail_set_default_spool()` / `QMAIL_SPOOL`. The directory (and its state
+ * subdirectories) is created by `qmail_submit()` when missing. Submits to a named spool are
+ * durable (fsynced). `path` is any NUL-terminated byte string (need not be UTF-8), copied.
+ *
+ * Errors: `QMAIL_RESULT_NULL_PARAMETER`; `QMAIL_RESULT_INVALID_ARGUMENT` naming `spool` for
+ * an empty path. Whether the directory is usable is found out by `qmail_submit()`.
+ */
+qmail_result qmail_message_set_spool(qmail_message *msg, const char *path);
+
+/**
+ * Sets the Subject: any Unicode text on one line (RFC 2047 encoded when needed, folded to
+ * lines of at most 78 characters). Shape as `qmail_message_set_from()`.
+ *
+ * Errors: `QMAIL_RESULT_INVALID_HEADER` naming `subject` for CR, LF, NUL or another control
+ * character (a trailing newline too: header values are one line).
+ */
+qmail_result qmail_message_set_subject(qmail_message *msg, const char *subject);
+
+/**
+ * Sets the text/plain body (UTF-8; LF, CRLF or lone CR line breaks all become CRLF; long
+ * lines are encoded, never cut). With an HTML body too, both go in a multipart/alternative
+ * (RFC 2046 §5.1.4). Shape as `qmail_message_set_from()`; the text is copied.
+ *
+ * Errors: none beyond NULL and UTF-8 (a C string cannot hold the NUL that the core refuses).
+ */
+qmail_result qmail_message_set_text(qmail_message *msg, const char *text);
+
+/**
+ * Asks where message `queue_id` (the id `qmail_submit()` wrote) is in spool `spool`.
+ * Read-only: it lists directories and reads the spool file header, the dispatcher's state
+ * file and (when given) the delivery log; it never changes anything, and may run beside
+ * dispatchers (a message moving meanwhile is seen in one state or the next).
+ *
+ * Shape: `spool` and `queue_id` must not be NULL (UTF-8 for the id; the spool path is
+ * bytes). `delivery_log` may be NULL: the dispatcher's `delivery_log` file, read to tell a
+ * delivered message from an unknown one when `sent/` does not keep it. `out` must not be
+ * NULL and receives the state, attempts and times. `reply_buf` (may be NULL with
+ * `reply_buf_len` 0) receives, snprintf-style (truncated at a UTF-8 boundary, always
+ * NUL-terminated), the last reply of a deferred message or the reasons of a failed one
+ * (`"; "`-separated), else an empty string; the caller owns it.
+ *
+ * Errors:
+ * - `QMAIL_RESULT_NULL_PARAMETER` naming `spool`, `queue_id` or `out`;
+ * - `QMAIL_RESULT_INVALID_UTF8` naming `queue_id` or `delivery_log`;
+ * - `QMAIL_RESULT_INVALID_ARGUMENT` naming `queue_id`: not a queue id (nothing is looked up);
+ * - `QMAIL_RESULT_SPOOL_UNAVAILABLE` naming `spool`: not a readable directory.
+ *
+ * Threads: safe from any thread.
+ */
+qmail_result qmail_message_state(const char *spool,
+                                 const char *queue_id,
+                                 const char *delivery_log,
+                                 qmail_message_status *out,
+                                 char *reply_buf,
+                                 size_t reply_buf_len);
+
+/**
+ * True when the same call may succeed if tried again later or on another spool
+ * (`QMAIL_RESULT_SPOOL_UNAVAILABLE`, `QMAIL_RESULT_IO`); false for `QMAIL_RESULT_OK`, for
+ * permanent errors (a bad address stays bad) and for numbers that are not a `qmail_result`.
+ * The rule is qmail-core's `Error::is_transient`. Threads: safe anywhere.
+ */
+bool qmail_result_is_transient(uint32_t result);
+
+/**
+ * The stable name of a result number, e.g. `"InvalidAddress"` for 2002: the same string that
+ * the Rust, Python and Node APIs use for that kind of error. `"Unknown"` for a number that is
+ * not a `qmail_result`.
+ *
+ * Ownership: the string is static; do not free or modify it. Never NULL. Threads: safe
+ * anywhere.
+ */
+const char *qmail_result_name(uint32_t result);
+
+/**
+ * Sets the process-wide default spool(s): one or more directories separated by ':', the
+ * syntax of the `QMAIL_SPOOL` environment variable (which it overrides), e.g.
+ * `"/var/spool/qmail:/mnt/nfs/qmail"`. Submits spread over them round-robin and skip a spool
+ * that fails. Durable: every submit is fsynced; files are created with mode 0640 (readable by
+ * the spool's group: the dispatcher user reads them through the submit group).
+ *
+ * Shape: `spools` must not be NULL; UTF-8; copied. The directories are opened (and created
+ * when missing) lazily by the first submit that uses each.
+ *
+ * Errors: `QMAIL_RESULT_NULL_PARAMETER`, `QMAIL_RESULT_INVALID_UTF8`,
+ * `QMAIL_RESULT_NO_SPOOL_CONFIGURED` for a list with no directory (the previous default is
+ * kept).
+ *
+ * Threads: safe at any time, also while other threads submit (a submit uses the default that
+ * was set when it started).
+ */
+qmail_result qmail_set_default_spool(const char *spools);
+
+/**
+ * As `qmail_set_default_spool()`, with the write options.
+ *
+ * `durable`: true fsyncs each spool file and its directory before `qmail_submit()` returns
+ * (a committed message survives power loss); false skips both syncs: much faster, and a
+ * crash may lose the last submits (it never exposes a partial one). `file_mode`: permission
+ * bits of spool files, at most 0777, e.g. 0640 (the default of `qmail_set_default_spool()`:
+ * the dispatcher reads through the submit group) or 0600 when one user does both; directories it creates get the same
+ * bits plus search (x) where read is granted.
+ *
+ * Errors: as `qmail_set_default_spool()`; `QMAIL_RESULT_INVALID_ARGUMENT` naming `file_mode`
+ * for a mode over 0777 (found by the first submit).
+ */
+qmail_result qmail_set_default_spool_with(const char *spools,
+                                          bool durable,
+                                          uint32_t file_mode);
+
+/**
  * Submits the message: validates it, renders it (RFC 5322, MIME) and writes it into a spool,
  * then writes its queue id into `id_buf`.
  *
@@ -622,66 +705,62 @@ qmail_result qmail_attach_inline_bytes(qmail_message *msg,
 qmail_result qmail_submit(const qmail_message *msg, char *id_buf, size_t id_buf_len);
 
 /**
- * Sets the process-wide default spool(s): one or more directories separated by ':', the
- * syntax of the `QMAIL_SPOOL` environment variable (which it overrides), e.g.
- * `"/var/spool/qmail:/mnt/nfs/qmail"`. Submits spread over them round-robin and skip a spool
- * that fails. Durable: every submit is fsynced; files are created with mode 0600.
+ * Spools an already composed RFC 5322 message (`data`, `len` bytes: header section, empty
+ * line, body; e.g. what a mail library serialised) and writes its queue id into `id_buf`.
  *
- * Shape: `spools` must not be NULL; UTF-8; copied. The directories are opened (and created
- * when missing) lazily by the first submit that uses each.
+ * What is done to the bytes, as for Python's `submit_message()` and Node's `submitRaw()`:
+ * line ends become CRLF; Bcc fields are removed (their addresses stay in the envelope); Date
+ * and Message-ID are added when missing. A NUL, a line over 998 octets (RFC 5322 §2.1.1), a
+ * bad field name or a header section without From is refused.
  *
- * Errors: `QMAIL_RESULT_NULL_PARAMETER`, `QMAIL_RESULT_INVALID_UTF8`,
- * `QMAIL_RESULT_NO_SPOOL_CONFIGURED` for a list with no directory (the previous default is
- * kept).
+ * Envelope (RFC 5321 MAIL FROM / RCPT TO): `envelope_from` NULL = the Sender field, else
+ * From; `"<>"` = the null reverse-path. `recipients` (`recipients_len` addresses) with
+ * `recipients_len` 0 = To, Cc and Bcc; `recipients` may be NULL then.
  *
- * Threads: safe at any time, also while other threads submit (a submit uses the default that
- * was set when it started).
- */
-qmail_result qmail_set_default_spool(const char *spools);
-
-/**
- * As `qmail_set_default_spool()`, with the write options.
+ * Where: `spool` (a directory) when not NULL, else the default spool(s) as for
+ * `qmail_submit()`. When: `not_before` (Unix seconds) 0 = now; a later time puts the message
+ * in `scheduled/` until then.
  *
- * `durable`: true fsyncs each spool file and its directory before `qmail_submit()` returns
- * (a committed message survives power loss); false skips both syncs: much faster, and a
- * crash may lose the last submits (it never exposes a partial one). `file_mode`: permission
- * bits of spool files, at most 0777, e.g. 0600 (the default of `qmail_set_default_spool()`)
- * or 0640 for a dispatcher that reads through a group; directories it creates get the same
- * bits plus search (x) where read is granted.
+ * Shape: `data` must point to `len` bytes (NULL only with `len` 0, which is refused as a
+ * message without header); borrowed for the call. `id_buf`/`id_buf_len` as for
+ * `qmail_submit()`: at least `QMAIL_ID_BUF_LEN` bytes, or NULL and 0; written only on
+ * success.
  *
- * Errors: as `qmail_set_default_spool()`; `QMAIL_RESULT_INVALID_ARGUMENT` naming `file_mode`
- * for a mode over 0777 (found by the first submit).
- */
-qmail_result qmail_set_default_spool_with(const char *spools, bool durable, uint32_t file_mode);
-
-/**
- * Asks where message `queue_id` (the id `qmail_submit()` wrote) is in spool `spool`.
- * Read-only: it lists directories and reads the spool file header, the dispatcher's state
- * file and (when given) the delivery log; it never changes anything, and may run beside
- * dispatchers (a message moving meanwhile is seen in one state or the next).
- *
- * Shape: `spool` and `queue_id` must not be NULL (UTF-8 for the id; the spool path is
- * bytes). `delivery_log` may be NULL: the dispatcher's `delivery_log` file, read to tell a
- * delivered message from an unknown one when `sent/` does not keep it. `out` must not be
- * NULL and receives the state, attempts and times. `reply_buf` (may be NULL with
- * `reply_buf_len` 0) receives, snprintf-style (truncated at a UTF-8 boundary, always
- * NUL-terminated), the last reply of a deferred message or the reasons of a failed one
- * (`"; "`-separated), else an empty string; the caller owns it.
+ * Durability: as `qmail_submit()`: after `QMAIL_RESULT_OK` the message is committed.
  *
  * Errors:
- * - `QMAIL_RESULT_NULL_PARAMETER` naming `spool`, `queue_id` or `out`;
- * - `QMAIL_RESULT_INVALID_UTF8` naming `queue_id` or `delivery_log`;
- * - `QMAIL_RESULT_INVALID_ARGUMENT` naming `queue_id`: not a queue id (nothing is looked up);
- * - `QMAIL_RESULT_SPOOL_UNAVAILABLE` naming `spool`: not a readable directory.
+ * - `QMAIL_RESULT_NULL_PARAMETER` naming `data`, `recipients` (a NULL array with a non-zero
+ *   length, or a NULL element) or `id_buf`;
+ * - `QMAIL_RESULT_INVALID_UTF8` naming `envelope_from` / `recipients`;
+ * - `QMAIL_RESULT_BUFFER_TOO_SMALL` naming `id_buf_len`; nothing submitted;
+ * - `QMAIL_RESULT_INVALID_MESSAGE` naming `message` (no empty line after the header, a NUL,
+ *   a long line, no From, no recipient); `QMAIL_RESULT_INVALID_HEADER` for a bad field name;
+ *   `QMAIL_RESULT_INVALID_ADDRESS` naming `envelope_from`, `recipients` or the header field;
+ * - `QMAIL_RESULT_SPOOL_UNAVAILABLE`, `QMAIL_RESULT_NO_SPOOL_CONFIGURED` naming `spool`.
  *
- * Threads: safe from any thread.
+ * Threads: safe from many threads at once.
  */
-qmail_result qmail_message_state(const char *spool,
-                                 const char *queue_id,
-                                 const char *delivery_log,
-                                 qmail_message_status *out,
-                                 char *reply_buf,
-                                 size_t reply_buf_len);
+qmail_result qmail_submit_raw(const uint8_t *data,
+                              size_t len,
+                              const char *envelope_from,
+                              const char *const *recipients,
+                              size_t recipients_len,
+                              const char *spool,
+                              int64_t not_before,
+                              char *id_buf,
+                              size_t id_buf_len);
+
+/**
+ * The library version, e.g. `"0.1.0"` (the qmail-core version it was built from; the
+ * SONAME carries its major number).
+ *
+ * Ownership: a static string; do not free or modify it. Never NULL. Threads: safe anywhere.
+ *
+ * The header's `QMAIL_VERSION_MAJOR`, `QMAIL_VERSION_MINOR`, `QMAIL_VERSION_PATCH` and
+ * `QMAIL_VERSION` say which version a program was compiled against; this says which library
+ * it runs with.
+ */
+const char *qmail_version(void);
 
 #ifdef __cplusplus
 }  // extern "C"

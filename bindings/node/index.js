@@ -835,8 +835,10 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.RawSubmit = nativeBinding.RawSubmit
 module.exports.errorCodes = nativeBinding.errorCodes
 module.exports.setDefaultSpool = nativeBinding.setDefaultSpool
+module.exports.spoolDirectories = nativeBinding.spoolDirectories
 module.exports.status = nativeBinding.status
 module.exports.submit = nativeBinding.submit
 module.exports.submitRaw = nativeBinding.submitRaw
