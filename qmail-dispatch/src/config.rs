@@ -157,6 +157,24 @@ mod num_bounds {
     bounded!(u32, u64, usize);
 }
 
+/// Why the port of a relay URL was refused: out of range (RFC 793 ports are 16 bits) or not a
+/// number. Reads only the text after the host (never the user info, which may hold a password).
+fn port_problem(raw: &str) -> String {
+    let after_scheme = raw.split_once("://").map_or(raw, |(_, r)| r);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = match host_port.rsplit_once(']') {
+        Some((_, rest)) => rest.strip_prefix(':'),
+        None => host_port.rsplit_once(':').map(|(_, p)| p),
+    }
+    .unwrap_or("");
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("port {port} is out of range 1..=65535 (RFC 793 ports are 16 bits)")
+    } else {
+        format!("port {port:?} is not a number")
+    }
+}
+
 impl RelayConfig {
     /// Parses `smtp://[user:pass@]host[:port][?tls=required|opportunistic|none&priority=N&
     /// weight=N&max_connections=N&max_messages_per_connection=N&max_messages_per_second=X&
@@ -181,10 +199,7 @@ impl RelayConfig {
         };
         // never echo the URL itself in errors: it may hold a password
         let u = url::Url::parse(&raw).map_err(|e| match e {
-            url::ParseError::InvalidPort => invalid(
-                "relay.port",
-                "the port of the relay URL is not a number within 1..=65535",
-            ),
+            url::ParseError::InvalidPort => invalid("relay.port", port_problem(&raw)),
             e => invalid("relay.url", format!("the relay URL does not parse: {e}")),
         })?;
         // the scheme is case-insensitive (RFC 3986 §3.1); the url crate lowercases it
@@ -228,7 +243,12 @@ impl RelayConfig {
         }
         self.host = host;
         self.port = match u.port() {
-            Some(0) => return Err(invalid("relay.port", "port 0 is not a relay port")),
+            Some(0) => {
+                return Err(invalid(
+                    "relay.port",
+                    "port 0 is out of range 1..=65535 (0 is not a relay port)",
+                ));
+            }
             Some(p) => p,
             None if implicit => 465,
             None => 25,

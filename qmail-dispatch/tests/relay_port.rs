@@ -11,7 +11,7 @@ fn port_out_of_range_is_named_as_such() {
         "smtp://mx.example:65536",
     ] {
         let e = RelayConfig::from_url(bad).unwrap_err();
-        assert_eq!(e.field(), Some("relay"), "{bad}");
+        assert_eq!(e.field(), Some("relay.port"), "{bad}");
         assert!(
             e.message().contains("out of range"),
             "{bad}: {}",
