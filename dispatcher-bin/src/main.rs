@@ -655,7 +655,12 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), instance = d.instance(),
-                    "SIGHUP: the new configuration is invalid; serving on with the old one, same instance")
+                    "SIGHUP: the new configuration is invalid; serving on with the old one, same instance");
+                // a stopped Dispatcher does not run again: the old configuration, rebuilt with
+                // the same instance and lease
+                d = d
+                    .reload(s.dispatch.clone())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
         }
     }

@@ -17,7 +17,7 @@ step() { printf -- '-- webstacks: %s\n' "$*"; }
 step "wheel (maturin, dev profile)"
 rm -rf "$work/wheel"
 (cd bindings/python && ../../.venv/bin/maturin build -q --profile dev -o "$work/wheel" >/dev/null)
-wheel=$(ls "$work"/wheel/qmail-*.whl)
+wheel=$(ls "$work"/wheel/qmail*.whl)
 
 find_python() { # MAJOR.MINOR (at least)
     local want=$1 c
