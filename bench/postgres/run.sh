@@ -10,9 +10,9 @@
 # spools:
 #   anchor     `qmail-dispatcher drain` of a directory spool with no relay (claim, outbox
 #              write, settle): the directory's claim+settle rate
-#   forward    `qmail-dispatcher forward --drain`: local spool → queue, one transaction each
+#   forward    `qmail-dispatcher forward --drain`: local spool → queue, up to 64 per transaction
 #   claim      claim (batches of BENCH_BATCH, default 50) + read body + settle Delivered with
-#              BENCH_THREADS threads (default 4): qmail-dispatch/examples/pg_bench.rs
+#              BENCH_THREADS threads (default 16, the dispatcher bench's workers): qmail-dispatch/examples/pg_bench.rs
 #   status     `qmail-dispatcher status --queue` over BENCH_DEEP rows (default 1000000)
 # Ratios are PostgreSQL / directory anchor.
 set -euo pipefail
@@ -22,7 +22,7 @@ export QMAIL_LOG=${QMAIL_LOG:-warn}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 N=${BENCH_N:-20000}
 DEEP=${BENCH_DEEP:-1000000}
-THREADS=${BENCH_THREADS:-4}
+THREADS=${BENCH_THREADS:-16}
 BATCH=${BENCH_BATCH:-50}
 out=$root/bench/out
 mkdir -p "$out"
@@ -71,7 +71,7 @@ say "anchor  directory drain (claim + outbox + settle): $dir_rate msg/s"
 "$tool" fill "$work/web" "$N" 2048 durable
 t0=$(now); "$bin" forward --drain --spool "$work/web" --queue "$url" >/dev/null; t1=$(now)
 fwd_rate=$(rate "$N" "$t0" "$t1")
-say "forward spool → queue (one transaction each): $fwd_rate msg/s  ratio $(python3 -c "print(f'{$fwd_rate/$dir_rate:.2f}')")"
+say "forward spool → queue (batches of up to 64 per transaction): $fwd_rate msg/s  ratio $(python3 -c "print(f'{$fwd_rate/$dir_rate:.2f}')")"
 
 line=$("$pgb" claim "$url" "$THREADS" "$BATCH")
 claim_rate=$(echo "$line" | sed -E 's/.*: ([0-9]+) msg\/s/\1/')

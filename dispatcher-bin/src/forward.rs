@@ -60,6 +60,19 @@ pub struct ForwardSettings {
     pub priority_step_secs: u64,
 }
 
+/// A queue error as the operator should read it: a bad `[queue]` field names the field.
+fn qerr(e: QueueError) -> anyhow::Error {
+    match e {
+        QueueError::Corrupt { id, reason } if id == "queue.url" || id == "schema" => {
+            anyhow::anyhow!(
+                "invalid configuration: [queue] {}: {reason}",
+                id.trim_start_matches("queue.")
+            )
+        }
+        e => anyhow::anyhow!("{e}"),
+    }
+}
+
 fn pg_options(q: &QueueSettings, step: u64) -> PgOptions {
     PgOptions {
         schema: q.schema.clone(),
@@ -71,7 +84,7 @@ fn pg_options(q: &QueueSettings, step: u64) -> PgOptions {
 
 /// `queue init`: creates or migrates the schema.
 pub fn init(q: &QueueSettings) -> Result<ExitCode> {
-    let applied = PgQueue::init(&q.url, &q.schema).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let applied = PgQueue::init(&q.url, &q.schema).map_err(qerr)?;
     if applied.is_empty() {
         println!(
             "queue schema {} is up to date (version {})",
@@ -89,8 +102,8 @@ pub fn init(q: &QueueSettings) -> Result<ExitCode> {
 
 /// `status --queue`: the queue's counts.
 pub fn status(q: &QueueSettings, json: bool) -> Result<ExitCode> {
-    let queue = PgQueue::connect(&q.url, pg_options(q, 600)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let st: QueueStatus = queue.status().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let queue = PgQueue::connect(&q.url, pg_options(q, 600)).map_err(qerr)?;
+    let st: QueueStatus = queue.status().map_err(qerr)?;
     if json {
         println!(
             "{}",
@@ -397,7 +410,7 @@ pub fn forward(s: ForwardSettings, term: Arc<AtomicBool>, drain: bool) -> Result
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                         continue;
                     }
-                    Err(e) => break Err(anyhow::anyhow!("{e}")),
+                    Err(e) => break Err(qerr(e)),
                 }
             }
         };

@@ -442,10 +442,13 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
             }
         })
     };
+    // per queue id, how many times it went to the "relay"
     let delivered = |lines: &std::sync::Mutex<Vec<String>>| {
         let mut m: HashMap<String, usize> = HashMap::new();
         for l in lines.lock().unwrap().iter() {
-            if let Some(id) = l.strip_prefix("delivered ") {
+            // "sent" is what a relay receives: a settle whose COMMIT reply was lost in the
+            // failover took effect but is retried into LostClaim, so settles undercount
+            if let Some(id) = l.strip_prefix("sent ") {
                 *m.entry(id.to_owned()).or_default() += 1;
             }
         }

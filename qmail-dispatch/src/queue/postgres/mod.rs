@@ -938,16 +938,14 @@ impl Queue for PgQueue {
             renewed
         };
         if !renewed && let Err(e) = self.register_lease(&mut slot) {
-            {
-                let age = lock(&self.inner.renewed).map(|t| t.elapsed());
-                return match (e, age) {
-                    (QueueError::Unavailable(m), None) => Err(QueueError::Unavailable(m)),
-                    (QueueError::Unavailable(_), Some(age)) if age < self.inner.opts.lease => {
-                        Ok(LeaseHealth::Stale { age })
-                    }
-                    (e, _) => Err(e),
-                };
-            }
+            // stale while the last renewal is younger than a lease, then the error itself
+            let age = lock(&self.inner.renewed).map(|t| t.elapsed());
+            return match (e, age) {
+                (QueueError::Unavailable(_), Some(age)) if age < self.inner.opts.lease => {
+                    Ok(LeaseHealth::Stale { age })
+                }
+                (e, _) => Err(e),
+            };
         }
         *lock(&self.inner.renewed) = Some(Instant::now());
         Ok(LeaseHealth::Fresh)
