@@ -30,8 +30,8 @@ pub enum PrivateKey {
     Ed25519(Box<ed25519_dalek::SigningKey>),
 }
 
-/// An RSA key: signed with ring (BoringSSL's constant-time assembly, ~10x faster than the
-/// RustCrypto crate here) when it has 2048 bits or more, the sizes ring signs with; with the
+/// An RSA key: signed with ring (BoringSSL's constant-time assembly, ~3x faster than the
+/// RustCrypto crate here: 0.75 against 2.5 ms of CPU per 2048-bit signature) when it has 2048 bits or more, the sizes ring signs with; with the
 /// RustCrypto `rsa` crate (blinded) for the 1024..2047-bit keys RFC 8301 still allows.
 pub struct RsaKey {
     bits: usize,

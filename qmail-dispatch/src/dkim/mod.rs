@@ -386,8 +386,12 @@ fn normalize(i: usize, e: &mut DkimConfig) -> Result<(), DkimError> {
     if e.key_file.as_os_str().is_empty() {
         return Err(bad("key_file", "a key_file is needed".into()));
     }
-    let field_name =
-        |n: &str| !n.is_empty() && n.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    // RFC 5322 ftext, less ';' (it would end the h= tag, RFC 6376 §3.2)
+    let field_name = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| (33..=126).contains(&b) && b != b':' && b != b';')
+    };
     let mut names: Vec<String> = Vec::new();
     for h in &e.headers {
         if !field_name(h) {
@@ -840,6 +844,11 @@ mod tests {
             headers: vec!["Subject".into()],
             ..DkimConfig::default()
         }];
+        assert_eq!(
+            resolve(&mut e).unwrap_err().field(),
+            Some("dkim[0].headers")
+        );
+        e[0].headers = vec!["From".into(), "X-A;b=c".into()];
         assert_eq!(
             resolve(&mut e).unwrap_err().field(),
             Some("dkim[0].headers")
