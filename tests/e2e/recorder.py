@@ -72,7 +72,7 @@ def options(record):
         record=record, greeting_fail=0, mail_fail=None, rcpt_reject=[], data_fail=None,
         disconnect_after_data=0, eod_delay=0, idle_timeout=600, no_pipelining=False,
         drop_in_data=0, tls_cert=None, tls_key=None, implicit_tls=False, starttls_454=False,
-        auth_user=None, auth_pass=None, auth_pre=None, auth_post=None)
+        auth_user=None, auth_pass=None, auth_pre=None, auth_post=None, rcpt_delay=0)
 
 
 async def main(args):
