@@ -41,9 +41,11 @@ pub struct Transaction<'a> {
     /// actually sent).
     pub ends_with_crlf: bool,
     /// The fence (contract C1): called right before `DATA` and again right before the
-    /// end-of-data of a message larger than [`SMALL_BODY`]. `false` means the claim may have
-    /// been taken back: `DATA` is not sent (or the connection is dropped without the final
-    /// dot), nothing is delivered, and the send returns [`TxError::Fenced`].
+    /// end-of-data, for every message: with PIPELINING, `DATA` leaves in the same write as
+    /// MAIL and RCPT, so the check after the `354` is the one that stops a dispatcher that
+    /// stalled while waiting for the RCPT replies. `false` means the claim may have been taken
+    /// back: `DATA` is not sent (or the connection is dropped without the final dot), nothing
+    /// is delivered, and the send returns [`TxError::Fenced`].
     pub fence: &'a dyn Fn() -> bool,
     /// Bytes written before the spooled message inside DATA (a CRLF-terminated header field
     /// such as `DKIM-Signature:`), dot-stuffed like the rest, counted in `SIZE=`. Empty =
@@ -450,7 +452,10 @@ impl Session {
         scanner
             .finish()
             .map_err(|r| TxError::Body(BodyError::Refused(r)))?;
-        if large && !(tx.fence)() {
+        // the last check before the point of no return (a stat of the claim and the lease's
+        // age for the directory queue): for a small body this is also the first write after
+        // the 354
+        if !(tx.fence)() {
             return Err(TxError::Fenced);
         }
         out.extend_from_slice(stuffer.terminator());
