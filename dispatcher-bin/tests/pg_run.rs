@@ -136,7 +136,7 @@ fn status(pg: &Pg) -> (HashMap<String, i64>, i64) {
     (states, v["queue"]["leases"].as_i64().unwrap())
 }
 
-/// Nothing left to do: every row is a tombstone (or failed, when `failed` says so).
+/// Nothing left to do: no row ready, scheduled, active or deferred.
 fn settled(st: &HashMap<String, i64>) -> bool {
     ["ready", "scheduled", "active", "deferred"]
         .iter()
@@ -368,4 +368,34 @@ fn a_dispatcher_sigkilled_mid_run_loses_nothing() {
         0,
         "the dead lease was taken back, the survivor's released"
     );
+}
+
+#[test]
+fn sigterm_finishes_the_transactions_in_flight() {
+    let Some(pg) = Pg::start() else { return };
+    // each transaction takes about 2 s (two recipients, 1 s before each RCPT reply)
+    let srv = SmtpServer::start(&["--rcpt-delay", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_at(dir.path());
+    for i in 0..3 {
+        submit(
+            &spool,
+            i,
+            &[format!("m{i}@example.org"), format!("c{i}@example.org")],
+        );
+    }
+    init_and_forward(&pg, dir.path(), 3);
+    let cfg = config(dir.path(), &srv.url("tls=none"), "");
+    let mut a = start_run(&cfg, &pg, &dir.path().join("a.log"));
+    wait_for(30, "three transactions in flight", || {
+        status(&pg).0.get("active").copied() == Some(3)
+    });
+    assert_eq!(srv.count(), 0, "none finished yet");
+    assert!(term(&mut a).success());
+    let (st, leases) = status(&pg);
+    assert_eq!(st.get("delivered").copied(), Some(3), "{st:?}");
+    assert_eq!(leases, 0);
+    let got = per_rcpt(&srv);
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert!(got.values().all(|&c| c == 1), "{got:?}");
 }
