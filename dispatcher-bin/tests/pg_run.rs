@@ -399,3 +399,37 @@ fn sigterm_finishes_the_transactions_in_flight() {
     assert_eq!(got.len(), 6, "{got:?}");
     assert!(got.values().all(|&c| c == 1), "{got:?}");
 }
+
+#[test]
+fn the_database_down_mid_run_loses_and_doubles_nothing() {
+    let Some(mut pg) = Pg::start() else { return };
+    let srv = SmtpServer::start(&["--rcpt-delay", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_at(dir.path());
+    let n = 6;
+    for i in 0..n {
+        submit(&spool, i, &[format!("m{i}@example.org")]);
+    }
+    init_and_forward(&pg, dir.path(), n);
+    let cfg = config(dir.path(), &srv.url("tls=none"), "");
+    let log = dir.path().join("a.log");
+    let mut a = start_run(&cfg, &pg, &log);
+    wait_for(30, "transactions in flight", || {
+        status(&pg).0.get("active").copied() == Some(3)
+    });
+    // the database crashes while three transactions wait for their RCPT replies
+    pg.kill();
+    wait_for(30, "the dispatcher notices the database is gone", || {
+        let l = std::fs::read_to_string(&log).unwrap_or_default();
+        l.contains("cannot record the outcome") || l.contains("cannot claim from the queue")
+    });
+    pg.restart();
+    wait_for(120, "every message delivered after the restart", || {
+        let st = status(&pg).0;
+        st.get("delivered").copied() == Some(n as i64) && settled(&st)
+    });
+    assert!(term(&mut a).success());
+    let got = per_rcpt(&srv);
+    assert_eq!(got.len(), n, "{got:?}");
+    assert!(got.values().all(|&c| c == 1), "{got:?}");
+}
