@@ -433,3 +433,43 @@ fn the_database_down_mid_run_loses_and_doubles_nothing() {
     assert_eq!(got.len(), n, "{got:?}");
     assert!(got.values().all(|&c| c == 1), "{got:?}");
 }
+
+#[test]
+fn a_5xx_recipient_gets_a_dsn_through_the_queue() {
+    let Some(pg) = Pg::start() else { return };
+    let srv = SmtpServer::start(&["--rcpt-reject", "bad@example.org:550"]);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_at(dir.path());
+    submit(
+        &spool,
+        0,
+        &["ok@example.org".into(), "bad@example.org".into()],
+    );
+    init_and_forward(&pg, dir.path(), 1);
+    let cfg = config(dir.path(), &srv.url("tls=none"), "[dsn]\nenabled = true");
+    let mut a = start_run(&cfg, &pg, &dir.path().join("a.log"));
+    wait_for(60, "the failed message and its DSN settled", || {
+        let st = status(&pg).0;
+        st.get("failed").copied() == Some(1)
+            && st.get("delivered").copied() == Some(1)
+            && settled(&st)
+    });
+    assert!(term(&mut a).success());
+    let txs = srv.delivered();
+    // the recorder keeps MAIL FROM as sent: `<>` for the null reverse-path
+    let dsn: Vec<_> = txs
+        .iter()
+        .filter(|t| t.mail_from.is_empty() || t.mail_from == "<>")
+        .collect();
+    assert_eq!(dsn.len(), 1, "one DSN among {} transactions", txs.len());
+    assert_eq!(dsn[0].rcpt_tos, vec!["noreply@example.com".to_owned()]);
+    let body = String::from_utf8_lossy(&dsn[0].data);
+    assert!(body.contains("report-type=delivery-status"), "{body}");
+    assert!(
+        body.contains("Final-Recipient: rfc822; bad@example.org"),
+        "{body}"
+    );
+    assert!(body.contains("Diagnostic-Code: smtp; 550"), "{body}");
+    let got = per_rcpt(&srv);
+    assert_eq!(got.get("ok@example.org"), Some(&1), "{got:?}");
+}

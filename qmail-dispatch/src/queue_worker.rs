@@ -18,9 +18,9 @@
 //! lease ([`PgQueue::housekeeping`]). While the lease is not fresh or the database cannot be
 //! reached, [`PgQueue::claim`] claims nothing and the workers back off.
 //!
-//! Delivery status notifications (RFC 3464) are not generated for messages of a PostgreSQL
-//! queue yet: a failed recipient is recorded in the row's state (`show`), and a warning says
-//! so at start when `[dsn]` is enabled.
+//! Delivery status notifications (RFC 3464, `[dsn] enabled`) are imported into the same queue
+//! before the settle, from `<>` to the envelope sender, as a directory dispatcher submits them
+//! into its spool.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qmail_core::error::{Error, ErrorKind, Result};
+use qmail_core::spool::{SpoolHeader, now_secs};
+use qmail_core::{QueueId, RawMessage};
 
 use crate::clock;
 use crate::dispatcher::{LeaseSet, Shared};
@@ -97,12 +99,6 @@ impl QueueDispatcher {
                  there is no local outbox",
             )
             .with_field("relays"));
-        }
-        if cfg.dsn.enabled {
-            tracing::warn!(
-                "[dsn] is enabled, but delivery status notifications are not generated for a \
-                 PostgreSQL queue yet: failed recipients are recorded in the queue (show)"
-            );
         }
         for r in cfg.relays.iter().filter(|r| r.cleartext_credentials()) {
             tracing::warn!(relay = %r.name, tls = ?r.tls_mode(),
@@ -402,8 +398,7 @@ impl QueueDispatcher {
             }
         };
         if !out.newly_failed.is_empty() && sh.cfg.dsn.enabled {
-            tracing::info!(id = %claim.id(), failed = out.newly_failed.len(),
-                "no DSN for a PostgreSQL queue yet: the failed recipients are in the row's state");
+            self.dsn(&claim, &out.newly_failed);
         }
         let kind = match &out.settlement {
             Settlement::Delivered(_) => "delivered",
@@ -417,6 +412,41 @@ impl QueueDispatcher {
             lock(&self.deferred_in_drain).insert(claim.id().to_owned());
         }
         true
+    }
+
+    /// Imports a DSN (RFC 3464) for `failed` into the same queue, from `<>` to the envelope
+    /// sender (none for a message from `<>`); logged, never fatal (as for a directory spool).
+    fn dsn(&self, claim: &PgClaim, failed: &[crate::FailedRcpt]) {
+        let sender = &claim.header().envelope.mail_from;
+        if sender.is_empty() {
+            return;
+        }
+        let mut body: Box<dyn std::io::Read + '_> = match claim.body() {
+            Ok(b) => b,
+            Err(_) => Box::new(std::io::empty()),
+        };
+        let bytes = crate::dsn::build_for(claim.header(), &mut body, failed, &self.shared.cfg);
+        let msg = match RawMessage::parse(&bytes, Some("<>"), Some(std::slice::from_ref(sender))) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a delivery status notification");
+                return;
+            }
+        };
+        let header = SpoolHeader {
+            envelope: msg.envelope().clone(),
+            created: now_secs(),
+            not_before: msg.not_before(),
+            priority: msg.priority().number(),
+            message_id: msg.message_id().to_owned(),
+        };
+        let id = QueueId::generate();
+        let len = msg.bytes().len() as u64;
+        match self.queue.import(&id, &header, &mut { msg.bytes() }, len) {
+            Ok(_) => tracing::info!(dsn = %id, to = %sender, "delivery status notification queued"),
+            Err(e) => tracing::error!(error = %e, to = %sender,
+                "cannot queue a delivery status notification"),
+        }
     }
 
     /// Writes a settlement, retrying a queue error with a capped backoff (same fencing
