@@ -25,7 +25,7 @@ cargo test -p qmail-dispatch --test postgres
 cargo test -p qmail-dispatcher --test forward
 # run --queue and drain --queue: two dispatchers on one queue (each recipient once), a 4xx
 # recipient retried until the lifetime, the drain summary, SIGTERM with transactions in flight,
-# a dispatcher SIGKILLed mid-run, the database crashed mid-run (about 20 s)
+# a dispatcher SIGKILLed mid-run, the database crashed mid-run, a DSN (about 20 s)
 cargo test -p qmail-dispatcher --test pg_run
 # primary + two synchronous standbys in three network namespaces; needs root (skips otherwise)
 cargo test -p qmail-dispatcher --test failover
