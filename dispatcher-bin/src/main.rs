@@ -8,6 +8,7 @@ mod check;
 mod forward;
 mod http;
 mod journal;
+mod pg_run;
 mod service;
 mod settings;
 mod spool_init;
@@ -282,12 +283,19 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         log_format: cli.log_format,
         queue: cli.queue.clone(),
         queue_only: matches!(cli.command, Command::Queue { .. })
-            || (matches!(cli.command, Command::Status { .. }) && cli.queue.is_some()),
+            || (matches!(
+                cli.command,
+                Command::Status { .. } | Command::Run | Command::Drain { .. }
+            ) && cli.queue.is_some()),
     };
     let s = settings::load(&o)?;
     init_logging(s.log_format);
     let admin_id = format!("admin-{}", std::process::id());
+    // run/drain serve the PostgreSQL queue with --queue, or with [queue] and no spool
+    let serve_queue = s.queue.is_some() && (cli.queue.is_some() || s.dispatch.spools.is_empty());
     match cli.command {
+        Command::Run if serve_queue => pg_run::run(s),
+        Command::Drain { json } if serve_queue => pg_run::drain(s, json),
         Command::Run => run(&o, s),
         Command::Drain { json } => {
             let sum = Dispatcher::drain(s.dispatch).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -33,7 +33,7 @@ pub(crate) struct LeaseSet {
 }
 
 impl LeaseSet {
-    fn new(instance: String, lease: Duration, clock: Arc<dyn Clock>) -> Arc<LeaseSet> {
+    pub(crate) fn new(instance: String, lease: Duration, clock: Arc<dyn Clock>) -> Arc<LeaseSet> {
         let set = Arc::new(LeaseSet {
             instance,
             identity: Identity::current(),

@@ -4,23 +4,38 @@
 //! message whose sender is `<>` never gets one.
 
 use std::fmt::Write;
+use std::io::Read;
 use std::path::Path;
 
 use qmail_core::RawMessage;
-use qmail_core::spool::{Spool, SpoolFile};
+use qmail_core::spool::{Spool, SpoolFile, SpoolHeader};
 
 use super::config::DispatchConfig;
 use super::state::FailedRcpt;
 
 /// Builds the DSN's bytes (CRLF, 7-bit: the original's headers only, as text/rfc822-headers).
 pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> Vec<u8> {
+    match file.body_reader() {
+        Ok(mut r) => build_for(&file.header, &mut r, failed, cfg),
+        Err(_) => build_for(&file.header, &mut std::io::empty(), failed, cfg),
+    }
+}
+
+/// As [`build`] for a message of any queue: its spool header and a stream over its bytes
+/// (only the header section is read, at most 64 KiB of it).
+pub fn build_for(
+    header: &SpoolHeader,
+    body: &mut dyn Read,
+    failed: &[FailedRcpt],
+    cfg: &DispatchConfig,
+) -> Vec<u8> {
     let host = cfg.ehlo();
     let from = cfg
         .dsn
         .from
         .clone()
         .unwrap_or_else(|| format!("MAILER-DAEMON@{host}"));
-    let to = &file.header.envelope.mail_from;
+    let to = &header.envelope.mail_from;
     let boundary = format!("qmail-dsn-{}", qmail_core::random_hex(8));
     let date = qmail_core::message::format_date(qmail_core::spool::now_secs());
     let mut s = String::new();
@@ -32,7 +47,7 @@ pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> V
          This is a MIME-encapsulated message.\r\n\r\n--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n\
          Your message {orig} could not be delivered to these recipients:\r\n\r\n",
         mid = qmail_core::message::generate_message_id(host),
-        orig = file.header.message_id,
+        orig = header.message_id,
     );
     for f in failed {
         let _ = write!(s, "<{}>: {}\r\n", f.rcpt, ascii_line(&f.reply.to_string()));
@@ -64,9 +79,9 @@ pub fn build(file: &SpoolFile, failed: &[FailedRcpt], cfg: &DispatchConfig) -> V
         "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
     );
     let mut headers = Vec::new();
-    if let Ok(mut r) = file.body_reader() {
+    {
         use std::io::BufRead;
-        let mut br = std::io::BufReader::new(&mut r);
+        let mut br = std::io::BufReader::new(body);
         let mut line = Vec::new();
         while br.read_until(b'\n', &mut line).unwrap_or(0) > 0
             && line != b"\r\n"

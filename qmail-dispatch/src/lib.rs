@@ -49,6 +49,7 @@ pub mod dsn;
 pub mod housekeeping;
 pub mod metrics;
 pub mod queue;
+pub mod queue_worker;
 pub mod relay;
 pub mod retry;
 mod route;
@@ -61,6 +62,7 @@ pub use config::{DispatchConfig, DsnConfig, RelayConfig, RetryConfig, TimeoutCon
 pub use dispatcher::{Dispatcher, prepare_spool};
 pub use dkim::DkimConfig;
 pub use metrics::Metrics;
+pub use queue_worker::QueueDispatcher;
 pub use state::{Attempt, FailedRcpt, MessageState, RcptResult, RcptStatus, Reply};
 
 /// Directory of the embedded default's delivered messages.

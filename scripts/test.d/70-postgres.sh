@@ -4,7 +4,8 @@
 # leases of SIGKILLed and SIGSTOPped owners, the fleet-wide rate limit over 3 processes,
 # connection slots, the database going down) and dispatcher-bin/tests/forward.rs (queue init,
 # forward, status --queue, SIGKILL between COMMIT and unlink, the database killed mid-run,
-# inotify wake-up, a 1 GiB message forwarded in bounded memory). Each test starts its own
+# inotify wake-up, a 1 GiB message forwarded in bounded memory) and dispatcher-bin/tests/pg_run.rs
+# (run --queue, drain --queue). Each test starts its own
 # private postgres (scripts/setup-postgres installs Debian's package). Skips loudly only when
 # PostgreSQL cannot be installed. QMAIL_PG_BIG_MIB sets the large message (default 1024 here, 64 in a plain cargo test).
 # failover.rs: three network-namespace hosts (primary + two synchronous standbys), the primary
@@ -22,5 +23,9 @@ fi
 export QMAIL_PG_REQUIRED=1
 cargo test -p qmail-dispatch --test postgres
 cargo test -p qmail-dispatcher --test forward
+# run --queue and drain --queue: two dispatchers on one queue (each recipient once), a 4xx
+# recipient retried until the lifetime, the drain summary, SIGTERM with transactions in flight,
+# a dispatcher SIGKILLed mid-run, the database crashed mid-run, a DSN (about 20 s)
+cargo test -p qmail-dispatcher --test pg_run
 # primary + two synchronous standbys in three network namespaces; needs root (skips otherwise)
 cargo test -p qmail-dispatcher --test failover

@@ -1,0 +1,534 @@
+//! Dispatchers serving a PostgreSQL queue (`qmail-dispatcher run --queue URL`, `drain --queue
+//! URL`; `docs/scale-out.md`).
+//!
+//! [`QueueDispatcher`] reuses the engine's [`Shared`] (relays, metrics, DKIM, the
+//! configuration, the attempt of `worker.rs`) with no spool directory. Each worker thread
+//! loops: claim one row ([`Queue::claim`]) → [`Shared::attempt`] → settle
+//! ([`PgClaim::settle_ref`]). The settle rules are the seam's (`queue/mod.rs`):
+//! - [`SettleError::LostClaim`]: another dispatcher took the claim back; logged, never
+//!   retried (its attempt decides);
+//! - [`SettleError::Queue`] (the database is down, a failover): retried with a capped
+//!   backoff (100 ms doubling, at most 10 s) with the same fencing token, never turned into a
+//!   release (rule 4);
+//! - every claim is settled: one claimed after the stop was asked for is given back
+//!   ([`Settlement::Release`]).
+//!
+//! One more thread renews the lease (every sixth of a lease, in database time); the serving
+//! thread takes back expired claims of other dispatchers and purges old tombstones every half
+//! lease ([`PgQueue::housekeeping`]). While the lease is not fresh or the database cannot be
+//! reached, [`PgQueue::claim`] claims nothing and the workers back off.
+//!
+//! Delivery status notifications (RFC 3464, `[dsn] enabled`) are imported into the same queue
+//! before the settle, from `<>` to the envelope sender, as a directory dispatcher submits them
+//! into its spool.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qmail_core::error::{Error, ErrorKind, Result};
+use qmail_core::spool::{SpoolHeader, now_secs};
+use qmail_core::{QueueId, RawMessage};
+
+use crate::clock;
+use crate::dispatcher::{LeaseSet, Shared};
+use crate::queue::postgres::{PgClaim, PgQueue};
+use crate::queue::{Claim, LeaseHealth, Queue, QueueError, SettleError, Settlement};
+use crate::relay::RelayPool;
+use crate::retry::Jitter;
+use crate::schedule::CandidateQueue;
+use crate::worker::Worker;
+use crate::{DispatchConfig, Metrics, Summary};
+
+/// The longest pause between two attempts to write a settle the database refused.
+const SETTLE_BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// The longest pause between two claims while the queue is unavailable.
+const CLAIM_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// A dispatcher over a PostgreSQL queue. Build one per `run` or `drain`.
+pub struct QueueDispatcher {
+    shared: Arc<Shared>,
+    queue: PgQueue,
+    /// Ids deferred during a drain (not retried in it).
+    deferred_in_drain: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for QueueDispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueDispatcher")
+            .field("instance", &self.shared.instance)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+impl QueueDispatcher {
+    /// Checks the configuration and prepares the relays for serving `queue` (connected with
+    /// [`PgQueue::connect`]); the configuration's spools, if any, are not served. The
+    /// instance id is the queue's owner name ([`PgQueue::instance`]).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidArgument`] for a bad configuration, or when no relay is configured
+    /// (a queue shared by several hosts has no local outbox: field `relays`).
+    pub fn new(
+        cfg: DispatchConfig,
+        queue: PgQueue,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<QueueDispatcher> {
+        QueueDispatcher::build(cfg, queue, false, metrics)
+    }
+
+    fn build(
+        mut cfg: DispatchConfig,
+        queue: PgQueue,
+        drain: bool,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<QueueDispatcher> {
+        // the checks of a directory configuration, without its spools
+        if cfg.spools.is_empty() {
+            cfg.spools.push(PathBuf::from("(queue)"));
+        }
+        let mut cfg = cfg.resolve()?;
+        cfg.spools.clear();
+        if cfg.relays.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "serving a PostgreSQL queue needs at least one relay (--relay, or [[relay]] in the file): \
+                 there is no local outbox",
+            )
+            .with_field("relays"));
+        }
+        for r in cfg.relays.iter().filter(|r| r.cleartext_credentials()) {
+            tracing::warn!(relay = %r.name, tls = ?r.tls_mode(),
+                "credentials without tls=required: the password may cross the network in cleartext");
+        }
+        let pool = RelayPool::new(&cfg.relays, cfg.workers)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e).with_field("relay"))?;
+        let delivery_log = match &cfg.delivery_log {
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| {
+                        crate::dispatcher::io_err(
+                            format_args!("cannot open the delivery log {}", p.display()),
+                            e,
+                        )
+                    })?,
+            )),
+            None => None,
+        };
+        let dkim = crate::dkim::Signer::load(&cfg.dkim).map_err(|e| {
+            Error::new(ErrorKind::InvalidArgument, e.to_string()).with_field("dkim")
+        })?;
+        let instance = queue.instance().to_owned();
+        let leases = LeaseSet::new(
+            instance.clone(),
+            Duration::from_secs(cfg.lease_secs),
+            Arc::new(clock::SpoolClock),
+        );
+        let shared = Arc::new(Shared {
+            dkim,
+            spools: Vec::new(),
+            instance,
+            pool,
+            queue: CandidateQueue::new(drain),
+            metrics: metrics.unwrap_or_default(),
+            delivery_log,
+            drain,
+            cfg,
+            leases,
+            lease_of: Vec::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
+            io_failures: AtomicU32::new(0),
+            busy: AtomicUsize::new(0),
+            io_pause: Mutex::new(None),
+        });
+        Ok(QueueDispatcher {
+            shared,
+            queue,
+            deferred_in_drain: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// This process's instance id (the `owner` of its claims).
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// The counters (shared; keep the `Arc` to serve metrics).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Workers holding a claim right now (transactions in flight).
+    pub fn in_flight(&self) -> usize {
+        self.shared.busy.load(Ordering::SeqCst)
+    }
+
+    /// Delivers every message of the queue that is ready or due now, then returns what
+    /// happened (as [`crate::Dispatcher::drain`]). Expired claims of dead dispatchers are
+    /// taken back first; messages deferred during the drain are not retried in it.
+    ///
+    /// # Errors
+    /// As [`QueueDispatcher::new`]; [`ErrorKind::Io`] when the lease cannot be taken (the
+    /// database is unreachable).
+    pub fn drain(cfg: DispatchConfig, queue: PgQueue) -> Result<Summary> {
+        let d = Arc::new(QueueDispatcher::build(cfg, queue, true, None)?);
+        match d.queue.heartbeat() {
+            Ok(LeaseHealth::Fresh) => {}
+            Ok(h) => return Err(unavailable(format!("the lease is not fresh: {h:?}"))),
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
+        d.housekeep();
+        let hb = d.spawn_heartbeat();
+        let workers = d.spawn_workers();
+        for w in workers {
+            let _ = w.join();
+        }
+        d.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = hb.join();
+        d.queue.release_lease();
+        Ok(d.shared.metrics.summary())
+    }
+
+    /// Serves the queue until `stop` becomes true (SIGTERM/SIGINT in the binary): stops
+    /// claiming, waits up to `shutdown_grace_secs` for transactions in flight (each settled),
+    /// gives the lease back when every worker is done, and returns what it did. Past the
+    /// grace period the workers still running keep their claims under a renewed lease for as
+    /// long as the process lives.
+    ///
+    /// # Errors
+    /// None today (the database being down is waited out, not an error); the `Result` keeps
+    /// the shape of [`crate::Dispatcher::run`].
+    pub fn run(self: &Arc<Self>, stop: &AtomicBool) -> Result<Summary> {
+        let sh = &self.shared;
+        let hb = self.spawn_heartbeat();
+        let workers = self.spawn_workers();
+        let every = Duration::from_millis((sh.cfg.lease_secs * 1000 / 2).max(500));
+        let mut last = None::<Instant>;
+        while !stop.load(Ordering::SeqCst) {
+            if last.is_none_or(|t| t.elapsed() >= every) {
+                self.housekeep();
+                last = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::info!(
+            in_flight = self.in_flight(),
+            "stopping: no new claims; waiting up to {} s for transactions in flight",
+            sh.cfg.shutdown_grace_secs
+        );
+        sh.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(sh.cfg.shutdown_grace_secs);
+        while Instant::now() < deadline && workers.iter().any(|w| !w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = workers.iter().filter(|w| !w.is_finished()).count();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                instance = %sh.instance,
+                "grace period over with transactions in flight: their lease stays renewed while \
+                 this process lives; if it exits now, other dispatchers take the claims back"
+            );
+        } else {
+            for w in workers {
+                let _ = w.join();
+            }
+            let _ = hb.join();
+            self.queue.release_lease();
+        }
+        Ok(sh.metrics.summary())
+    }
+
+    /// Takes back expired claims of other dispatchers and purges old tombstones, only while
+    /// this process's own lease is fresh (a stale "now" judges nobody).
+    fn housekeep(&self) {
+        if !self.queue.inner.lease_fresh() {
+            return;
+        }
+        match self.queue.housekeeping() {
+            Ok((back, _)) if back > 0 => {
+                let m = &self.shared.metrics;
+                m.add(&m.reclaimed, back as u64);
+                tracing::warn!(
+                    count = back,
+                    "took back claims of a dispatcher whose lease expired"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "queue housekeeping failed; retried later"),
+        }
+    }
+
+    /// The lease renewal thread: every sixth of a lease, until the dispatcher stops and no
+    /// worker holds a claim.
+    fn spawn_heartbeat(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let me = Arc::clone(self);
+        let every =
+            (Duration::from_secs(me.shared.cfg.lease_secs) / 6).max(Duration::from_millis(100));
+        std::thread::Builder::new()
+            .name("qmail-pg-lease".into())
+            .spawn(move || {
+                let mut last: Option<Instant> = None;
+                loop {
+                    let sh = &me.shared;
+                    if sh.stopping.load(Ordering::SeqCst) && sh.busy.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    if last.is_none_or(|t| t.elapsed() >= every) {
+                        match me.queue.heartbeat() {
+                            Ok(LeaseHealth::Fresh) => {}
+                            Ok(h) => tracing::warn!(health = ?h,
+                                "the queue lease is not fresh: claiming nothing until it is"),
+                            Err(e) => tracing::error!(error = %e,
+                                "cannot renew the queue lease: claiming nothing; other \
+                                 dispatchers take this one's claims back after the lease"),
+                        }
+                        last = Some(Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the lease thread: {e}"))
+    }
+
+    fn spawn_workers(self: &Arc<Self>) -> Vec<std::thread::JoinHandle<()>> {
+        (0..self.shared.cfg.workers)
+            .map(|n| {
+                let me = Arc::clone(self);
+                std::thread::Builder::new()
+                    .name(format!("qmail-pg-worker-{n}"))
+                    .spawn(move || me.worker())
+                    .unwrap_or_else(|e| panic!("cannot start a worker thread: {e}"))
+            })
+            .collect()
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps up to `d`, waking early when the dispatcher stops.
+    fn pause(&self, d: Duration) {
+        let t0 = Instant::now();
+        while t0.elapsed() < d && !self.stopping() {
+            std::thread::sleep(Duration::from_millis(20).min(d));
+        }
+    }
+
+    fn worker(&self) {
+        let sh = &self.shared;
+        let mut w = Worker {
+            sessions: HashMap::new(),
+            rng: Jitter::new(),
+        };
+        let idle = Duration::from_millis(sh.cfg.idle_close_ms.max(10));
+        let wait = if sh.drain {
+            Duration::ZERO
+        } else {
+            idle.min(Duration::from_millis(500))
+        };
+        let mut failures = 0u32;
+        while !self.stopping() {
+            match self.queue.claim(1, wait) {
+                Ok(claims) if claims.is_empty() => {
+                    if sh.drain {
+                        break;
+                    }
+                    sh.close_idle(&mut w, idle);
+                }
+                Ok(claims) => {
+                    failures = 0;
+                    let mut go_on = true;
+                    for c in claims {
+                        if !go_on || self.stopping() {
+                            self.settle(&c, Settlement::Release, "release");
+                            continue;
+                        }
+                        go_on = self.process(&mut w, c);
+                    }
+                    if !go_on {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let pause = clock::io_backoff(failures, CLAIM_BACKOFF_CAP);
+                    failures = failures.saturating_add(1);
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::warn!(error = %e, backoff_ms = pause.as_millis() as u64,
+                            "cannot claim from the queue: claiming nothing until it answers");
+                    }
+                    if sh.drain && failures > 20 {
+                        tracing::error!(error = %e, "drain: the queue does not answer; giving up");
+                        break;
+                    }
+                    self.pause(pause);
+                }
+            }
+        }
+        let open: Vec<usize> = w.sessions.keys().copied().collect();
+        for i in open {
+            sh.drop_session(&mut w, i, true);
+        }
+    }
+
+    /// One claim: attempt, settle. Returns `false` when this drain worker should stop (it met
+    /// a message it already deferred in this drain).
+    fn process(&self, w: &mut Worker, claim: PgClaim) -> bool {
+        let sh = &self.shared;
+        let _busy = Busy::enter(&sh.busy);
+        if sh.drain && lock(&self.deferred_in_drain).contains(claim.id()) {
+            self.settle(&claim, Settlement::Release, "release");
+            return false;
+        }
+        let here = PathBuf::from(format!("postgres:{}", self.queue.schema()));
+        let out = match sh.attempt(w, &claim, &here, None) {
+            Ok(o) => o,
+            Err(e) => {
+                // nothing was accepted: the row goes back with its old state
+                tracing::error!(id = %claim.id(), error = %e,
+                    "cannot read the message from the queue; given back");
+                self.settle(&claim, Settlement::Release, "release");
+                return true;
+            }
+        };
+        if !out.newly_failed.is_empty() && sh.cfg.dsn.enabled {
+            self.dsn(&claim, &out.newly_failed);
+        }
+        let kind = match &out.settlement {
+            Settlement::Delivered(_) => "delivered",
+            Settlement::Deferred { .. } => "deferred",
+            Settlement::Failed(_) => "failed",
+            Settlement::Corrupt(_) => "corrupt",
+            Settlement::Held => "held",
+            Settlement::Release => "release",
+        };
+        if self.settle(&claim, out.settlement, kind) && kind == "deferred" && sh.drain {
+            lock(&self.deferred_in_drain).insert(claim.id().to_owned());
+        }
+        true
+    }
+
+    /// Imports a DSN (RFC 3464) for `failed` into the same queue, from `<>` to the envelope
+    /// sender (none for a message from `<>`); logged, never fatal (as for a directory spool).
+    fn dsn(&self, claim: &PgClaim, failed: &[crate::FailedRcpt]) {
+        let sender = &claim.header().envelope.mail_from;
+        if sender.is_empty() {
+            return;
+        }
+        let mut body: Box<dyn std::io::Read + '_> = match claim.body() {
+            Ok(b) => b,
+            Err(_) => Box::new(std::io::empty()),
+        };
+        let bytes = crate::dsn::build_for(claim.header(), &mut body, failed, &self.shared.cfg);
+        let msg = match RawMessage::parse(&bytes, Some("<>"), Some(std::slice::from_ref(sender))) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a delivery status notification");
+                return;
+            }
+        };
+        let header = SpoolHeader {
+            envelope: msg.envelope().clone(),
+            created: now_secs(),
+            not_before: msg.not_before(),
+            priority: msg.priority().number(),
+            message_id: msg.message_id().to_owned(),
+        };
+        let id = QueueId::generate();
+        let len = msg.bytes().len() as u64;
+        match self.queue.import(&id, &header, &mut { msg.bytes() }, len) {
+            Ok(_) => tracing::info!(dsn = %id, to = %sender, "delivery status notification queued"),
+            Err(e) => tracing::error!(error = %e, to = %sender,
+                "cannot queue a delivery status notification"),
+        }
+    }
+
+    /// Writes a settlement, retrying a queue error with a capped backoff (same fencing
+    /// token: a retry after a lost COMMIT reply says `LostClaim`, the first one took
+    /// effect). Returns whether it was written by this call; counts it in the metrics.
+    fn settle(&self, claim: &PgClaim, outcome: Settlement, kind: &str) -> bool {
+        let sh = &self.shared;
+        let mut n = 0u32;
+        let mut grace_end = None::<Instant>;
+        loop {
+            match claim.settle_ref(outcome.clone()) {
+                Ok(()) => {
+                    let m = &sh.metrics;
+                    match kind {
+                        "delivered" => m.add(&m.delivered, 1),
+                        "failed" => m.add(&m.failed, 1),
+                        "deferred" => m.add(&m.deferred, 1),
+                        "corrupt" => m.add(&m.corrupt, 1),
+                        _ => {}
+                    }
+                    return true;
+                }
+                Err(SettleError::LostClaim) => {
+                    tracing::warn!(id = %claim.id(), outcome = kind,
+                        "the claim was taken back by another dispatcher (lease expired), or an \
+                         earlier write of this settle took effect; not retried");
+                    return false;
+                }
+                Err(SettleError::Queue(e)) => {
+                    let pause = clock::io_backoff(n, SETTLE_BACKOFF_CAP);
+                    n = n.saturating_add(1);
+                    if n == 1 || n.is_multiple_of(10) {
+                        tracing::error!(id = %claim.id(), outcome = kind, error = %e,
+                            backoff_ms = pause.as_millis() as u64,
+                            "cannot record the outcome in the queue; keeping the claim and retrying");
+                    }
+                    if matches!(e, QueueError::Corrupt { .. }) {
+                        // the state does not encode: no retry can write it
+                        return false;
+                    }
+                    if self.stopping() {
+                        // past the grace period the process may exit; until then, retry
+                        let end = *grace_end.get_or_insert_with(|| {
+                            Instant::now() + Duration::from_secs(sh.cfg.shutdown_grace_secs)
+                        });
+                        if Instant::now() >= end {
+                            tracing::error!(id = %claim.id(),
+                                "stopping with an outcome not recorded: another dispatcher \
+                                 takes the claim back after the lease and tries again");
+                            return false;
+                        }
+                    }
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(msg: String) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        format!("the PostgreSQL queue is unavailable: {msg}"),
+    )
+}
+
+/// Counts a worker as busy (a claim in hand) while alive.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(n: &'a AtomicUsize) -> Busy<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Busy(n)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
