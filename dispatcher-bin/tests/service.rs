@@ -203,7 +203,7 @@ fn check_config_names_what_run_would_trip_on() {
     );
     assert!(err.contains("missing-ca.pem"), "{err}");
 
-    // the metrics address taken: a warning (a running dispatcher holds it), not an error
+    // the listener's address (--metrics is --http's old name) taken: a warning (a running dispatcher holds it), not an error
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap().to_string();
     let o = Command::new(BIN)
@@ -215,7 +215,7 @@ fn check_config_names_what_run_would_trip_on() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("warning: metrics") && err.contains("in use"),
+        err.contains("warning: http") && err.contains("in use"),
         "{err}"
     );
 }

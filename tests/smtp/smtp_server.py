@@ -163,6 +163,7 @@ class Handler:
         o = self.opts
         wire = bytes(server._raw[server._data_mark:])
         STATE["eods"] += 1
+        seq = STATE["eods"]  # this transaction's number: eod_delay lets others count meanwhile
         server.txs += 1
         reply = None
         disconnect = False
@@ -172,16 +173,16 @@ class Handler:
             reply = "(disconnected without a reply)"
         elif o.data_fail:
             n, code = o.data_fail.split(":")
-            if STATE["eods"] <= int(n):
+            if seq <= int(n):
                 reply = "%s data refused" % code
         if reply is None:
             if o.eod_delay:
                 await asyncio.sleep(o.eod_delay)
-            reply = "250 2.0.0 queued as %d" % STATE["eods"]
+            reply = "250 2.0.0 queued as %d" % seq
         if o.record:
             auth = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
-            write_json(o.record, "tx-%06d.json" % STATE["eods"], {
-                "seq": STATE["eods"],
+            write_json(o.record, "tx-%06d.json" % seq, {
+                "seq": seq,
                 "session": server.session_no,
                 "reply": reply,
                 "mail_from": envelope.mail_from,

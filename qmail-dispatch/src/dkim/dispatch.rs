@@ -14,6 +14,8 @@ impl Shared {
     ///
     /// # Errors
     /// The spool file could not be read, or the key operation failed: defer the attempt.
+    // the reader borrows what `open` borrows: one lifetime, spelt out
+    #[allow(clippy::needless_lifetimes)]
     pub(crate) fn dkim_prefix<'a>(
         &self,
         message_id: &str,
