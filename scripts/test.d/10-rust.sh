@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
 cargo fmt --all --check
-cargo test -p qmail-core --all-targets
+cargo test --no-fail-fast -p qmail-core --all-targets
 cargo test -p qmail-core --doc

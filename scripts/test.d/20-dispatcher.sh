@@ -13,5 +13,5 @@ if ! command -v openssl >/dev/null; then
 fi
 scripts/install-fault-tools   # faketime, unshare/setpriv for dispatcher-bin/tests/faults.rs
 export PATH="$PWD/.venv/bin:$PATH"
-cargo test -p qmail-dispatch -p qmail-dispatcher --all-targets
+cargo test --no-fail-fast -p qmail-dispatch -p qmail-dispatcher --all-targets
 cargo test -p qmail-dispatch --doc
