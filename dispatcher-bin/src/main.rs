@@ -633,13 +633,7 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
         let sum = d.run(&stop).map_err(|e| anyhow::anyhow!("{e}"))?;
         stop.store(true, Ordering::SeqCst);
         let _ = relay_flags.join();
-        tracing::info!(
-            delivered = sum.delivered,
-            deferred = sum.deferred,
-            failed = sum.failed,
-            corrupt = sum.corrupt,
-            "dispatcher stopped"
-        );
+        log_stopped(&sum);
         if term.load(Ordering::SeqCst) {
             return Ok(ExitCode::SUCCESS);
         }
@@ -672,4 +666,15 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// The one log line `run` ends with (directory spools or a PostgreSQL queue): what it did.
+pub(crate) fn log_stopped(sum: &qmail_dispatch::Summary) {
+    tracing::info!(
+        delivered = sum.delivered,
+        deferred = sum.deferred,
+        failed = sum.failed,
+        corrupt = sum.corrupt,
+        "dispatcher stopped"
+    );
 }

@@ -133,12 +133,6 @@ pub fn run(s: Settings) -> Result<ExitCode> {
     let sum = d.run(&stop).map_err(|e| anyhow::anyhow!("{e}"))?;
     stop.store(true, Ordering::SeqCst);
     let _ = flags.join();
-    tracing::info!(
-        delivered = sum.delivered,
-        deferred = sum.deferred,
-        failed = sum.failed,
-        corrupt = sum.corrupt,
-        "dispatcher stopped"
-    );
+    crate::log_stopped(&sum);
     Ok(ExitCode::SUCCESS)
 }
