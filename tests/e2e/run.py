@@ -280,12 +280,17 @@ def main():
 
 def run(work, per, phase1, total, res, procs):
     # ---------------------------------------------------------------- setup
-    pf_dir = os.path.join(work, "postfix")
+    # Postfix's daemons run as the postfix user, which must reach the instance directory: a
+    # checkout under a 0700 directory (mktemp -d) would hide it. The instance lives under /tmp
+    # (named after the work dir, so a rerun finds it again) and work/postfix links to it.
+    pf_dir = "/tmp/qmail-e2e-postfix-" + hashlib.sha1(os.path.abspath(work).encode()).hexdigest()[:12]
     subprocess.run([os.path.join(ROOT, "scripts", "postfix-instance"), "stop", pf_dir],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(pf_dir, ignore_errors=True)
     for d in ("manifest", "gate", "att", "logs", "bin"):
         os.makedirs(os.path.join(work, d))
+    os.symlink(pf_dir, os.path.join(work, "postfix"))
     spools = [os.path.join(work, "spool-a"), os.path.join(work, "spool-b")]
     c_exe = build_c_submitter(work)
     pf_port, rec_port = free_port(), free_port()
