@@ -245,7 +245,9 @@ else
     ids=()
     ids+=($(as_web env -u LD_LIBRARY_PATH "$bin/hello_c" "$sp" c@example.org)) || fail "web: C"
     ids+=($(as_web env -u LD_LIBRARY_PATH "$work/cmake/hello_cpp" "$sp" cpp@example.org)) || fail "web: C++"
-    ids+=($(cd "$work" && as_web env PATH=$nopath "$work/venv/bin/python" "$root/tests/deploy/submit.py" "$sp" p@example.org)) || fail "web: Python"
+    # a copy the web user can read: the checkout may sit under a 0700 directory (mktemp -d)
+    install -m 0644 "$root/tests/deploy/submit.py" "$work/submit.py"
+    ids+=($(cd "$work" && as_web env PATH=$nopath "$work/venv/bin/python" "$work/submit.py" "$sp" p@example.org)) || fail "web: Python"
     ids+=($(cd "$app" && as_web node submit.js "$sp" n@example.org)) || fail "web: Node"
     [ ${#ids[@]} = 8 ] || fail "web submitted ${#ids[@]} messages, expected 8: ${ids[*]}"
     for id in "${ids[@]}"; do
