@@ -47,7 +47,10 @@ impl TlsMode {
 }
 
 /// One relay (smarthost).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` never shows the secrets: `password` prints as `Some("<redacted>")` and `url` with
+/// its user info removed (`smtp://<redacted>@host:port`), so a logged configuration is safe.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
     /// A name for logs and metrics (default `host:port`).
@@ -86,6 +89,67 @@ pub struct RelayConfig {
     pub ca_file: Option<PathBuf>,
     /// TESTS ONLY: accept any certificate and host name. Never set this in production.
     pub dangerous_accept_invalid_certs: bool,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // destructured so that a new field cannot be added without deciding how it prints
+        let RelayConfig {
+            name,
+            url,
+            host,
+            port,
+            tls,
+            username,
+            password,
+            password_file,
+            token_file,
+            priority,
+            weight,
+            max_connections,
+            max_messages_per_connection,
+            max_messages_per_second,
+            cooldown_secs,
+            ca_file,
+            dangerous_accept_invalid_certs,
+        } = self;
+        let url = url.as_deref().map(redact_userinfo);
+        f.debug_struct("RelayConfig")
+            .field("name", name)
+            .field("url", &url)
+            .field("host", host)
+            .field("port", port)
+            .field("tls", tls)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", password_file)
+            .field("token_file", token_file)
+            .field("priority", priority)
+            .field("weight", weight)
+            .field("max_connections", max_connections)
+            .field("max_messages_per_connection", max_messages_per_connection)
+            .field("max_messages_per_second", max_messages_per_second)
+            .field("cooldown_secs", cooldown_secs)
+            .field("ca_file", ca_file)
+            .field(
+                "dangerous_accept_invalid_certs",
+                dangerous_accept_invalid_certs,
+            )
+            .finish()
+    }
+}
+
+/// A relay URL with its user info (`user:password@`) replaced by `<redacted>@`.
+fn redact_userinfo(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..scheme_end], &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 impl Default for RelayConfig {
@@ -663,6 +727,27 @@ impl DispatchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let mut r = RelayConfig::from_url("smtp://user:s3cret%21@mx.example:587?tls=required")
+            .and_then(RelayConfig::resolve)
+            .unwrap();
+        r.url = Some("smtp://user:s3cret%21@mx.example:587/?tls=required".into());
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("smtp://<redacted>@mx.example:587/?tls=required"),
+            "{shown}"
+        );
+        assert!(shown.contains(r#"password: Some("<redacted>")"#), "{shown}");
+        assert!(shown.contains(r#"username: Some("user")"#), "{shown}");
+        assert_eq!(
+            redact_userinfo("smtp://mx.example:25"),
+            "smtp://mx.example:25"
+        );
+        assert_eq!(redact_userinfo("no url"), "no url");
+    }
 
     #[test]
     fn relay_urls() {
