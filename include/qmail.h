@@ -385,6 +385,19 @@ qmail_result qmail_message_add_cc_with_name(qmail_message *msg,
                                             const char *address);
 
 /**
+ * Adds one envelope recipient (SMTP RCPT TO, RFC 5321 §2.3.1) apart from the headers: the
+ * first call replaces the recipients derived from To, Cc and Bcc (which stay in the headers
+ * as given), later calls add to the list; duplicates are dropped. `address` is a bare
+ * addr-spec, angle brackets allowed, UTF-8, copied. Use it for a mailing list's expansion or
+ * a Bcc-only delivery. Threads: one thread at a time per message.
+ *
+ * Errors: `QMAIL_RESULT_NULL_PARAMETER` naming `msg` or `address`;
+ * `QMAIL_RESULT_INVALID_UTF8` naming `address`; `QMAIL_RESULT_INVALID_ADDRESS` naming
+ * `envelope_to` (the list is left as it was).
+ */
+qmail_result qmail_message_add_envelope_to(qmail_message *msg, const char *address);
+
+/**
  * Adds a custom header field, e.g. `("X-Campaign", "spring")`. `Message-ID` and `Date`
  * replace the generated ones (and are checked: `<left@right>`; an RFC 5322 §3.3 date-time).
  * Shape as `qmail_message_set_from()`; both strings are copied.

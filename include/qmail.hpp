@@ -130,6 +130,16 @@ class Message {
     detail::check(qmail_message_add_bcc(m_.get(), address.c_str()));
     return *this;
   }
+  /** Sets the envelope sender (MAIL FROM); "<>" for the null reverse-path. */
+  Message &envelope_from(const std::string &address) {
+    detail::check(qmail_message_set_envelope_from(m_.get(), address.c_str()));
+    return *this;
+  }
+  /** Adds an envelope recipient (RCPT TO); the first replaces those of To, Cc and Bcc. */
+  Message &envelope_to(const std::string &address) {
+    detail::check(qmail_message_add_envelope_to(m_.get(), address.c_str()));
+    return *this;
+  }
   /** Adds a Reply-To address. */
   Message &reply_to(const std::string &address) {
     detail::check(qmail_message_add_reply_to(m_.get(), address.c_str()));

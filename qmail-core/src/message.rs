@@ -457,14 +457,22 @@ impl MessageBuilder {
         }
         let mut out = Vec::with_capacity(list.len());
         for a in list {
-            let t = a.as_ref().trim_matches([' ', '\t']);
-            let inner = t
-                .strip_prefix('<')
-                .and_then(|x| x.strip_suffix('>'))
-                .unwrap_or(t);
-            out.push(EmailAddress::parse(inner).map_err(|e| e.with_field("envelope_to"))?);
+            out.push(envelope_rcpt(a.as_ref())?);
         }
         self.envelope_to = Some(out);
+        Ok(self)
+    }
+    /// Adds one envelope recipient (RCPT TO) apart from the headers (RFC 5321 §2.3.1): the
+    /// first call replaces the recipients derived from To, Cc and Bcc, later calls add to the
+    /// list (as [`MessageBuilder::set_envelope_to`], one address at a time: the shape C
+    /// callers need). A bare addr-spec, angle brackets allowed, strict; duplicates are dropped.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidAddress`] naming `envelope_to` for a bad address (the list is
+    /// left as it was).
+    pub fn add_envelope_to(&mut self, address: &str) -> Result<&mut Self> {
+        let a = envelope_rcpt(address)?;
+        self.envelope_to.get_or_insert_with(Vec::new).push(a);
         Ok(self)
     }
     /// Offers unsubscribing: writes `List-Unsubscribe: <url>[, <mailto>]` (RFC 2369 §3.2) and,
@@ -865,6 +873,17 @@ fn check_content_type(ct: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// One envelope recipient: a bare addr-spec, angle brackets and surrounding blanks allowed,
+/// checked strictly; errors name `envelope_to`.
+fn envelope_rcpt(a: &str) -> Result<EmailAddress> {
+    let t = a.trim_matches([' ', '\t']);
+    let inner = t
+        .strip_prefix('<')
+        .and_then(|x| x.strip_suffix('>'))
+        .unwrap_or(t);
+    EmailAddress::parse(inner).map_err(|e| e.with_field("envelope_to"))
 }
 
 /// The file name written into Content-Disposition: the final path component of `name`

@@ -540,3 +540,23 @@ fn attachment_whose_content_differs_from_its_stat_size_fails() {
         );
     }
 }
+
+#[test]
+fn envelope_recipients_added_one_at_a_time_replace_the_header_recipients() {
+    let mut b = Message::builder();
+    b.set_from("a@example.com").unwrap();
+    b.add_to("header@example.org").unwrap();
+    b.set_subject("s").unwrap();
+    b.set_text("t").unwrap();
+    b.add_envelope_to("<x@example.net>").unwrap();
+    b.add_envelope_to(" y@example.net ").unwrap();
+    b.add_envelope_to("X@example.net").unwrap();
+    let e = b.add_envelope_to("not an address").unwrap_err();
+    assert_eq!(
+        (e.kind(), e.field()),
+        (ErrorKind::InvalidAddress, Some("envelope_to"))
+    );
+    let m = b.build().unwrap();
+    // the bad one left the list as it was; the duplicate (case of the domain) is dropped
+    assert_eq!(m.envelope().rcpt_to, ["x@example.net", "y@example.net"]);
+}

@@ -172,6 +172,25 @@ pub extern "C" fn qmail_message_add_bcc(
     set_str(msg, address, "address", |m, v| m.add_bcc(v).map(drop))
 }
 
+/// Adds one envelope recipient (SMTP RCPT TO, RFC 5321 §2.3.1) apart from the headers: the
+/// first call replaces the recipients derived from To, Cc and Bcc (which stay in the headers
+/// as given), later calls add to the list; duplicates are dropped. `address` is a bare
+/// addr-spec, angle brackets allowed, UTF-8, copied. Use it for a mailing list's expansion or
+/// a Bcc-only delivery. Threads: one thread at a time per message.
+///
+/// Errors: `QMAIL_RESULT_NULL_PARAMETER` naming `msg` or `address`;
+/// `QMAIL_RESULT_INVALID_UTF8` naming `address`; `QMAIL_RESULT_INVALID_ADDRESS` naming
+/// `envelope_to` (the list is left as it was).
+#[unsafe(no_mangle)]
+pub extern "C" fn qmail_message_add_envelope_to(
+    msg: *mut qmail_message,
+    address: *const c_char,
+) -> qmail_result {
+    set_str(msg, address, "address", |m, v| {
+        m.add_envelope_to(v).map(drop)
+    })
+}
+
 /// Sets From from a display name and an address given apart, so that the name needs no
 /// quoting: `qmail_message_set_from_with_name(msg, "Dupont, Élodie", "elodie@example.com")`.
 /// The same for the other address fields: `qmail_message_set_sender_with_name`,

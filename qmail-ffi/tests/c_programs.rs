@@ -331,7 +331,15 @@ fn every_shape_is_spooled_as_built() {
                     );
                     assert_eq!(h.priority, 1);
                 }
-                "null_sender" => assert_eq!(h.envelope.mail_from, ""),
+                "null_sender" => {
+                    assert_eq!(h.envelope.mail_from, "");
+                    // qmail_message_add_envelope_to: the header recipients stay in To only
+                    assert_eq!(
+                        h.envelope.rcpt_to,
+                        ["list@example.net", "other@example.net"],
+                        "{ctx}"
+                    );
+                }
                 "scheduled" => {
                     let nb = h.not_before.expect("not_before");
                     assert!(nb > h.created + 3000, "{ctx}: {nb} vs {}", h.created);

@@ -89,6 +89,9 @@ static void bad_addresses(void) {
     CHECK_ERR(qmail_message_add_cc(m, "a@@example.org"), QMAIL_RESULT_INVALID_ADDRESS, "cc", NULL);
     CHECK_ERR(qmail_message_add_bcc(m, ""), QMAIL_RESULT_INVALID_ADDRESS, "bcc", NULL);
     CHECK_ERR(qmail_message_set_envelope_from(m, "bounce@example.com>\r\nRCPT TO:<leak@example.org"), QMAIL_RESULT_INVALID_ADDRESS, "envelope_from", NULL);
+    CHECK_ERR(qmail_message_add_envelope_to(m, "x@example.org>\r\nDATA"), QMAIL_RESULT_INVALID_ADDRESS, "envelope_to", NULL);
+    CHECK_ERR(qmail_message_add_envelope_to(m, NULL), QMAIL_RESULT_NULL_PARAMETER, "address", NULL);
+    CHECK_ERR(qmail_message_add_envelope_to(NULL, "x@example.org"), QMAIL_RESULT_NULL_PARAMETER, "msg", NULL);
     CHECK_ERR(qmail_message_set_from(m, "Dupont, Elodie <e@example.com>"), QMAIL_RESULT_INVALID_ADDRESS, "from", "quote it");
     /* display name and address apart */
     CHECK_ERR(qmail_message_set_from_with_name(NULL, "N", "a@example.com"), QMAIL_RESULT_NULL_PARAMETER, "msg", NULL);

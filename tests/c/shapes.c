@@ -121,9 +121,12 @@ int main(int argc, char **argv) {
     submit(m, "headers_priority");
     qmail_message_free(m);
 
-    /* null_sender: MAIL FROM:<> */
+    /* null_sender: MAIL FROM:<>, RCPT TO given apart from the headers */
     m = base("bounce-less");
     CHECK_OK(qmail_message_set_envelope_from(m, "<>"));
+    CHECK_OK(qmail_message_add_envelope_to(m, "<list@example.net>"));
+    CHECK_OK(qmail_message_add_envelope_to(m, "other@example.net"));
+    CHECK_OK(qmail_message_add_envelope_to(m, "LIST@example.net"));
     CHECK_OK(qmail_message_set_text(m, "x"));
     submit(m, "null_sender");
     qmail_message_free(m);
