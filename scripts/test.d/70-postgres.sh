@@ -22,6 +22,8 @@ if ! command -v ip >/dev/null; then
 fi
 export QMAIL_PG_REQUIRED=1
 cargo test -p qmail-dispatch --test postgres
+# TLS to the database: a PostgreSQL with ssl=on; verify-full, an untrusted certificate, another host name
+cargo test -p qmail-dispatch --test pg_tls
 cargo test -p qmail-dispatcher --test forward
 # run --queue and drain --queue: two dispatchers on one queue (each recipient once), a 4xx
 # recipient retried until the lifetime, the drain summary, SIGTERM with transactions in flight,

@@ -52,6 +52,50 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A rustls client configuration that verifies servers (RFC 6125 host name, chain to a root)
+/// against the system trust store plus the PEM certificates of `ca_file`; with
+/// `accept_invalid` (tests only) it checks the handshake signatures alone. Used for relays and
+/// for the PostgreSQL queue's connections.
+///
+/// # Errors
+/// A `ca_file` that cannot be read, holds no certificate or one that cannot be a root.
+pub fn client_config(
+    ca_file: Option<&std::path::Path>,
+    accept_invalid: bool,
+) -> Result<ClientConfig, String> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?;
+    if accept_invalid {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+            .with_no_client_auth());
+    }
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(system_roots().iter().cloned());
+    if let Some(ca) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "ca_file {}: no PEM certificate in it",
+                ca.display()
+            ));
+        }
+        let (_, bad) = roots.add_parsable_certificates(certs);
+        if bad > 0 {
+            return Err(format!(
+                "ca_file {}: {bad} certificate(s) cannot be used as a root",
+                ca.display()
+            ));
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
 impl TlsSetup {
     /// Prepares verification of `host` against the system trust store plus `ca_file`.
     ///
@@ -65,40 +109,8 @@ impl TlsSetup {
     ) -> Result<TlsSetup, String> {
         let server_name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("TLS: host {host:?} is not a DNS name or IP address: {e}"))?;
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS set-up: {e}"))?;
-        let config = if accept_invalid {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
-                .with_no_client_auth()
-        } else {
-            let mut roots = RootCertStore::empty();
-            roots.add_parsable_certificates(system_roots().iter().cloned());
-            if let Some(ca) = ca_file {
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-                    .map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "ca_file {}: no PEM certificate in it",
-                        ca.display()
-                    ));
-                }
-                let (_, bad) = roots.add_parsable_certificates(certs);
-                if bad > 0 {
-                    return Err(format!(
-                        "ca_file {}: {bad} certificate(s) cannot be used as a root",
-                        ca.display()
-                    ));
-                }
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        };
         Ok(TlsSetup {
-            config: Arc::new(config),
+            config: Arc::new(client_config(ca_file, accept_invalid)?),
             server_name,
         })
     }

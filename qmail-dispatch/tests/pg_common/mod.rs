@@ -19,6 +19,8 @@ pub struct Pg {
     pub port: u16,
     bin: PathBuf,
     child: Option<Child>,
+    /// More `postgres` arguments (`-c name=value`), kept across restarts.
+    args: Vec<String>,
 }
 
 pub fn bin_dir() -> Option<PathBuf> {
@@ -120,6 +122,12 @@ fn free_port() -> u16 {
 impl Pg {
     /// Starts an instance, or `None` (printed) when PostgreSQL is not installed.
     pub fn start() -> Option<Pg> {
+        Pg::start_with(&[], |_| {})
+    }
+
+    /// As [`Pg::start`], with more `postgres` arguments, after `prepare` has put files into
+    /// the data directory (it is then given to the postgres user).
+    pub fn start_with(args: &[&str], prepare: impl FnOnce(&Path)) -> Option<Pg> {
         let Some(bin) = bin_dir() else {
             if std::env::var("QMAIL_PG_REQUIRED").as_deref() == Ok("1") {
                 panic!("QMAIL_PG_REQUIRED=1 but no /usr/lib/postgresql/*/bin/postgres");
@@ -142,12 +150,14 @@ impl Pg {
             .status()
             .unwrap();
         assert!(st.success());
+        prepare(&dir.path().join("data"));
         chown_pg(dir.path());
         let mut pg = Pg {
             dir,
             port: free_port(),
             bin,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         pg.launch();
         Some(pg)
@@ -163,6 +173,7 @@ impl Pg {
             .args(["-c", "unix_socket_directories="])
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200", "-c", "shared_buffers=64MB"])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -9,8 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use postgres::NoTls;
-
 use super::{Inner, PgQueue, advisory_key, db_error, lock};
 use crate::queue::QueueError;
 
@@ -74,7 +72,7 @@ impl PgQueue {
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             // a new session holds none of the old one's locks
             lock(&self.inner.held_slots).clear();
-            *guard = Some(self.inner.config.connect(NoTls).map_err(db_error)?);
+            *guard = Some(self.inner.db.connect()?);
         }
         let Some(client) = guard.as_mut() else {
             return Err(QueueError::Unavailable("no limits connection".into()));

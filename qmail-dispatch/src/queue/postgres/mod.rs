@@ -18,26 +18,26 @@
 //!   [`PgOptions::tombstone_horizon`]: a re-forwarded message is a duplicate primary key.
 //! - Fleet-wide relay limits ([`PgQueue::connection_slot`], [`PgQueue::take_token`]).
 //!
-//! TLS to the database is not wired yet: connections are made with [`postgres::NoTls`]
-//! (`sslmode=require` in the URL is refused by the driver). Run the database on a trusted
-//! network or a local socket until it is.
+//! - TLS to the database ([`Db`]): verified by rustls against the system trust store plus
+//!   libpq's `sslrootcert`; `sslmode=require` (or `verify-full`) makes it mandatory.
 
 mod claim;
+mod db;
 mod limits;
 pub mod schema;
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use qmail_core::spool::record::{FORMAT_VERSION, encode_header};
 use qmail_core::{QueueId, SpoolHeader};
 use serde::Serialize;
 
 pub use claim::{BodyReader, PgClaim};
+pub use db::Db;
 pub use limits::{ConnectionSlot, RateDecision};
 
 use super::{LeaseHealth, Queue, QueueError};
@@ -136,7 +136,18 @@ pub struct QueueStatus {
 pub(crate) fn db_error(e: postgres::Error) -> QueueError {
     let text = match e.as_db_error() {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
+        None => {
+            // the driver's own text is generic ("error performing TLS handshake"): the causes
+            // say what went wrong (an untrusted certificate, a refused connection)
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     };
     QueueError::Unavailable(text)
 }
@@ -177,24 +188,14 @@ pub fn check_schema(s: &str) -> Result<(), QueueError> {
 
 /// Parses a connection string (URL or `key=value` form; several hosts and
 /// `target_session_attrs=read-write` are understood, so a failover to a promoted standby is
-/// followed) and applies the default connect timeout.
+/// followed) and applies the default connect timeout; libpq's `sslrootcert` and
+/// `sslmode=verify-full` are read too ([`Db::parse`]).
 ///
 /// # Errors
-/// [`QueueError::Corrupt`] naming the field `queue.url` (the password is not echoed).
-pub fn parse_url(url: &str, connect_timeout: Duration) -> Result<postgres::Config, QueueError> {
-    let mut c = postgres::Config::from_str(url).map_err(|e| QueueError::Corrupt {
-        id: "queue.url".into(),
-        reason: format!("not a PostgreSQL connection string: {e}"),
-    })?;
-    if c.get_connect_timeout().is_none() {
-        c.connect_timeout(connect_timeout);
-    }
-    if c.get_application_name().is_none() {
-        c.application_name("qmail-dispatcher");
-    }
-    // a half-open TCP connection must not hold a claim's fence forever
-    c.keepalives(true).keepalives_idle(Duration::from_secs(10));
-    Ok(c)
+/// [`QueueError::Corrupt`] naming the field `queue.url` (the password is not echoed), or
+/// `queue.url.sslrootcert`.
+pub fn parse_url(url: &str, connect_timeout: Duration) -> Result<Db, QueueError> {
+    Db::parse(url, connect_timeout)
 }
 
 /// One pooled connection with its prepared statements.
@@ -285,7 +286,7 @@ impl Wake {
 }
 
 pub(crate) struct Inner {
-    pub(crate) config: postgres::Config,
+    pub(crate) db: Db,
     pub(crate) opts: PgOptions,
     /// `SCHEMA` (validated), used as the prefix of every table.
     pub(crate) s: String,
@@ -306,7 +307,7 @@ impl Inner {
         let c = match c {
             Some(c) => c,
             None => Conn {
-                client: self.config.connect(NoTls).map_err(db_error)?,
+                client: self.db.connect()?,
                 stmts: Default::default(),
             },
         };
@@ -354,12 +355,15 @@ impl PgQueue {
     /// [`QueueError::Unavailable`] when the database cannot be reached.
     pub fn connect(url: &str, opts: PgOptions) -> Result<PgQueue, QueueError> {
         check_schema(&opts.schema)?;
-        let config = parse_url(url, opts.connect_timeout)?;
+        let db = parse_url(url, opts.connect_timeout)?;
+        if let Some(host) = db.cleartext_host() {
+            tracing::warn!(%host, "the queue's database connection may be cleartext: add sslmode=require (or verify-full) to the URL");
+        }
         let s = opts.schema.clone();
         let wake = Arc::new(Wake::default());
         let q = PgQueue {
             inner: Arc::new(Inner {
-                config,
+                db,
                 s: s.clone(),
                 opts,
                 idle: Mutex::new(Vec::new()),
@@ -395,8 +399,7 @@ impl PgQueue {
     /// As [`schema::migrate`]; [`QueueError::Corrupt`] for a bad URL or schema name.
     pub fn init(url: &str, schema_name: &str) -> Result<Vec<i32>, QueueError> {
         check_schema(schema_name)?;
-        let config = parse_url(url, Duration::from_secs(5))?;
-        let mut client = config.connect(NoTls).map_err(db_error)?;
+        let mut client = parse_url(url, Duration::from_secs(5))?.connect()?;
         schema::migrate(&mut client, schema_name)
     }
 
@@ -417,7 +420,7 @@ impl PgQueue {
     fn start_listener(&self) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let wake = Arc::clone(&self.inner.wake);
-        let config = self.inner.config.clone();
+        let db = self.inner.db.clone();
         let channel = self.channel();
         let poll = self.inner.opts.poll;
         let _ = std::thread::Builder::new()
@@ -427,7 +430,7 @@ impl PgQueue {
                 while weak.strong_count() > 0 {
                     let c = match client.as_mut() {
                         Some(c) if !c.is_closed() => c,
-                        _ => match config.connect(NoTls) {
+                        _ => match db.connect() {
                             Ok(mut c) => {
                                 if c.batch_execute(&format!("LISTEN {channel}")).is_err() {
                                     std::thread::sleep(poll);
@@ -816,7 +819,7 @@ impl PgQueue {
     /// advisory lock key, the session lock on it, the row.
     fn register_lease(&self, slot: &mut Option<LeaseConn>) -> Result<(), QueueError> {
         let s = &self.inner.s;
-        let mut client = self.inner.config.connect(NoTls).map_err(db_error)?;
+        let mut client = self.inner.db.connect()?;
         let ns = advisory_key(s, "lease");
         let key: i32 = client
             .query_one(&format!("SELECT nextval('{s}.lease_key')::integer"), &[])
