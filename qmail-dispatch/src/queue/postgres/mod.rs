@@ -22,6 +22,7 @@
 //! (`sslmode=require` in the URL is refused by the driver). Run the database on a trusted
 //! network or a local socket until it is.
 
+pub mod admin;
 mod claim;
 mod limits;
 pub mod schema;
