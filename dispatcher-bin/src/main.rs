@@ -40,7 +40,8 @@ struct Cli {
     #[arg(long = "spool", global = true)]
     spools: Vec<PathBuf>,
     /// A PostgreSQL queue: postgres://user@host[,host2]/db?target_session_attrs=read-write
-    /// (replaces the file's `[queue] url`; see docs/scale-out.md).
+    /// (replaces the file's `[queue] url`). run, drain, check-config, status and the operator's
+    /// commands then work on the queue, not on spools (see docs/scale-out.md).
     #[arg(long = "queue", global = true)]
     queue: Option<String>,
     /// A relay: smtp://[user:pass@]host:port?tls=required|opportunistic|none, or smtps://
@@ -71,7 +72,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Per spool: messages in each state and the age of the oldest.
+    /// Per spool (or for the queue): messages in each state and the age of the oldest.
     Status {
         /// JSON output.
         #[arg(long)]
@@ -134,7 +135,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Release held messages (back to ready/, or deferred/ while their retry time is ahead).
+    /// Release held messages (back to ready, or deferred while their retry time is ahead).
     Release {
         /// Queue ids.
         ids: Vec<String>,
@@ -142,7 +143,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete messages (never one in flight in active/).
+    /// Delete messages (never one in flight; in a queue, a tombstone stays).
     Delete {
         /// Queue ids.
         ids: Vec<String>,
@@ -324,7 +325,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     // the operator's commands and status work on the queue with --queue, or with [queue]
     // unless --spool is given on the command line
     let on_queue = match cli.command {
-        Command::Run | Command::Drain { .. } => serve_queue,
+        // check-config checks what `run` would serve
+        Command::Run | Command::Drain { .. } | Command::CheckConfig => serve_queue,
         _ => s.queue.is_some() && (cli.queue.is_some() || cli.spools.is_empty()),
     };
     if either && !on_queue && s.dispatch.spools.is_empty() {

@@ -147,10 +147,14 @@ fn serve(d: Arc<QueueDispatcher>) -> Result<Serving> {
 }
 
 fn started(d: &QueueDispatcher, q: &QueueSettings, s: &Settings) {
+    // the names as the dispatcher resolved them (host:port when the file gives none)
+    let relays = resolved(s)
+        .map(|c| c.relays)
+        .unwrap_or_else(|_| s.dispatch.relays.clone());
     tracing::info!(
         instance = d.instance(),
         schema = %q.schema,
-        relays = %s.dispatch.relays.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
+        relays = %relays.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(","),
         workers = s.dispatch.workers,
         "qmail-dispatcher started on the PostgreSQL queue"
     );
@@ -256,7 +260,7 @@ pub fn run(o: &Overrides, s: Settings) -> Result<ExitCode> {
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), instance = current.d.instance(),
                         "SIGHUP: the new configuration is invalid (or its queue unreachable); \
-                         serving on with the old one, same instance");
+                         serving on with the old one");
                 }
             }
             crate::service::ready(&format!("serving queue {}", q.schema));

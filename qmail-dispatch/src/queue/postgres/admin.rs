@@ -780,7 +780,7 @@ fn change(
         let outcome = match (rows.get(&id), done.get(&id)) {
             (None, _) => Outcome::NotFound,
             // the same id twice: the first answer changed it
-            (Some(_), Some(now_in)) => Outcome::WrongState { dir: *now_in },
+            (Some(_), Some(now_in)) => Outcome::WrongState { dir: now_in },
             (Some(l), None) if l.state == "active" => Outcome::InFlight,
             (Some(l), None) => match decide(&id, l, now)? {
                 Err(o) => o,
