@@ -403,13 +403,33 @@ pub fn cat(spools: &[PathBuf], id: &str, headers: bool, json: bool) -> Result<Ex
 /// A JSON string written as it streams: the bytes are decoded as UTF-8 as
 /// `String::from_utf8_lossy` would (an invalid sequence becomes U+FFFD; a sequence cut by a
 /// write boundary waits for the next write) and escaped as `serde_json` does.
+/// `prefix` (the JSON before the string) is written with the first byte, so nothing is
+/// printed for a message that is not there.
 struct JsonString<W: Write> {
     out: W,
     pending: Vec<u8>,
+    prefix: Option<String>,
 }
 
 impl<W: Write> JsonString<W> {
+    fn new(out: W, prefix: String) -> JsonString<W> {
+        JsonString {
+            out,
+            pending: Vec::new(),
+            prefix: Some(prefix),
+        }
+    }
+
+    /// Writes the prefix if it was not yet.
+    fn begin(&mut self) -> std::io::Result<()> {
+        match self.prefix.take() {
+            Some(p) => self.out.write_all(p.as_bytes()),
+            None => Ok(()),
+        }
+    }
+
     fn put(&mut self, text: &str) -> std::io::Result<()> {
+        self.begin()?;
         let quoted = serde_json::to_string(text).map_err(std::io::Error::other)?;
         self.out.write_all(&quoted.as_bytes()[1..quoted.len() - 1])
     }
@@ -467,18 +487,15 @@ pub fn cat_queue(q: &PgQueue, id: &str, headers: bool, json: bool) -> Result<Exi
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let r = if json {
         // the keys in serde_json's (sorted) order, as `json_line` prints the directory's
-        write!(
-            out,
+        let prefix = format!(
             "{{\n  \"id\": {},\n  \"message\": \"",
             serde_json::to_string(id)?
-        )?;
-        let mut js = JsonString {
-            out: &mut out,
-            pending: Vec::new(),
-        };
+        );
+        let mut js = JsonString::new(&mut out, prefix);
         let r = pg::cat(q, id, headers, &mut js);
         if matches!(r, Ok(pg::CatOutcome::Written { .. })) {
             js.drain(true)?;
+            js.begin()?;
         }
         r
     } else {
@@ -498,16 +515,13 @@ pub fn cat_queue(q: &PgQueue, id: &str, headers: bool, json: bool) -> Result<Exi
         }
         pg::CatOutcome::NotFound => {
             drop(out);
-            eprintln!(
-                "\nqmail-dispatcher: no message {id} in queue {}",
-                q.schema()
-            );
+            eprintln!("qmail-dispatcher: no message {id} in queue {}", q.schema());
             Ok(ExitCode::FAILURE)
         }
         pg::CatOutcome::NoBody { state } => {
             drop(out);
             eprintln!(
-                "\nqmail-dispatcher: {id} is {state} (a tombstone in queue {}): its body is gone",
+                "qmail-dispatcher: {id} is {state} (a tombstone in queue {}): its body is gone",
                 q.schema()
             );
             Ok(ExitCode::FAILURE)
@@ -807,10 +821,7 @@ mod tests {
         let bytes = text.as_bytes();
         for split in 0..bytes.len() {
             let mut out = Vec::new();
-            let mut js = JsonString {
-                out: &mut out,
-                pending: Vec::new(),
-            };
+            let mut js = JsonString::new(&mut out, String::new());
             js.write_all(&bytes[..split]).unwrap();
             js.write_all(&bytes[split..]).unwrap();
             js.drain(true).unwrap();
@@ -822,10 +833,7 @@ mod tests {
             );
         }
         let mut out = Vec::new();
-        let mut js = JsonString {
-            out: &mut out,
-            pending: Vec::new(),
-        };
+        let mut js = JsonString::new(&mut out, String::new());
         js.write_all(b"a\xffb\xe2\x82").unwrap();
         js.drain(true).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "a\u{FFFD}b\u{FFFD}");

@@ -268,6 +268,9 @@ fn every_operator_command_works_on_the_queue_never_on_a_spool() {
         );
     }
     fails(&q(&pg, &["cat", "20261201T000000-nosuch"]), "no message");
+    let o = q(&pg, &["cat", "20261201T000000-nosuch", "--json"]);
+    fails(&o, "no message");
+    assert!(o.stdout.is_empty(), "no half-written JSON");
 
     // summary (qshape)
     let out = ok(&q(&pg, &["summary"]));
