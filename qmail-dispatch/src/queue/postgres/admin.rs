@@ -707,7 +707,7 @@ fn lock_states(
 }
 
 /// The due time a changed row gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Due {
     /// Unchanged (a held row keeps the time it had).
     Keep,
@@ -721,8 +721,11 @@ enum Due {
 struct Change {
     to: &'static str,
     due: Due,
-    /// The new dispatcher state (JSON), when it changes.
+    /// The new dispatcher state (JSON), when it changes (one statement for this row).
     dstate: Option<String>,
+    /// Clear the dispatcher state's `next_due` (in SQL, so rows without a new `dstate` are
+    /// changed together, one statement per kind of change).
+    clear_next_due: bool,
 }
 
 impl Change {
@@ -731,6 +734,7 @@ impl Change {
             to,
             due,
             dstate: None,
+            clear_next_due: false,
         }
     }
 }
@@ -757,24 +761,19 @@ fn change(
         Some(ids) => (ids.to_vec(), lock_ids(&mut tx, &s, ids)?),
         None => lock_states(&mut tx, &s, all_states)?,
     };
+    // $1: the ids (text[]); every row of one statement gets the same change
     let set = tx
         .prepare(&format!(
             "UPDATE {s}.message SET state = $2, due = CASE WHEN $5 THEN due WHEN $3::bigint IS \
-             NULL THEN now() ELSE to_timestamp($3::bigint) END, dstate = \
-             coalesce($4::text::jsonb, dstate) WHERE id = $1"
+             NULL THEN now() ELSE to_timestamp($3::bigint) END, dstate = CASE WHEN \
+             $4::text IS NOT NULL THEN $4::text::jsonb WHEN $6 AND dstate IS NOT NULL THEN \
+             jsonb_set(dstate, '{{next_due}}', '0') ELSE dstate END WHERE id = ANY($1)"
         ))
-        .map_err(db_error)?;
-    let tomb = tx
-        .prepare(&format!(
-            "UPDATE {s}.message SET state = 'delivered', owner = NULL, body = NULL, chunked = \
-             false, reason = $2, settled_at = now() WHERE id = $1"
-        ))
-        .map_err(db_error)?;
-    let chunks = tx
-        .prepare(&format!("DELETE FROM {s}.chunk WHERE id = $1"))
         .map_err(db_error)?;
     let mut out: Vec<IdOutcome> = Vec::with_capacity(order.len());
     let mut done: HashMap<String, &'static str> = HashMap::new();
+    let mut batches: HashMap<(&'static str, Due, bool), Vec<String>> = HashMap::new();
+    let mut tombs: Vec<String> = Vec::new();
     let mut wake = false;
     for id in order {
         let outcome = match (rows.get(&id), done.get(&id)) {
@@ -787,19 +786,20 @@ fn change(
                 Ok(ch) => {
                     let from = shown_state(&l.state, l.reason.as_deref());
                     if ch.to == DELETED {
-                        tx.execute(&tomb, &[&id, &DELETED_REASON])
-                            .map_err(db_error)?;
-                        tx.execute(&chunks, &[&id]).map_err(db_error)?;
+                        tombs.push(id.clone());
                         done.insert(id.clone(), DELETED);
                         Outcome::Done { from, to: None }
                     } else {
-                        let at = match ch.due {
-                            Due::At(t) => Some(t),
-                            Due::Keep | Due::Now => None,
-                        };
-                        let keep = ch.due == Due::Keep;
-                        tx.execute(&set, &[&id, &ch.to, &at, &ch.dstate, &keep])
-                            .map_err(db_error)?;
+                        match &ch.dstate {
+                            Some(_) => {
+                                let one = [id.clone()];
+                                exec_set(&mut tx, &set, &one, &ch)?;
+                            }
+                            None => batches
+                                .entry((ch.to, ch.due, ch.clear_next_due))
+                                .or_default()
+                                .push(id.clone()),
+                        }
                         wake |= ch.to == "ready";
                         done.insert(id.clone(), ch.to);
                         Outcome::Done {
@@ -812,12 +812,56 @@ fn change(
         };
         out.push(IdOutcome { id, outcome });
     }
+    for ((to, due, clear_next_due), ids) in batches {
+        let ch = Change {
+            to,
+            due,
+            dstate: None,
+            clear_next_due,
+        };
+        exec_set(&mut tx, &set, &ids, &ch)?;
+    }
+    if !tombs.is_empty() {
+        tx.execute(
+            &format!(
+                "UPDATE {s}.message SET state = 'delivered', owner = NULL, body = NULL, \
+                 chunked = false, reason = $2, settled_at = now() WHERE id = ANY($1)"
+            ),
+            &[&tombs, &DELETED_REASON],
+        )
+        .map_err(db_error)?;
+        tx.execute(
+            &format!("DELETE FROM {s}.chunk WHERE id = ANY($1)"),
+            &[&tombs],
+        )
+        .map_err(db_error)?;
+    }
     if wake {
         tx.execute("SELECT pg_notify($1, '')", &[&channel])
             .map_err(db_error)?;
     }
     tx.commit().map_err(db_error)?;
     Ok(out)
+}
+
+/// Applies `ch` to the rows `ids` with the prepared `set` statement.
+fn exec_set(
+    tx: &mut postgres::Transaction<'_>,
+    set: &postgres::Statement,
+    ids: &[String],
+    ch: &Change,
+) -> Result<(), PgAdminError> {
+    let at = match ch.due {
+        Due::At(t) => Some(t),
+        Due::Keep | Due::Now => None,
+    };
+    let keep = ch.due == Due::Keep;
+    tx.execute(
+        set,
+        &[&ids, &ch.to, &at, &ch.dstate, &keep, &ch.clear_next_due],
+    )
+    .map_err(db_error)?;
+    Ok(())
 }
 
 fn wrong(l: &Locked) -> Outcome {
@@ -929,21 +973,13 @@ pub fn delete_all(q: &PgQueue, state: &str) -> Result<Vec<IdOutcome>, PgAdminErr
 /// As [`hold`].
 pub fn retry(q: &PgQueue, ids: &[String]) -> Result<Vec<IdOutcome>, PgAdminError> {
     let named = (!ids.is_empty()).then_some(ids);
-    change(q, named, &["deferred"], |id, l, _| {
+    change(q, named, &["deferred"], |_, l, _| {
         if l.state != "deferred" {
             return Ok(Err(wrong(l)));
         }
-        let dstate = match decode_state(l.dstate.as_deref()) {
-            Ok(Some(mut st)) => {
-                st.next_due = 0;
-                Some(encode_state(id, &st)?)
-            }
-            _ => None,
-        };
         Ok(Ok(Change {
-            to: "ready",
-            due: Due::Now,
-            dstate,
+            clear_next_due: true,
+            ..Change::to("ready", Due::Now)
         }))
     })
 }
@@ -991,9 +1027,8 @@ pub fn requeue_failed(q: &PgQueue, ids: &[String]) -> Result<Vec<IdOutcome>, PgA
         st.next_due = 0;
         st.requeued_at = Some(now);
         Ok(Ok(Change {
-            to: "ready",
-            due: Due::Now,
             dstate: Some(encode_state(id, &st)?),
+            ..Change::to("ready", Due::Now)
         }))
     })
 }
