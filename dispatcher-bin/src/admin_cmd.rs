@@ -1,6 +1,8 @@
 //! The operator's commands (`list`, `hold`, `release`, `delete`, `cat`, `summary`, `find`,
-//! `requeue-failed`): argument checks, every configured spool, human or `--json` output.
-//! The engine side is `qmail_dispatch::admin`.
+//! `show`, `retry`, `requeue-failed`): argument checks, every configured spool or the
+//! PostgreSQL queue (`--queue URL`, `[queue] url`), human or `--json` output in the same
+//! shapes for both. The engine side is `qmail_dispatch::admin` (spools) and
+//! `qmail_dispatch::queue::postgres::admin` (the queue).
 //!
 //! Human output shows times as RFC 3339 plus a relative age ("2026-12-01T21:40:00Z, 3 min
 //! ago"); JSON carries the raw values (Unix seconds, bytes).
@@ -14,6 +16,8 @@ use qmail_core::QueueState;
 use qmail_core::spool::now_secs;
 use qmail_core::spool::status::{ListEntry, ListFilter, State};
 use qmail_dispatch::admin::{self, ops};
+use qmail_dispatch::queue::postgres::PgQueue;
+use qmail_dispatch::queue::postgres::admin as pg;
 
 /// "3 min ago", "in 2 h", "just now".
 pub fn relative(secs: i64, now: i64) -> String {
@@ -133,6 +137,44 @@ pub fn list(spools: &[PathBuf], a: &ListArgs) -> Result<ExitCode> {
         json_line(&serde_json::json!({ "messages": rows }))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let entries: Vec<ListEntry> = all.into_iter().map(|(_, e)| e).collect();
+    print_list(&entries)
+}
+
+/// `list --queue`: mailq over the PostgreSQL queue; the JSON rows carry `queue` (the
+/// schema) where a spool's carry `spool`.
+pub fn list_queue(q: &PgQueue, a: &ListArgs) -> Result<ExitCode> {
+    let f = filter(a)?;
+    let all = pg::list(q, &f).map_err(pg_err)?;
+    if a.json {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            queue: &'a str,
+            #[serde(flatten)]
+            e: &'a ListEntry,
+        }
+        let rows: Vec<Row<'_>> = all
+            .iter()
+            .map(|e| Row {
+                queue: q.schema(),
+                e,
+            })
+            .collect();
+        json_line(&serde_json::json!({ "messages": rows }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_list(&all)
+}
+
+/// An error of the queue's commands as the operator reads it.
+pub fn pg_err(e: pg::PgAdminError) -> anyhow::Error {
+    match e {
+        pg::PgAdminError::Queue(e) => crate::pg_run::qerr(e),
+        e => anyhow::anyhow!("{e}"),
+    }
+}
+
+fn print_list(all: &[ListEntry]) -> Result<ExitCode> {
     let now = now_secs();
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -140,7 +182,7 @@ pub fn list(spools: &[PathBuf], a: &ListArgs) -> Result<ExitCode> {
         "{:<28} {:<9} {:>9} {:>12} {:>3} {:>4}  sender / recipients / last reply",
         "queue id", "state", "size", "age", "pri", "att"
     )?;
-    for (_, e) in &all {
+    for e in all {
         let age = e
             .created
             .map(|c| relative(c, now))
@@ -175,7 +217,7 @@ pub fn list(spools: &[PathBuf], a: &ListArgs) -> Result<ExitCode> {
             writeln!(out, "{:>72}unreadable: {err}", "")?;
         }
     }
-    let bytes: u64 = all.iter().filter_map(|(_, e)| e.size).sum();
+    let bytes: u64 = all.iter().filter_map(|e| e.size).sum();
     writeln!(
         out,
         "-- {} KiB in {} message(s)",
@@ -205,21 +247,7 @@ pub fn id_action(
     all: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    check_ids(ids)?;
-    let bulk = match (action, state, all) {
-        (IdAction::Delete, Some(s), true) => {
-            if !ids.is_empty() {
-                bail!("delete --state S --all takes no ids");
-            }
-            Some(dir_state(s)?)
-        }
-        (IdAction::Delete, _, true) => bail!("delete --all needs --state S (e.g. --state failed)"),
-        (IdAction::Delete, Some(_), false) => {
-            bail!("delete --state S deletes every message of a state: add --all to mean it")
-        }
-        _ if ids.is_empty() => bail!("give one or more queue ids"),
-        _ => None,
-    };
+    let bulk = bulk_of(action, ids, state, all)?;
     let mut results: Vec<ops::IdOutcome> = Vec::new();
     for sp in spools {
         let r = match (action, bulk) {
@@ -239,6 +267,75 @@ pub fn id_action(
             }
         }
     }
+    print_outcomes(action, &results, json, "/")
+}
+
+/// The checks shared by spools and the queue: the ids, and `delete --state S --all`.
+fn bulk_of(
+    action: IdAction,
+    ids: &[String],
+    state: Option<&str>,
+    all: bool,
+) -> Result<Option<QueueState>> {
+    check_ids(ids)?;
+    Ok(match (action, state, all) {
+        (IdAction::Delete, Some(s), true) => {
+            if !ids.is_empty() {
+                bail!("delete --state S --all takes no ids");
+            }
+            Some(dir_state(s)?)
+        }
+        (IdAction::Delete, _, true) => bail!("delete --all needs --state S (e.g. --state failed)"),
+        (IdAction::Delete, Some(_), false) => {
+            bail!("delete --state S deletes every message of a state: add --all to mean it")
+        }
+        _ if ids.is_empty() => bail!("give one or more queue ids"),
+        _ => None,
+    })
+}
+
+/// The row state of the queue for a `delete --state` directory.
+fn row_state(d: QueueState) -> &'static str {
+    match d {
+        QueueState::Ready => "ready",
+        QueueState::Scheduled => "scheduled",
+        QueueState::Deferred => "deferred",
+        QueueState::Held => "held",
+        QueueState::Failed => "failed",
+        QueueState::Corrupt => "corrupt",
+        QueueState::Active => "active",
+        QueueState::Tmp => "tmp",
+    }
+}
+
+/// `hold`, `release`, `delete` over the PostgreSQL queue: one transaction per command.
+pub fn id_action_queue(
+    q: &PgQueue,
+    action: IdAction,
+    ids: &[String],
+    state: Option<&str>,
+    all: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let bulk = bulk_of(action, ids, state, all)?;
+    let results = match (action, bulk) {
+        (IdAction::Delete, Some(dir)) => pg::delete_all(q, row_state(dir)),
+        (IdAction::Hold, _) => pg::hold(q, ids),
+        (IdAction::Release, _) => pg::release(q, ids),
+        (IdAction::Delete, None) => pg::delete(q, ids),
+    }
+    .map_err(pg_err)?;
+    print_outcomes(action, &results, json, "")
+}
+
+/// Prints the per-id results (`sep`: `/` after a spool's directory names, nothing after a
+/// queue's states); exit 1 unless every id was done.
+fn print_outcomes(
+    action: IdAction,
+    results: &[ops::IdOutcome],
+    json: bool,
+    sep: &str,
+) -> Result<ExitCode> {
     let ok = results.iter().all(ops::IdOutcome::done);
     if json {
         json_line(&serde_json::json!({ "results": results }))?;
@@ -249,22 +346,22 @@ pub fn id_action(
             IdAction::Delete => "deleted",
         };
         let mut n = 0;
-        for r in &results {
+        for r in results {
             match &r.outcome {
                 ops::Outcome::Done { from, to } => {
                     n += 1;
                     match to {
-                        Some(to) => println!("{} {verb} ({from}/ -> {to}/)", r.id),
-                        None => println!("{} {verb} (was in {from}/)", r.id),
+                        Some(to) => println!("{} {verb} ({from}{sep} -> {to}{sep})", r.id),
+                        None => println!("{} {verb} (was in {from}{sep})", r.id),
                     }
                 }
                 ops::Outcome::NotFound => eprintln!("qmail-dispatcher: {}: not found", r.id),
                 ops::Outcome::InFlight => eprintln!(
-                    "qmail-dispatcher: {}: in flight (active/): try again after the attempt",
+                    "qmail-dispatcher: {}: in flight (active{sep}): try again after the attempt",
                     r.id
                 ),
                 ops::Outcome::WrongState { dir } => {
-                    eprintln!("qmail-dispatcher: {}: is in {dir}/, not {verb}", r.id)
+                    eprintln!("qmail-dispatcher: {}: is in {dir}{sep}, not {verb}", r.id)
                 }
             }
         }
@@ -303,6 +400,135 @@ pub fn cat(spools: &[PathBuf], id: &str, headers: bool, json: bool) -> Result<Ex
     Ok(ExitCode::FAILURE)
 }
 
+/// A JSON string written as it streams: the bytes are decoded as UTF-8 as
+/// `String::from_utf8_lossy` would (an invalid sequence becomes U+FFFD; a sequence cut by a
+/// write boundary waits for the next write) and escaped as `serde_json` does.
+/// `prefix` (the JSON before the string) is written with the first byte, so nothing is
+/// printed for a message that is not there.
+struct JsonString<W: Write> {
+    out: W,
+    pending: Vec<u8>,
+    prefix: Option<String>,
+}
+
+impl<W: Write> JsonString<W> {
+    fn new(out: W, prefix: String) -> JsonString<W> {
+        JsonString {
+            out,
+            pending: Vec::new(),
+            prefix: Some(prefix),
+        }
+    }
+
+    /// Writes the prefix if it was not yet.
+    fn begin(&mut self) -> std::io::Result<()> {
+        match self.prefix.take() {
+            Some(p) => self.out.write_all(p.as_bytes()),
+            None => Ok(()),
+        }
+    }
+
+    fn put(&mut self, text: &str) -> std::io::Result<()> {
+        self.begin()?;
+        let quoted = serde_json::to_string(text).map_err(std::io::Error::other)?;
+        self.out.write_all(&quoted.as_bytes()[1..quoted.len() - 1])
+    }
+
+    /// Decodes what is pending; keeps an incomplete sequence at the end unless `last`.
+    fn drain(&mut self, last: bool) -> std::io::Result<()> {
+        let buf = std::mem::take(&mut self.pending);
+        let mut rest: &[u8] = &buf;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(t) => {
+                    self.put(t)?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let (good, bad) = rest.split_at(e.valid_up_to());
+                    self.put(std::str::from_utf8(good).unwrap_or_default())?;
+                    match e.error_len() {
+                        Some(n) => {
+                            self.put("\u{FFFD}")?;
+                            rest = &bad[n..];
+                        }
+                        None if !last => {
+                            self.pending = bad.to_vec();
+                            return Ok(());
+                        }
+                        None => {
+                            self.put("\u{FFFD}")?;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for JsonString<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        self.drain(false)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `cat ID --queue [--headers]`: the message streamed from the queue to stdout (with
+/// `--json`, streamed into the `message` string of the directory's shape, `queue` in place
+/// of `spool`).
+pub fn cat_queue(q: &PgQueue, id: &str, headers: bool, json: bool) -> Result<ExitCode> {
+    check_ids(&[id.to_owned()])?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let r = if json {
+        // the keys in serde_json's (sorted) order, as `json_line` prints the directory's
+        let prefix = format!(
+            "{{\n  \"id\": {},\n  \"message\": \"",
+            serde_json::to_string(id)?
+        );
+        let mut js = JsonString::new(&mut out, prefix);
+        let r = pg::cat(q, id, headers, &mut js);
+        if matches!(r, Ok(pg::CatOutcome::Written { .. })) {
+            js.drain(true)?;
+            js.begin()?;
+        }
+        r
+    } else {
+        pg::cat(q, id, headers, &mut out)
+    };
+    match r.map_err(pg_err)? {
+        pg::CatOutcome::Written { bytes } => {
+            if json {
+                writeln!(
+                    out,
+                    "\",\n  \"queue\": {},\n  \"size\": {bytes}\n}}",
+                    serde_json::to_string(q.schema())?
+                )?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        pg::CatOutcome::NotFound => {
+            drop(out);
+            eprintln!("qmail-dispatcher: no message {id} in queue {}", q.schema());
+            Ok(ExitCode::FAILURE)
+        }
+        pg::CatOutcome::NoBody { state } => {
+            drop(out);
+            eprintln!(
+                "qmail-dispatcher: {id} is {state} (a tombstone in queue {}): its body is gone",
+                q.schema()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// `summary`: qshape.
 pub fn summary(spools: &[PathBuf], state: Option<&str>, json: bool) -> Result<ExitCode> {
     let f = ListFilter {
@@ -311,8 +537,22 @@ pub fn summary(spools: &[PathBuf], state: Option<&str>, json: bool) -> Result<Ex
     };
     let sp: Vec<&Path> = spools.iter().map(PathBuf::as_path).collect();
     let shape = ops::summary(&sp, &f)?;
+    print_shape(&shape, json)
+}
+
+/// `summary --queue`: qshape over the PostgreSQL queue.
+pub fn summary_queue(q: &PgQueue, state: Option<&str>, json: bool) -> Result<ExitCode> {
+    let f = ListFilter {
+        states: states(state)?,
+        ..ListFilter::default()
+    };
+    let shape = pg::summary(q, &f).map_err(pg_err)?;
+    print_shape(&shape, json)
+}
+
+fn print_shape(shape: &ops::Shape, json: bool) -> Result<ExitCode> {
     if json {
-        json_line(&shape)?;
+        json_line(shape)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
@@ -444,9 +684,160 @@ pub fn requeue_or_retry(
     })
 }
 
+/// `requeue-failed ID... | --all` and `retry [ID...]` over the PostgreSQL queue: one
+/// transaction; the directory's JSON (`moved`, `not_moved`) plus `results`, one outcome per
+/// id (why an id was not moved).
+pub fn requeue_or_retry_queue(
+    q: &PgQueue,
+    ids: &[String],
+    all: bool,
+    retry: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    check_ids(ids)?;
+    if !retry {
+        match (ids.is_empty(), all) {
+            (true, false) => bail!(
+                "requeue-failed needs queue ids, or --all to requeue every failed message \
+                 (5xx refusals included)"
+            ),
+            (false, true) => bail!("requeue-failed takes ids or --all, not both"),
+            _ => {}
+        }
+    }
+    let what = if retry { "due now" } else { "requeued" };
+    let results = if retry {
+        pg::retry(q, ids)
+    } else {
+        pg::requeue_failed(q, ids)
+    }
+    .map_err(pg_err)?;
+    let moved: Vec<&str> = results
+        .iter()
+        .filter(|r| r.done())
+        .map(|r| r.id.as_str())
+        .collect();
+    let missing: Vec<&ops::IdOutcome> = results.iter().filter(|r| !r.done()).collect();
+    if json {
+        let not_moved: Vec<&str> = missing.iter().map(|r| r.id.as_str()).collect();
+        json_line(&serde_json::json!({
+            "moved": moved,
+            "not_moved": not_moved,
+            "results": results,
+        }))?;
+    } else {
+        for id in &moved {
+            println!("{id} {what}");
+        }
+        println!("{} message(s) {what}", moved.len());
+        let want = if retry { "deferred" } else { "failed" };
+        for m in &missing {
+            match &m.outcome {
+                ops::Outcome::NotFound => eprintln!("qmail-dispatcher: {}: not found", m.id),
+                ops::Outcome::InFlight => eprintln!(
+                    "qmail-dispatcher: {}: in flight (active): try again after the attempt",
+                    m.id
+                ),
+                ops::Outcome::WrongState { dir } => {
+                    eprintln!("qmail-dispatcher: {}: is {dir}, not {want}", m.id)
+                }
+                ops::Outcome::Done { .. } => {}
+            }
+        }
+    }
+    Ok(if missing.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `show ID --queue`.
+pub fn show_queue(q: &PgQueue, id: &str, json: bool) -> Result<ExitCode> {
+    check_ids(&[id.to_owned()])?;
+    let Some(v) = pg::show(q, id).map_err(pg_err)? else {
+        eprintln!("qmail-dispatcher: no message {id} in queue {}", q.schema());
+        return Ok(ExitCode::FAILURE);
+    };
+    if json {
+        json_line(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("id          {}", v.id);
+    println!(
+        "state       {}{}",
+        v.state,
+        v.owner
+            .as_ref()
+            .map(|o| format!(" (claimed by {o}, claim {})", v.claims))
+            .unwrap_or_default()
+    );
+    println!("queue       {}", v.queue);
+    if let Some(e) = &v.error {
+        println!("error       {e}");
+    }
+    if let Some(r) = &v.reason {
+        println!("reason      {r}");
+    }
+    if let Some(f) = &v.mail_from {
+        println!("from        <{f}>");
+    }
+    for r in &v.rcpt_to {
+        println!("to          <{r}>");
+    }
+    if let Some(m) = &v.message_id {
+        println!("message-id  {m}");
+    }
+    if let Some(c) = v.created {
+        println!("submitted   {}", human_time(c));
+    }
+    if let Some(t) = v.not_before {
+        println!("not before  {}", human_time(t));
+    }
+    if matches!(v.state.as_str(), "deferred" | "scheduled") {
+        println!("due         {}", human_time(v.due));
+    }
+    if let Some(t) = v.settled_at {
+        println!("settled     {}", human_time(t));
+    }
+    match (v.priority, v.size) {
+        (Some(p), Some(sz)) => println!("priority    {p}   size {sz} bytes"),
+        (Some(p), None) => println!("priority    {p}   body gone (tombstone)"),
+        _ => {}
+    }
+    if let Some(st) = &v.dispatch {
+        crate::print_dispatch(st);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_strings_stream_across_utf8_boundaries() {
+        let text = "é€ ok \"quoted\"\r\n\u{1F600}";
+        let bytes = text.as_bytes();
+        for split in 0..bytes.len() {
+            let mut out = Vec::new();
+            let mut js = JsonString::new(&mut out, String::new());
+            js.write_all(&bytes[..split]).unwrap();
+            js.write_all(&bytes[split..]).unwrap();
+            js.drain(true).unwrap();
+            let whole = serde_json::to_string(text).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                whole[1..whole.len() - 1],
+                "split at {split}"
+            );
+        }
+        let mut out = Vec::new();
+        let mut js = JsonString::new(&mut out, String::new());
+        js.write_all(b"a\xffb\xe2\x82").unwrap();
+        js.drain(true).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "a\u{FFFD}b\u{FFFD}");
+    }
 
     #[test]
     fn times_for_people() {

@@ -40,7 +40,8 @@ struct Cli {
     #[arg(long = "spool", global = true)]
     spools: Vec<PathBuf>,
     /// A PostgreSQL queue: postgres://user@host[,host2]/db?target_session_attrs=read-write
-    /// (replaces the file's `[queue] url`; see docs/scale-out.md).
+    /// (replaces the file's `[queue] url`). run, drain, check-config, status and the operator's
+    /// commands then work on the queue, not on spools (see docs/scale-out.md).
     #[arg(long = "queue", global = true)]
     queue: Option<String>,
     /// A relay: smtp://[user:pass@]host:port?tls=required|opportunistic|none, or smtps://
@@ -71,7 +72,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Per spool: messages in each state and the age of the oldest.
+    /// Per spool (or for the queue): messages in each state and the age of the oldest.
     Status {
         /// JSON output.
         #[arg(long)]
@@ -134,7 +135,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Release held messages (back to ready/, or deferred/ while their retry time is ahead).
+    /// Release held messages (back to ready, or deferred while their retry time is ahead).
     Release {
         /// Queue ids.
         ids: Vec<String>,
@@ -142,7 +143,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete messages (never one in flight in active/).
+    /// Delete messages (never one in flight; in a queue, a tombstone stays).
     Delete {
         /// Queue ids.
         ids: Vec<String>,
@@ -268,11 +269,40 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     // commands that need no configuration
     match &cli.command {
+        Command::Spool { .. } if cli.queue.is_some() => {
+            anyhow::bail!(
+                "--queue: `spool` works on a directory spool, not on a PostgreSQL queue \
+                 (`queue init --queue URL` creates a queue's schema)"
+            )
+        }
         Command::Spool { command } => return spool_init::run(command).map(|()| ExitCode::SUCCESS),
         Command::GenerateAssets { dir } => {
             return assets::write(Cli::command(), dir).map(|()| ExitCode::SUCCESS);
         }
         _ => {}
+    }
+    // the commands that work on spools or on the queue: not both at once
+    let either = matches!(
+        cli.command,
+        Command::Run
+            | Command::Drain { .. }
+            | Command::Status { .. }
+            | Command::Show { .. }
+            | Command::Retry { .. }
+            | Command::RequeueFailed { .. }
+            | Command::List { .. }
+            | Command::Hold { .. }
+            | Command::Release { .. }
+            | Command::Delete { .. }
+            | Command::Cat { .. }
+            | Command::Summary { .. }
+            | Command::CheckConfig
+    );
+    if either && cli.queue.is_some() && !cli.spools.is_empty() {
+        anyhow::bail!(
+            "--queue and --spool: this command works on one of them (only `forward` takes \
+             both); give --queue URL for the PostgreSQL queue or --spool DIR for spools"
+        );
     }
     let o = Overrides {
         config: cli.config.clone(),
@@ -282,20 +312,111 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         workers: cli.workers,
         log_format: cli.log_format,
         queue: cli.queue.clone(),
+        // a spool is required below only when the command turns out to work on spools
         queue_only: matches!(cli.command, Command::Queue { .. })
-            || (matches!(
-                cli.command,
-                Command::Status { .. } | Command::Run | Command::Drain { .. }
-            ) && cli.queue.is_some()),
+            || matches!(cli.command, Command::Find { .. })
+            || (either && cli.spools.is_empty()),
     };
     let s = settings::load(&o)?;
     init_logging(s.log_format);
     let admin_id = format!("admin-{}", std::process::id());
     // run/drain serve the PostgreSQL queue with --queue, or with [queue] and no spool
     let serve_queue = s.queue.is_some() && (cli.queue.is_some() || s.dispatch.spools.is_empty());
+    // the operator's commands and status work on the queue with --queue, or with [queue]
+    // unless --spool is given on the command line
+    let on_queue = match cli.command {
+        // check-config checks what `run` would serve
+        Command::Run | Command::Drain { .. } | Command::CheckConfig => serve_queue,
+        _ => s.queue.is_some() && (cli.queue.is_some() || cli.spools.is_empty()),
+    };
+    if either && !on_queue && s.dispatch.spools.is_empty() {
+        // the error `run` gives, naming both ways out
+        let e = s
+            .dispatch
+            .clone()
+            .resolve()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no spool configured".into());
+        anyhow::bail!(
+            "invalid configuration: {e}: give --spool DIR (or `spools` in the file, or \
+             QMAIL_SPOOL), or --queue URL (or [queue] url in the file) for a PostgreSQL queue"
+        );
+    }
+    let queue = |what: &str| -> Result<qmail_dispatch::queue::postgres::PgQueue> {
+        let q = s
+            .queue
+            .as_ref()
+            .with_context(|| format!("{what} --queue: no queue configured"))?;
+        pg_run::connect_admin(q, &s)
+    };
     match cli.command {
-        Command::Run if serve_queue => pg_run::run(s),
+        Command::Run if serve_queue => pg_run::run(&o, s),
         Command::Drain { json } if serve_queue => pg_run::drain(s, json),
+        Command::CheckConfig if on_queue => check_config_queue(&s),
+        Command::Status { json } if on_queue => {
+            forward::status(s.queue.as_ref().context("queue")?, json)
+        }
+        Command::Show { id, json } if on_queue => admin_cmd::show_queue(&queue("show")?, &id, json),
+        Command::Retry { ids, json } if on_queue => {
+            admin_cmd::requeue_or_retry_queue(&queue("retry")?, &ids, false, true, json)
+        }
+        Command::RequeueFailed { ids, all, json } if on_queue => {
+            admin_cmd::requeue_or_retry_queue(&queue("requeue-failed")?, &ids, all, false, json)
+        }
+        Command::List {
+            state,
+            rcpt,
+            from,
+            older,
+            limit,
+            json,
+        } if on_queue => admin_cmd::list_queue(
+            &queue("list")?,
+            &admin_cmd::ListArgs {
+                state,
+                rcpt,
+                from,
+                older,
+                limit,
+                json,
+            },
+        ),
+        Command::Hold { ids, json } if on_queue => admin_cmd::id_action_queue(
+            &queue("hold")?,
+            admin_cmd::IdAction::Hold,
+            &ids,
+            None,
+            false,
+            json,
+        ),
+        Command::Release { ids, json } if on_queue => admin_cmd::id_action_queue(
+            &queue("release")?,
+            admin_cmd::IdAction::Release,
+            &ids,
+            None,
+            false,
+            json,
+        ),
+        Command::Delete {
+            ids,
+            state,
+            all,
+            json,
+        } if on_queue => admin_cmd::id_action_queue(
+            &queue("delete")?,
+            admin_cmd::IdAction::Delete,
+            &ids,
+            state.as_deref(),
+            all,
+            json,
+        ),
+        Command::Cat { id, headers, json } if on_queue => {
+            admin_cmd::cat_queue(&queue("cat")?, &id, headers, json)
+        }
+        Command::Summary { state, json } if on_queue => {
+            admin_cmd::summary_queue(&queue("summary")?, state.as_deref(), json)
+        }
         Command::Run => run(&o, s),
         Command::Drain { json } => {
             let sum = Dispatcher::drain(s.dispatch).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -308,9 +429,6 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
-        }
-        Command::Status { json } if s.queue.is_some() => {
-            forward::status(s.queue.as_ref().context("queue")?, json)
         }
         Command::Forward { drain } => {
             let queue = s
@@ -545,6 +663,13 @@ fn print_view(v: &admin::MessageView) {
         println!("priority    {p}   size {sz} bytes");
     }
     if let Some(st) = &v.dispatch {
+        print_dispatch(st);
+    }
+}
+
+/// The dispatcher state part of `show` (spools and the queue).
+pub(crate) fn print_dispatch(st: &qmail_dispatch::state::MessageState) {
+    {
         println!("attempts    {}", st.attempts);
         if st.next_due > 0 {
             println!("next due    {}", admin_cmd::human_time(st.next_due));
@@ -571,6 +696,49 @@ fn print_view(v: &admin::MessageView) {
             }
         }
     }
+}
+
+/// `check-config` for a dispatcher serving a PostgreSQL queue: what `run --queue` needs (a
+/// relay, the log files and TLS files of check.rs, the metrics address) and the queue itself
+/// (reachable, schema at this build's version). A spool is not needed.
+fn check_config_queue(s: &settings::Settings) -> Result<ExitCode> {
+    let mut findings: Vec<check::Finding> = match pg_run::resolved(s) {
+        Ok(cfg) => cfg
+            .relays
+            .iter()
+            .filter_map(|r| RelayEndpoint::new(r.clone()).err())
+            .map(|e| check::Finding::Error(e.to_string()))
+            .collect(),
+        Err(e) => vec![check::Finding::Error(format!("invalid configuration: {e}"))],
+    };
+    let spoolless = s.dispatch.spools.is_empty();
+    findings.extend(check::check(s).into_iter().filter(|f| {
+        !(spoolless && matches!(f, check::Finding::Error(m) if m.starts_with("no spool")))
+    }));
+    findings.extend(pg_run::check(s));
+    for f in &findings {
+        match f {
+            check::Finding::Error(m) => eprintln!("error: {m}"),
+            check::Finding::Warning(m) => eprintln!("warning: {m}"),
+        }
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| matches!(f, check::Finding::Error(_)))
+        .count();
+    if errors > 0 {
+        eprintln!("qmail-dispatcher: check-config: {errors} problem(s); `run --queue` would fail");
+        return Ok(ExitCode::FAILURE);
+    }
+    let q = s.queue.as_ref().context("queue")?;
+    println!(
+        "configuration ok: queue {} (schema version {}), {} relay(s), {} worker(s)",
+        q.schema,
+        qmail_dispatch::queue::postgres::schema::SCHEMA_VERSION,
+        s.dispatch.relays.len(),
+        s.dispatch.workers
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {

@@ -29,5 +29,8 @@ cargo test -p qmail-dispatcher --test forward
 # recipient retried until the lifetime, the drain summary, SIGTERM with transactions in flight,
 # a dispatcher SIGKILLed mid-run, the database crashed mid-run, a DSN (about 20 s)
 cargo test -p qmail-dispatcher --test pg_run
+# the operator's commands with --queue (list, show, cat, summary, hold, release, delete, retry,
+# requeue-failed; human and JSON), hold/release/delete against a running run --queue, SIGHUP
+cargo test -p qmail-dispatcher --test pg_admin  # about 20 s
 # primary + two synchronous standbys in three network namespaces; needs root (skips otherwise)
 cargo test -p qmail-dispatcher --test failover

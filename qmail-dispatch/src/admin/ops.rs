@@ -325,6 +325,15 @@ pub struct Shape {
     pub rows: Vec<ShapeRow>,
 }
 
+/// The states [`summary`] counts when the filter names none: every message still to deliver.
+pub const SUMMARY_STATES: [State; 5] = [
+    State::Queued,
+    State::Scheduled,
+    State::Active,
+    State::Deferred,
+    State::Held,
+];
+
 /// Counts the recipients of the messages `filter` selects (default: every queued state:
 /// queued, scheduled, active, deferred, held) by domain and age bucket.
 ///
@@ -333,33 +342,36 @@ pub struct Shape {
 pub fn summary(spools: &[&Path], filter: &ListFilter) -> io::Result<Shape> {
     let mut f = filter.clone();
     if f.states.is_empty() {
-        f.states = vec![
-            State::Queued,
-            State::Scheduled,
-            State::Active,
-            State::Deferred,
-            State::Held,
-        ];
+        f.states = SUMMARY_STATES.to_vec();
     }
-    let now = now_secs();
+    let mut entries = Vec::new();
+    for sp in spools {
+        entries.extend(list(sp, &f)?);
+    }
+    Ok(shape_of(entries, now_secs()))
+}
+
+/// qshape's table of `entries` at `now` (Unix seconds): recipients by domain
+/// (lowercase) × age bucket ([`AGE_BUCKETS_MIN`], from each entry's submit time), `TOTAL`
+/// first, then domains by total, largest first. Shared by [`summary`] and the PostgreSQL
+/// queue's `summary` (`crate::queue::postgres::admin::summary`).
+pub fn shape_of(entries: impl IntoIterator<Item = ListEntry>, now: i64) -> Shape {
     let n = AGE_BUCKETS_MIN.len() + 1;
     let mut by: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut total = vec![0u64; n];
-    for sp in spools {
-        for e in list(sp, &f)? {
-            let mins = (now - e.created.unwrap_or(now)).max(0) as u64 / 60;
-            let b = AGE_BUCKETS_MIN
-                .iter()
-                .position(|&m| mins <= m)
-                .unwrap_or(n - 1);
-            for r in &e.recipients {
-                let d = r
-                    .rsplit_once('@')
-                    .map(|(_, d)| d.to_ascii_lowercase())
-                    .unwrap_or_default();
-                by.entry(d).or_insert_with(|| vec![0; n])[b] += 1;
-                total[b] += 1;
-            }
+    for e in entries {
+        let mins = (now - e.created.unwrap_or(now)).max(0) as u64 / 60;
+        let b = AGE_BUCKETS_MIN
+            .iter()
+            .position(|&m| mins <= m)
+            .unwrap_or(n - 1);
+        for r in &e.recipients {
+            let d = r
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            by.entry(d).or_insert_with(|| vec![0; n])[b] += 1;
+            total[b] += 1;
         }
     }
     let mut rows: Vec<ShapeRow> = by
@@ -379,10 +391,10 @@ pub fn summary(spools: &[&Path], filter: &ListFilter) -> io::Result<Shape> {
             buckets: total,
         },
     );
-    Ok(Shape {
+    Shape {
         bucket_minutes: AGE_BUCKETS_MIN.to_vec(),
         rows,
-    })
+    }
 }
 
 /// `find --rcpt ADDR / --message-id ID` over the delivery log: the attempts of messages

@@ -21,6 +21,7 @@
 //! - TLS to the database ([`Db`]): verified by rustls against the system trust store plus
 //!   libpq's `sslrootcert`; `sslmode=require` (or `verify-full`) makes it mandatory.
 
+pub mod admin;
 mod claim;
 mod db;
 mod limits;
