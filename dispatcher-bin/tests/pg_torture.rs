@@ -485,3 +485,84 @@ fn the_window_rule_explains_only_duplicates_of_a_faulted_sender() {
     let v = judge(&expected, &three, &[ev("d0g0", 100.0)]);
     assert_eq!(v.over_twice, [("a".to_owned(), 3)]);
 }
+
+/// A claim whose COMMIT took effect while its reply was lost (the connection broke: the
+/// primary died, as in `failover.rs`) leaves a row `active` under a live dispatcher that no
+/// worker of it holds. The dispatcher finds it and gives it back; it is delivered once.
+#[test]
+fn a_claim_whose_reply_was_lost_is_given_back_by_its_live_owner() {
+    let Some(pg) = Pg::start() else { return };
+    let srv = SmtpServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cli = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .env("QMAIL_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    cli(&["queue", "init", "--queue", &pg.uri()]);
+    let a = dispatcher(d, &pg, &srv.url("tls=none"), "a");
+    let mut db = pg.client();
+    let owner = || -> Option<String> {
+        pg.client()
+            .query_opt(
+                "SELECT owner FROM qmail.lease WHERE pid = $1",
+                &[&(a.child.id() as i32)],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    };
+    wait_for(30, "the dispatcher's lease", || owner().is_some());
+    let me = owner().unwrap();
+    // while it is stopped (well within its lease), a row appears as its lost claim would:
+    // active, owned by it, claimed a while ago
+    a.signal("STOP");
+    let sp = d.join("spool");
+    let spool = Spool::open_with(
+        &sp,
+        SpoolOptions {
+            durable: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    submit(&spool, 0);
+    cli(&[
+        "forward",
+        "--drain",
+        "--spool",
+        sp.to_str().unwrap(),
+        "--queue",
+        &pg.uri(),
+    ]);
+    let n = db
+        .execute(
+            "UPDATE qmail.message SET state = 'active', owner = $1, claims = claims + 1, \
+             claimed_at = now() - interval '1 minute'",
+            &[&me],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    a.signal("CONT");
+    assert_eq!(srv.wait_count(1, Duration::from_secs(30)), 1, "{}", a.log());
+    wait_for(30, "the row settled", || {
+        db.query_one(
+            "SELECT count(*) FROM qmail.message WHERE state = 'delivered'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    });
+    assert!(
+        a.log().contains("gave back claims of this process"),
+        "{}",
+        a.log()
+    );
+    let got = per_rcpt(&accepted_copies(&srv.record));
+    assert_eq!(got.get(&rcpt(0)), Some(&1), "{got:?}");
+    assert!(a.term().success());
+}

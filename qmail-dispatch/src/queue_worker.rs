@@ -15,7 +15,10 @@
 //!
 //! One more thread renews the lease (every sixth of a lease, in database time); the serving
 //! thread takes back expired claims of other dispatchers and purges old tombstones every half
-//! lease ([`PgQueue::housekeeping`]). While the lease is not fresh or the database cannot be
+//! lease ([`PgQueue::housekeeping`]), and gives back the rows owned by this process that no
+//! worker holds: a claim whose COMMIT took effect but whose reply was lost (the connection
+//! broke, the primary died or failed over) would otherwise stay `active` under a live lease
+//! for as long as the process runs. While the lease is not fresh or the database cannot be
 //! reached, [`PgQueue::claim`] claims nothing and the workers back off.
 //!
 //! Delivery status notifications (RFC 3464, `[dsn] enabled`) are imported into the same queue
@@ -53,6 +56,8 @@ pub struct QueueDispatcher {
     queue: PgQueue,
     /// Ids deferred during a drain (not retried in it).
     deferred_in_drain: Mutex<HashSet<String>>,
+    /// Ids of the claims the workers hold (from the claim's return to its settle).
+    held: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for QueueDispatcher {
@@ -151,6 +156,7 @@ impl QueueDispatcher {
             shared,
             queue,
             deferred_in_drain: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashSet::new()),
         })
     }
 
@@ -263,6 +269,44 @@ impl QueueDispatcher {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "queue housekeeping failed; retried later"),
         }
+        self.release_orphans();
+    }
+
+    /// Gives back (`ready`, no owner) the rows `active` under this process's owner name that
+    /// no worker holds and that were claimed more than a lease ago: claims whose COMMIT took
+    /// effect while the reply was lost, so no worker ever saw them. A row claimed a moment ago
+    /// is left alone (its worker may not have registered it yet); giving back a row a worker
+    /// still used would be safe anyway, its fence and settle being guarded by the claim counter.
+    fn release_orphans(&self) {
+        let q = &self.queue.inner;
+        let held: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let secs = self.shared.cfg.lease_secs as f64;
+        let sql = format!(
+            "WITH u AS (UPDATE {s}.message SET state = 'ready', owner = NULL WHERE state = \
+             'active' AND owner = $1 AND NOT (id = ANY($2)) AND claimed_at < now() - \
+             make_interval(secs => $3) RETURNING id) SELECT count(*) FROM \
+             (SELECT pg_notify($4, '') FROM u) n",
+            s = q.s
+        );
+        let channel = format!("{}_ready", q.s);
+        let r = q.conn().and_then(|mut c| {
+            c.client
+                .query_one(&sql, &[&q.opts.instance.as_str(), &held, &secs, &channel])
+                .map_err(crate::queue::postgres::db_error)
+        });
+        match r.map(|row| row.get::<_, i64>(0)) {
+            Ok(0) => {}
+            Ok(n) => {
+                let m = &self.shared.metrics;
+                m.add(&m.reclaimed, n as u64);
+                tracing::warn!(
+                    count = n,
+                    "gave back claims of this process that no worker holds (a claim whose \
+                     reply was lost when the connection broke)"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for lost claims; retried later"),
+        }
     }
 
     /// The lease renewal thread: every sixth of a lease, until the dispatcher stops and no
@@ -344,13 +388,16 @@ impl QueueDispatcher {
                 }
                 Ok(claims) => {
                     failures = 0;
+                    lock(&self.held).extend(claims.iter().map(|c| c.id().to_owned()));
                     let mut go_on = true;
                     for c in claims {
+                        let id = c.id().to_owned();
                         if !go_on || self.stopping() {
                             self.settle(&c, Settlement::Release, "release");
-                            continue;
+                        } else {
+                            go_on = self.process(&mut w, c);
                         }
-                        go_on = self.process(&mut w, c);
+                        lock(&self.held).remove(&id);
                     }
                     if !go_on {
                         break;
