@@ -62,9 +62,10 @@ impl Net {
         format!("qpg{}{name}", self.tag)
     }
 
-    fn new() -> Net {
+    /// The namespaces of run `run` (a letter: runs in one test process do not share them).
+    fn new(run: &str) -> Net {
         let net = Net {
-            tag: format!("{}", std::process::id() % 100_000),
+            tag: format!("{}{run}", std::process::id() % 100_000),
             procs: Vec::new(),
         };
         let lan = net.ns("lan");
@@ -190,13 +191,37 @@ fn psql(net: &Net, c: &Cluster, h: usize, sql: &str) -> Result<String, String> {
             &format!("{NET}.{h}"),
         ])
         .args(["-U", "qmail", "-d", "postgres", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "2")
+        .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .unwrap();
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
     } else {
         Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// [`psql`] retried for up to 30 s (a busy machine may miss one connect timeout).
+fn psql_ok(net: &Net, c: &Cluster, h: usize, sql: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        match psql(net, c, h, sql) {
+            Ok(out) => return out,
+            Err(e) if t0.elapsed() > Duration::from_secs(30) => panic!("psql {sql}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Polls `f` every 200 ms (each poll may start processes) until true, or panics after `secs`.
+fn poll(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -244,7 +269,7 @@ fn start_dispatcher(net: &mut Net, dir: &Path, h: usize, relay: u16, url: &str) 
         &cfg,
         format!(
             "workers = {WORKERS}\nehlo_name = \"d{h}.test\"\nlease_secs = 3\ndurable = false\n\
-             shutdown_grace_secs = 10\n[retry]\nfirst_secs = 1\nmax_secs = 1\njitter = 0.0\n\
+             shutdown_grace_secs = 30\n[retry]\nfirst_secs = 1\nmax_secs = 1\njitter = 0.0\n\
              [[relay]]\nurl = \"smtp://127.0.0.1:{relay}?tls=none\"\ncooldown_secs = 0\n"
         ),
     )
@@ -324,24 +349,74 @@ fn local_files(spool: &Path) -> usize {
         .sum()
 }
 
-/// SIGTERM, then the exit status (SIGKILL and a panic after 30 s).
-fn term(c: &mut Child) -> std::process::ExitStatus {
+/// SIGTERM, then the exit status; `None` when it still runs after 90 s (the exit of the last
+/// process of an `ip netns exec` mount namespace waits for an expedited RCU grace period,
+/// which a loaded machine may take seconds to grant).
+fn term(c: &mut Child) -> Option<std::process::ExitStatus> {
     let _ = Command::new("kill")
         .args(["-TERM", &c.id().to_string()])
         .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(90);
     while Instant::now() < deadline {
         if let Ok(Some(st)) = c.try_wait() {
-            return st;
+            return Some(st);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = c.kill();
-    panic!("a dispatcher did not stop on SIGTERM");
+    None
+}
+
+/// What a process's threads are doing: name, state and kernel wait channel of each.
+fn threads(pid: u32) -> String {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let state = read("stat")
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("?")
+            .to_owned();
+        out.push(format!(
+            "{} {state} {}",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+    }
+    out.join("; ")
+}
+
+/// How the primary dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// The postmaster SIGKILLed: its backends exit, the clients' connections are closed and
+    /// new ones refused (RST).
+    Process,
+    /// The host's link goes down first, then the postmaster is SIGKILLed: no FIN, no RST,
+    /// packets to it are lost (a power cut, a kernel panic, a partition).
+    Host,
 }
 
 #[test]
 fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
+    failover(Death::Process);
+}
+
+/// Fails today: the dispatchers and forwarders wait on their connections to the vanished host
+/// (TCP retransmissions: about 15 minutes) and never reach the promoted standby. `parse_url`
+/// in `qmail-dispatch/src/queue/postgres/mod.rs` sets no `tcp_user_timeout` and no keepalive
+/// interval; setting them (10 s, 2 s × 3) makes this pass.
+#[test]
+#[ignore = "a vanished primary host is not followed yet: no tcp_user_timeout (see the doc comment)"]
+fn failover_when_the_primary_host_vanishes_loses_nothing() {
+    failover(Death::Host);
+}
+
+fn failover(death: Death) {
     let Some(bin) = bin_dir() else {
         eprintln!("SKIPPED: PostgreSQL is not installed (scripts/setup-postgres)");
         return;
@@ -357,7 +432,7 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
         .tempdir()
         .unwrap();
     let dir = guard.path().to_owned();
-    let mut net = Net::new();
+    let mut net = Net::new(if death == Death::Host { "v" } else { "k" });
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut c = Cluster {
         bin: bin.clone(),
@@ -488,36 +563,37 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
     // the primary dies mid-run (its host is gone: postmaster SIGKILLed, backends follow)
     let pm = c.pm[0].take().unwrap();
     let killed_at = unix_now();
+    if death == Death::Host {
+        ip(&["-n", &net.ns("h1"), "link", "set", "eth0", "down"]);
+    }
     net.procs[pm].kill().unwrap();
     net.procs[pm].wait().unwrap();
     let at_kill = (submitted.load(Ordering::SeqCst), delivered());
     let t_kill = Instant::now();
     // promote s2, re-point s3 at it, and require s3 alone as its synchronous standby
-    psql(&net, &c, 2, "SELECT pg_promote()").unwrap();
-    wait_for(30, "s2 promoted", || {
+    psql_ok(&net, &c, 2, "SELECT pg_promote()");
+    poll(30, "s2 promoted", || {
         psql(&net, &c, 2, "SELECT pg_is_in_recovery()").is_ok_and(|r| r == "f")
     });
     let promoted_at = unix_now();
-    psql(
+    psql_ok(
         &net,
         &c,
         2,
         "ALTER SYSTEM SET synchronous_standby_names = 's3'",
-    )
-    .unwrap();
-    psql(&net, &c, 2, "SELECT pg_reload_conf()").unwrap();
-    psql(
+    );
+    psql_ok(&net, &c, 2, "SELECT pg_reload_conf()");
+    psql_ok(
         &net,
         &c,
         3,
         &format!(
             "ALTER SYSTEM SET primary_conninfo = 'host={NET}.2 port=5432 user=qmail application_name=s3'"
         ),
-    )
-    .unwrap();
-    psql(&net, &c, 3, "SELECT pg_reload_conf()").unwrap();
+    );
+    psql_ok(&net, &c, 3, "SELECT pg_reload_conf()");
     eprintln!(
-        "primary killed with {} of {n} submitted and {} delivered; promoted after {:?}",
+        "primary killed ({death:?}) with {} of {n} submitted and {} delivered; promoted after {:?}",
         at_kill.0,
         at_kill.1,
         t_kill.elapsed()
@@ -532,10 +608,25 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
         if done {
             break;
         }
-        if t0.elapsed() > Duration::from_secs(120) {
+        if t0.elapsed() > Duration::from_secs(if death == Death::Host { 180 } else { 120 }) {
             go_on.store(false, Ordering::SeqCst);
+            let logs: Vec<String> = DISPATCHERS
+                .iter()
+                .map(|h| {
+                    let l =
+                        std::fs::read_to_string(dir.join(format!("d{h}.log"))).unwrap_or_default();
+                    // what it said that is not a delivery (the claims it gave back, the errors)
+                    let said: Vec<&str> = l
+                        .lines()
+                        .filter(|x| !x.contains("qmail::delivery"))
+                        .take(60)
+                        .collect();
+                    format!("--- d{h}.log:\n{}", said.join("\n"))
+                })
+                .collect();
             panic!(
-                "{} submitted, {} of {n} delivered, {:?} local files; on the new primary: {:?}",
+                "{} submitted, {} of {n} delivered, {:?} local files; on the new primary: {:?}; \
+                 rows not delivered: {:?}; leases: {:?}\n{}",
                 submitted.load(Ordering::SeqCst),
                 delivered(),
                 WEB.map(|h| local_files(&dir.join(format!("spool{h}")))),
@@ -544,14 +635,28 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
                     &c,
                     2,
                     "SELECT state, count(*) FROM qmail.message GROUP BY 1"
-                )
+                ),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT id, state, owner, claims, claimed_at FROM qmail.message \
+                     WHERE state <> 'delivered'"
+                ),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT owner, lock_key, pid, renewed, now() FROM qmail.lease"
+                ),
+                logs.join("\n")
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
     submitter.join().unwrap();
     let caught_up = t_kill.elapsed();
-    wait_for(30, "every row settled on the new primary", || {
+    poll(30, "every row settled on the new primary", || {
         psql(
             &net,
             &c,
@@ -574,21 +679,47 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
             std::fs::read_to_string(dir.join(format!("d{h}.log"))).unwrap_or_default()
         );
     }
-    let locked = psql(
+    let locked = psql_ok(
         &net,
         &c,
         2,
         "SELECT count(*) FROM qmail.lease l JOIN pg_locks p ON p.locktype = 'advisory' \
          AND p.granted AND p.objid = l.lock_key::oid AND p.objsubid = 2",
-    )
-    .unwrap();
+    );
     assert_eq!(locked, "2", "both leases held on the new primary");
-    for &p in &dispatchers {
-        assert!(term(&mut net.procs[p]).success(), "clean exit at SIGTERM");
+    for (&p, h) in dispatchers.iter().zip(DISPATCHERS) {
+        let pid = net.procs[p].id();
+        match term(&mut net.procs[p]) {
+            Some(st) => assert!(st.success(), "d{h}: clean exit at SIGTERM: {st:?}"),
+            None => panic!(
+                "d{h} did not stop on SIGTERM within 90 s; threads: {}; on the new primary: \
+                 {:?} {:?}\n{}",
+                threads(pid),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT pid, application_name, state, wait_event_type, wait_event, \
+                     left(query, 60) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                ),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT application_name, state, sync_state FROM pg_stat_replication"
+                ),
+                std::fs::read_to_string(dir.join(format!("d{h}.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|x| !x.contains("qmail::delivery"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
     }
-    let leases = psql(&net, &c, 2, "SELECT count(*) FROM qmail.lease").unwrap();
+    let leases = psql_ok(&net, &c, 2, "SELECT count(*) FROM qmail.lease");
     assert_eq!(leases, "0", "leases given back at SIGTERM");
-    let rows = psql(&net, &c, 2, "SELECT count(*) FROM qmail.message").unwrap();
+    let rows = psql_ok(&net, &c, 2, "SELECT count(*) FROM qmail.message");
     assert_eq!(
         rows,
         n.to_string(),
@@ -603,7 +734,7 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
     }];
     let v = judge(&expected, &copies(), &events);
     eprintln!(
-        "failover: {n} submitted, {n} rows and tombstones on the new primary, {} missing, {} \
+        "failover ({death:?}): {n} submitted, {n} rows and tombstones on the new primary, {} missing, {} \
          duplicate(s) from the end-of-DATA window of the primary's death; every message \
          delivered {caught_up:?} after the primary's death",
         v.missing.len(),
