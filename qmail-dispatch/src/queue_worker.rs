@@ -434,7 +434,11 @@ impl QueueDispatcher {
             return false;
         }
         let here = PathBuf::from(format!("postgres:{}", self.queue.schema()));
-        let out = match sh.attempt(w, &claim, &here, None) {
+        let fenced = Fresh {
+            claim: &claim,
+            max: Duration::from_secs(sh.cfg.lease_secs) / 4,
+        };
+        let out = match sh.attempt(w, &fenced, &here, None) {
             Ok(o) => o,
             Err(e) => {
                 // nothing was accepted: the row goes back with its old state
@@ -562,6 +566,49 @@ fn unavailable(msg: String) -> Error {
         ErrorKind::Io,
         format!("the PostgreSQL queue is unavailable: {msg}"),
     )
+}
+
+/// The claim as [`Shared::attempt`] sees it: its fence ([`Claim::still_mine`], a round trip to
+/// the database) only says yes when the answer came back within `max` (a quarter lease) of
+/// the question. A process stopped or starved while the query was in flight (SIGSTOP, a
+/// paused VM) may read a "yes" that has become false meanwhile: another dispatcher took the
+/// claim back after the lease and delivered the message; sending the final dot then would
+/// deliver it twice, outside the end-of-DATA window (seen in `pg_torture.rs`).
+struct Fresh<'a> {
+    claim: &'a PgClaim,
+    max: Duration,
+}
+
+impl Claim for Fresh<'_> {
+    fn id(&self) -> &str {
+        self.claim.id()
+    }
+    fn header(&self) -> &SpoolHeader {
+        self.claim.header()
+    }
+    fn state(&self) -> &crate::state::MessageState {
+        self.claim.state()
+    }
+    fn body_len(&self) -> u64 {
+        self.claim.body_len()
+    }
+    fn body(&self) -> std::result::Result<Box<dyn std::io::Read + Send + '_>, QueueError> {
+        self.claim.body()
+    }
+    fn still_mine(&self) -> bool {
+        let asked = Instant::now();
+        let mine = self.claim.still_mine();
+        if mine && asked.elapsed() >= self.max {
+            tracing::warn!(id = %self.claim.id(), waited_ms = asked.elapsed().as_millis() as u64,
+                "fence: the answer came too late to be trusted (this process was stopped or \
+                 starved meanwhile); nothing more is sent");
+            return false;
+        }
+        mine
+    }
+    fn settle(self, outcome: Settlement) -> std::result::Result<(), SettleError> {
+        self.claim.settle_ref(outcome)
+    }
 }
 
 /// Counts a worker as busy (a claim in hand) while alive.
