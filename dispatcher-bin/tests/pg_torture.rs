@@ -260,6 +260,8 @@ fn torture_sigkill_and_sigstop_of_queue_dispatchers_lose_nothing() {
         submitted += 1;
     }
     let mut events: Vec<Event> = Vec::new();
+    let mut brief: Vec<(f64, String)> = Vec::new();
+    let mut logs: Vec<PathBuf> = Vec::new();
     let (mut kills, mut long_stops, mut brief_stops, mut forwarder_kills) = (0, 0, 0, 0);
     let forwarder_kill_at = N / 2 + rng.below(N as u64 / 4) as usize;
     let t0 = Instant::now();
@@ -319,7 +321,9 @@ fn torture_sigkill_and_sigstop_of_queue_dispatchers_lose_nothing() {
                         });
                         s.generation += 1;
                         let name = format!("d{k}g{}", s.generation);
-                        std::mem::replace(&mut s.proc, dispatcher(d, &pg, &relay, &name)).kill();
+                        let old = std::mem::replace(&mut s.proc, dispatcher(d, &pg, &relay, &name));
+                        logs.push(old.log.clone());
+                        old.kill();
                         kills += 1;
                     }
                     2 | 3 => {
@@ -337,6 +341,7 @@ fn torture_sigkill_and_sigstop_of_queue_dispatchers_lose_nothing() {
                     }
                     _ => {
                         // well within the lease: never a reason for a duplicate
+                        brief.push((unix_now(), s.proc.name.clone()));
                         s.proc.signal("STOP");
                         s.stopped = Some(Stop::Brief(Instant::now() + rng.millis(100, 900)));
                         brief_stops += 1;
@@ -397,6 +402,7 @@ fn torture_sigkill_and_sigstop_of_queue_dispatchers_lose_nothing() {
             .collect();
         pids.len() == SLOTS && pids.iter().all(|p| live.contains(&(*p as u32)))
     });
+    logs.extend(slots.iter().map(|s| s.proc.log.clone()));
     for s in slots {
         let name = s.proc.name.clone();
         assert!(s.proc.term().success(), "{name} exits cleanly at SIGTERM");
@@ -431,11 +437,31 @@ fn torture_sigkill_and_sigstop_of_queue_dispatchers_lose_nothing() {
         "more than one duplicate (seed {seed}): {:?}",
         v.over_twice
     );
-    assert!(
-        v.unexplained.is_empty(),
-        "duplicates beyond the end-of-DATA window (seed {seed}; faults {events:?}): {:?}",
-        v.unexplained
-    );
+    if !v.unexplained.is_empty() {
+        // what the dispatchers said besides deliveries: claims taken or given back, fences
+        let said: Vec<String> = logs
+            .iter()
+            .flat_map(|l| {
+                let name = l
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                std::fs::read_to_string(l)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|x| !x.contains("qmail::delivery") && !x.contains("started on"))
+                    .map(|x| format!("{name}: {x}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "duplicates beyond the end-of-DATA window (seed {seed}): {:?}\nfaults: {events:?}\n\
+             brief stops: {brief:?}\n{}",
+            v.unexplained,
+            said.join("\n")
+        );
+    }
     assert!(
         v.per_event.iter().all(|&c| c <= WORKERS),
         "at most one duplicate per transaction in flight at a fault (seed {seed}): {:?}",
