@@ -1,27 +1,46 @@
 //! Failover across hosts: three network-namespace hosts (a primary and two synchronous
-//! standbys, `synchronous_standby_names = 'ANY 2 (s2, s3)'`) on a bridge in a fourth
-//! namespace where a forwarder and a claimer (standing in for `run --queue`, which needs the
-//! generic worker) run with a multi-host URL and `target_session_attrs=read-write`. Halfway
-//! through, the primary is SIGKILLed and a standby promoted (the other one re-pointed to it,
-//! as Patroni would): every message whose forward committed is on the new primary and
-//! delivered; none twice beyond the claims in flight at the failover.
+//! standbys, `synchronous_standby_names = 'ANY 2 (s2, s3)'`) on a bridge; two dispatcher hosts
+//! running `qmail-dispatcher run --queue` with a multi-host connection string and
+//! `target_session_attrs=read-write` (one URL, one `key=value` form), each relaying to the
+//! recording aiosmtpd relay on its own loopback; two web hosts, each a spool fed while the run
+//! goes on and a `forward` process. Mid-run the primary is SIGKILLed and a standby promoted
+//! (the other one re-pointed to it, as Patroni would): every message whose forward committed
+//! is on the new primary and delivered, both dispatchers follow the promotion by themselves,
+//! and a recipient reached twice only when its first copy was at the relay in the end-of-DATA
+//! window of the primary's death (`pg_common/window.rs`, the rule of `faults.rs`).
 //!
 //! Needs root (network namespaces) and PostgreSQL; skips (printed) otherwise.
 
 #[path = "../../qmail-dispatch/tests/pg_common/mod.rs"]
 mod pg_common;
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+#[path = "../../qmail-dispatch/tests/pg_common/window.rs"]
+mod window;
+
+#[path = "../../qmail-dispatch/tests/dispatch_common/mod.rs"]
+mod dispatch_common;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pg_common::{bin_dir, chown_pg, is_root, template, wait_for};
 use qmail_core::{Message, Spool, SpoolOptions};
+use window::{Event, accepted_copies, judge, unix_now};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qmail-dispatcher");
 const NET: &str = "10.77.0";
+/// h1-h3: the database hosts; h4, h5: dispatchers; h6, h7: web hosts (spool + forwarder).
+const HOSTS: usize = 7;
+/// The dispatcher hosts.
+const DISPATCHERS: [usize; 2] = [4, 5];
+/// The web hosts.
+const WEB: [usize; 2] = [6, 7];
+/// Worker threads of each dispatcher.
+const WORKERS: usize = 2;
 
 fn ip(args: &[&str]) {
     let o = Command::new("ip").args(args).output().unwrap();
@@ -43,9 +62,10 @@ impl Net {
         format!("qpg{}{name}", self.tag)
     }
 
-    fn new() -> Net {
+    /// The namespaces of run `run` (a letter: runs in one test process do not share them).
+    fn new(run: &str) -> Net {
         let net = Net {
-            tag: format!("{}", std::process::id() % 100_000),
+            tag: format!("{}{run}", std::process::id() % 100_000),
             procs: Vec::new(),
         };
         let lan = net.ns("lan");
@@ -62,7 +82,7 @@ impl Net {
             "br0",
         ]);
         ip(&["-n", &lan, "link", "set", "br0", "up"]);
-        for h in 1..=3 {
+        for h in 1..=HOSTS {
             let ns = net.ns(&format!("h{h}"));
             ip(&["netns", "add", &ns]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -114,9 +134,12 @@ impl Drop for Net {
             let _ = p.kill();
             let _ = p.wait();
         }
-        for n in ["h1", "h2", "h3", "lan"] {
+        let names = (1..=HOSTS)
+            .map(|h| format!("h{h}"))
+            .chain(["lan".to_owned()]);
+        for n in names {
             let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(n)])
+                .args(["netns", "del", &self.ns(&n)])
                 .status();
         }
     }
@@ -168,7 +191,7 @@ fn psql(net: &Net, c: &Cluster, h: usize, sql: &str) -> Result<String, String> {
             &format!("{NET}.{h}"),
         ])
         .args(["-U", "qmail", "-d", "postgres", "-c", sql])
-        .env("PGCONNECT_TIMEOUT", "2")
+        .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .unwrap();
     if o.status.success() {
@@ -178,95 +201,137 @@ fn psql(net: &Net, c: &Cluster, h: usize, sql: &str) -> Result<String, String> {
     }
 }
 
+/// [`psql`] retried for up to 30 s (a busy machine may miss one connect timeout).
+fn psql_ok(net: &Net, c: &Cluster, h: usize, sql: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        match psql(net, c, h, sql) {
+            Ok(out) => return out,
+            Err(e) if t0.elapsed() > Duration::from_secs(30) => panic!("psql {sql}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Polls `f` every 200 ms (each poll may start processes) until true, or panics after `secs`.
+fn poll(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn url() -> String {
     format!(
         "postgres://qmail@{NET}.1:5432,{NET}.2:5432,{NET}.3:5432/postgres?target_session_attrs=read-write&connect_timeout=2"
     )
 }
 
-/// The claimer: this test binary re-run in the lan namespace with `QMAIL_FAILOVER_CHILD`;
-/// claims, settles Delivered, prints `delivered ID` per settle; stops at EOF on stdin.
-#[test]
-fn failover_child() {
-    use qmail_dispatch::queue::postgres::{PgOptions, PgQueue};
-    use qmail_dispatch::queue::{Claim, Queue, SettleError, Settlement};
-    let Ok(url) = std::env::var("QMAIL_FAILOVER_CHILD") else {
-        return;
-    };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::stdin().read_line(&mut s);
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
-    }
-    let mut out = std::io::stdout();
-    let opts = || PgOptions {
-        lease: Duration::from_secs(4),
-        poll: Duration::from_millis(200),
-        ..PgOptions::default()
-    };
-    let mut q: Option<PgQueue> = None;
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let Some(queue) = q.as_ref() else {
-            match PgQueue::connect(&url, opts()) {
-                Ok(x) => q = Some(x),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-            continue;
-        };
-        let _ = queue.reclaim_expired();
-        match queue.claim(20, Duration::from_millis(300)) {
-            Ok(got) => {
-                for c in got {
-                    let id = c.id().to_owned();
-                    // as a relay would: the body is read, the fence checked before "DATA"
-                    let _ = c
-                        .body()
-                        .map(|mut b| std::io::copy(&mut b, &mut std::io::sink()));
-                    // the fence is down (the lease could not be renewed during the
-                    // failover): nothing is sent, the claim is given back
-                    let mine = c.still_mine();
-                    if mine {
-                        writeln!(out, "sent {id}").unwrap();
-                    }
-                    let outcome = || {
-                        if mine {
-                            Settlement::Delivered(Default::default())
-                        } else {
-                            Settlement::Release
-                        }
-                    };
-                    for _ in 0..100 {
-                        // a settle that cannot be written is retried, never dropped
-                        match c.settle_ref(outcome()) {
-                            Ok(()) => {
-                                if mine {
-                                    writeln!(out, "delivered {id}").unwrap();
-                                }
-                                break;
-                            }
-                            Err(SettleError::LostClaim) => break, // another owner decides
-                            Err(SettleError::Queue(_)) => {
-                                std::thread::sleep(Duration::from_millis(200))
-                            }
-                        }
-                    }
-                }
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-        out.flush().unwrap();
-    }
+/// The same three hosts in the `key=value` form (the other dispatcher and forwarder use it).
+fn kv_url() -> String {
+    format!(
+        "host={NET}.1,{NET}.2,{NET}.3 port=5432 user=qmail dbname=postgres \
+         target_session_attrs=read-write connect_timeout=2"
+    )
+}
+
+/// The recording relay (`tests/smtp/smtp_server.py`) on the loopback of host `h`, each RCPT
+/// answered after 50 ms (transactions in flight when the primary dies): (port, record dir).
+fn start_relay(net: &mut Net, dir: &Path, h: usize) -> (u16, PathBuf) {
+    let ready = dir.join(format!("relay{h}.ready"));
+    let record = dir.join(format!("relay{h}.rec"));
+    let child = net
+        .cmd(&format!("h{h}"), &dispatch_common::python(), false)
+        .arg(dispatch_common::repo_root().join("tests/smtp/smtp_server.py"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--record")
+        .arg(&record)
+        .args(["--rcpt-delay", "0.05"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    net.procs.push(child);
+    wait_for(20, "the relay on its host", || ready.exists());
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
+    (v["port"].as_u64().unwrap() as u16, record)
+}
+
+/// `qmail-dispatcher run --queue` on host `h`, EHLO `d{h}.test`, relaying to its local relay;
+/// stderr in `DIR/d{h}.log`. Returns its index in `net.procs`.
+fn start_dispatcher(net: &mut Net, dir: &Path, h: usize, relay: u16, url: &str) -> usize {
+    let cfg = dir.join(format!("d{h}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = {WORKERS}\nehlo_name = \"d{h}.test\"\nlease_secs = 3\ndurable = false\n\
+             shutdown_grace_secs = 30\n[retry]\nfirst_secs = 1\nmax_secs = 1\njitter = 0.0\n\
+             [[relay]]\nurl = \"smtp://127.0.0.1:{relay}?tls=none\"\ncooldown_secs = 0\n"
+        ),
+    )
+    .unwrap();
+    let child = net
+        .cmd(&format!("h{h}"), Path::new(BIN), false)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--queue", url, "run"])
+        .env("QMAIL_LOG", "info")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("d{h}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    net.procs.push(child);
+    net.procs.len() - 1
+}
+
+/// `qmail-dispatcher forward` on web host `h` for the spool `DIR/spool{h}`.
+fn start_forwarder(net: &mut Net, dir: &Path, h: usize, url: &str) {
+    let cfg = dir.join(format!("fwd{h}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "spools = [{:?}]\nlease_secs = 3\nrescan_ms = 200\n[queue]\nurl = {url:?}\n",
+            dir.join(format!("spool{h}")).to_string_lossy(),
+        ),
+    )
+    .unwrap();
+    let child = net
+        .cmd(&format!("h{h}"), Path::new(BIN), false)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("forward")
+        .env("QMAIL_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("fwd{h}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    net.procs.push(child);
+}
+
+fn open_spool(dir: &Path) -> Spool {
+    Spool::open_with(
+        dir,
+        SpoolOptions {
+            durable: false,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn rcpt(i: usize) -> String {
+    format!("w{}-{i}@example.org", WEB[i % WEB.len()])
 }
 
 fn submit(spool: &Spool, i: usize) {
     let m = Message::builder()
         .from("noreply@example.com")
-        .to(format!("f{i}@example.org").as_str())
-        .subject("failover")
+        .to(rcpt(i).as_str())
+        .subject(format!("failover {i}").as_str())
         .text("hello")
         .build()
         .unwrap();
@@ -284,11 +349,75 @@ fn local_files(spool: &Path) -> usize {
         .sum()
 }
 
+/// SIGTERM, then the exit status; `None` when it still runs after 90 s (the exit of the last
+/// process of an `ip netns exec` mount namespace waits for an expedited RCU grace period,
+/// which a loaded machine may take seconds to grant).
+fn term(c: &mut Child) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// What a process's threads are doing: name, state and kernel wait channel of each.
+fn threads(pid: u32) -> String {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = t.path();
+        let read = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
+        let state = read("stat")
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or("?")
+            .to_owned();
+        out.push(format!(
+            "{} {state} {}",
+            read("comm").trim(),
+            read("wchan").trim()
+        ));
+    }
+    out.join("; ")
+}
+
+/// How the primary dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// The postmaster SIGKILLed: its backends exit, the clients' connections are closed and
+    /// new ones refused (RST).
+    Process,
+    /// The host's link goes down first, then the postmaster is SIGKILLed: no FIN, no RST,
+    /// packets to it are lost (a power cut, a kernel panic, a partition).
+    Host,
+}
+
 #[test]
 fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
-    if std::env::var_os("QMAIL_FAILOVER_CHILD").is_some() {
-        return;
-    }
+    failover(Death::Process);
+}
+
+/// Fails today: the dispatchers and forwarders wait on their connections to the vanished host
+/// (TCP retransmissions: about 15 minutes) and never reach the promoted standby. `parse_url`
+/// in `qmail-dispatch/src/queue/postgres/mod.rs` sets no `tcp_user_timeout` and no keepalive
+/// interval; setting them (10 s, 2 s × 3) makes this pass (every message delivered 41 s after
+/// the primary's host vanished, 0 missing, 0 duplicates). Run it with `--ignored`.
+#[test]
+#[ignore = "a vanished primary host is not followed yet: no tcp_user_timeout (see the doc comment)"]
+fn failover_when_the_primary_host_vanishes_loses_nothing() {
+    failover(Death::Host);
+}
+
+fn failover(death: Death) {
     let Some(bin) = bin_dir() else {
         eprintln!("SKIPPED: PostgreSQL is not installed (scripts/setup-postgres)");
         return;
@@ -304,11 +433,11 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
         .tempdir()
         .unwrap();
     let dir = guard.path().to_owned();
-    let mut net = Net::new();
+    let mut net = Net::new(if death == Death::Host { "v" } else { "k" });
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut c = Cluster {
         bin: bin.clone(),
-        dir,
+        dir: dir.clone(),
         pm: vec![None; 3],
     };
     // the primary: the template plus the lan in pg_hba and synchronous replication
@@ -393,152 +522,236 @@ fn failover_to_a_promoted_synchronous_standby_loses_nothing() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    // the web host: a spool and a forwarder; the claimer
-    let spool = Spool::open_with(
-        c.dir.as_path().join("spool"),
-        SpoolOptions {
-            durable: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let sp = c.dir.as_path().join("spool");
-    std::fs::write(
-        c.dir.as_path().join("fwd.toml"),
-        format!(
-            "spools = [{:?}]\nlease_secs = 3\nrescan_ms = 200\n[queue]\nurl = {:?}\n",
-            sp.to_string_lossy(),
-            url()
-        ),
-    )
-    .unwrap();
-    let fwd = net
-        .cmd("lan", Path::new(BIN), false)
-        .arg("--config")
-        .arg(c.dir.as_path().join("fwd.toml"))
-        .arg("forward")
-        .env("QMAIL_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    net.procs.push(fwd);
-    let mut claimer = net
-        .cmd("lan", &std::env::current_exe().unwrap(), false)
-        .args(["--exact", "failover_child", "--nocapture", "--quiet"])
-        .env("QMAIL_FAILOVER_CHILD", url())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let cout = BufReader::new(claimer.stdout.take().unwrap());
-    let cin = claimer.stdin.take().unwrap();
-    net.procs.push(claimer);
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = lines.clone();
+    // two dispatcher hosts, each with its relay; two web hosts, each a spool and a forwarder
+    let urls = [url(), kv_url()];
+    let mut records = Vec::new();
+    let mut dispatchers = Vec::new();
+    for (k, &h) in DISPATCHERS.iter().enumerate() {
+        let (port, record) = start_relay(&mut net, &dir, h);
+        records.push(record);
+        dispatchers.push(start_dispatcher(&mut net, &dir, h, port, &urls[k]));
+    }
+    for (k, &h) in WEB.iter().enumerate() {
+        open_spool(&dir.join(format!("spool{h}")));
+        start_forwarder(&mut net, &dir, h, &urls[k]);
+    }
+    let copies =
+        || -> Vec<window::Copy> { records.iter().flat_map(|r| accepted_copies(r)).collect() };
+    let delivered = || window::per_rcpt(&copies()).len();
+
+    // the applications submit all along: before, during and after the failover
+    let n = 400;
+    let submitted = Arc::new(AtomicUsize::new(0));
+    let go_on = Arc::new(AtomicBool::new(true));
+    let submitter = {
+        let (submitted, go_on, dir) = (submitted.clone(), go_on.clone(), dir.clone());
         std::thread::spawn(move || {
-            for l in cout.lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(l);
+            let spools: Vec<Spool> = WEB
+                .iter()
+                .map(|h| open_spool(&dir.join(format!("spool{h}"))))
+                .collect();
+            for i in 0..n {
+                if !go_on.load(Ordering::SeqCst) {
+                    return;
+                }
+                submit(&spools[i % spools.len()], i);
+                submitted.store(i + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
             }
         })
     };
-    // per queue id, how many times it went to the "relay"
-    let delivered = |lines: &std::sync::Mutex<Vec<String>>| {
-        let mut m: HashMap<String, usize> = HashMap::new();
-        for l in lines.lock().unwrap().iter() {
-            // "sent" is what a relay receives: a settle whose COMMIT reply was lost in the
-            // failover took effect but is retried into LostClaim, so settles undercount
-            if let Some(id) = l.strip_prefix("sent ") {
-                *m.entry(id.to_owned()).or_default() += 1;
-            }
-        }
-        m
-    };
-
-    let n = 400;
-    for i in 0..n / 2 {
-        submit(&spool, i);
-    }
-    wait_for(60, "some forwarded and delivered", || {
-        delivered(&lines).len() >= 50
-    });
+    wait_for(60, "some forwarded and delivered", || delivered() >= 60);
     // the primary dies mid-run (its host is gone: postmaster SIGKILLed, backends follow)
     let pm = c.pm[0].take().unwrap();
+    let killed_at = unix_now();
+    if death == Death::Host {
+        ip(&["-n", &net.ns("h1"), "link", "set", "eth0", "down"]);
+    }
     net.procs[pm].kill().unwrap();
     net.procs[pm].wait().unwrap();
-    let killed_at = Instant::now();
-    for i in n / 2..n {
-        submit(&spool, i);
-    }
+    let at_kill = (submitted.load(Ordering::SeqCst), delivered());
+    let t_kill = Instant::now();
     // promote s2, re-point s3 at it, and require s3 alone as its synchronous standby
-    psql(&net, &c, 2, "SELECT pg_promote()").unwrap();
-    wait_for(30, "s2 promoted", || {
+    psql_ok(&net, &c, 2, "SELECT pg_promote()");
+    poll(30, "s2 promoted", || {
         psql(&net, &c, 2, "SELECT pg_is_in_recovery()").is_ok_and(|r| r == "f")
     });
-    psql(
+    let promoted_at = unix_now();
+    psql_ok(
         &net,
         &c,
         2,
         "ALTER SYSTEM SET synchronous_standby_names = 's3'",
-    )
-    .unwrap();
-    psql(&net, &c, 2, "SELECT pg_reload_conf()").unwrap();
-    psql(
+    );
+    psql_ok(&net, &c, 2, "SELECT pg_reload_conf()");
+    psql_ok(
         &net,
         &c,
         3,
         &format!(
             "ALTER SYSTEM SET primary_conninfo = 'host={NET}.2 port=5432 user=qmail application_name=s3'"
         ),
-    )
-    .unwrap();
-    psql(&net, &c, 3, "SELECT pg_reload_conf()").unwrap();
-    eprintln!("failover done in {:?}", killed_at.elapsed());
-    wait_for(120, "every message forwarded after the failover", || {
-        local_files(&sp) == 0
-    });
+    );
+    psql_ok(&net, &c, 3, "SELECT pg_reload_conf()");
+    eprintln!(
+        "primary killed ({death:?}) with {} of {n} submitted and {} delivered; promoted after {:?}",
+        at_kill.0,
+        at_kill.1,
+        t_kill.elapsed()
+    );
     let t0 = Instant::now();
-    while delivered(&lines).len() < n {
-        if t0.elapsed() > Duration::from_secs(120) {
+    loop {
+        let done = submitted.load(Ordering::SeqCst) == n
+            && WEB
+                .iter()
+                .all(|h| local_files(&dir.join(format!("spool{h}"))) == 0)
+            && delivered() >= n;
+        if done {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(if death == Death::Host { 180 } else { 120 }) {
+            go_on.store(false, Ordering::SeqCst);
+            let logs: Vec<String> = DISPATCHERS
+                .iter()
+                .map(|h| {
+                    let l =
+                        std::fs::read_to_string(dir.join(format!("d{h}.log"))).unwrap_or_default();
+                    // what it said that is not a delivery (the claims it gave back, the errors)
+                    let said: Vec<&str> = l
+                        .lines()
+                        .filter(|x| !x.contains("qmail::delivery"))
+                        .take(60)
+                        .collect();
+                    format!("--- d{h}.log:\n{}", said.join("\n"))
+                })
+                .collect();
             panic!(
-                "{} of {n} delivered; on the new primary: {:?}",
-                delivered(&lines).len(),
+                "{} submitted, {} of {n} delivered, {:?} local files; on the new primary: {:?}; \
+                 rows not delivered: {:?}; leases: {:?}\n{}",
+                submitted.load(Ordering::SeqCst),
+                delivered(),
+                WEB.map(|h| local_files(&dir.join(format!("spool{h}")))),
                 psql(
                     &net,
                     &c,
                     2,
                     "SELECT state, count(*) FROM qmail.message GROUP BY 1"
-                )
+                ),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT id, state, owner, claims, claimed_at FROM qmail.message \
+                     WHERE state <> 'delivered'"
+                ),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT owner, lock_key, pid, renewed, now() FROM qmail.lease"
+                ),
+                logs.join("\n")
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    drop(cin); // the claimer stops
-    let _ = reader.join();
-    let d = delivered(&lines);
-    let twice: Vec<_> = d.iter().filter(|(_, k)| **k > 1).collect();
-    let rows = psql(&net, &c, 2, "SELECT count(*) FROM qmail.message").unwrap();
-    let done = psql(
+    submitter.join().unwrap();
+    let caught_up = t_kill.elapsed();
+    poll(30, "every row settled on the new primary", || {
+        psql(
+            &net,
+            &c,
+            2,
+            "SELECT count(*) FROM qmail.message WHERE state <> 'delivered'",
+        )
+        .is_ok_and(|r| r == "0")
+    });
+    // both dispatchers followed the promotion by themselves: each sent after it, and each
+    // holds its lease (row and session lock) on the new primary
+    let all = copies();
+    for h in DISPATCHERS {
+        let after = all
+            .iter()
+            .filter(|cp| cp.sender == format!("d{h}") && cp.time > promoted_at)
+            .count();
+        assert!(
+            after > 0,
+            "d{h} delivered nothing after the promotion:\n{}",
+            std::fs::read_to_string(dir.join(format!("d{h}.log"))).unwrap_or_default()
+        );
+    }
+    let locked = psql_ok(
         &net,
         &c,
         2,
-        "SELECT count(*) FROM qmail.message WHERE state = 'delivered'",
-    )
-    .unwrap();
-    eprintln!(
-        "{n} submitted; on the new primary {rows} rows, {done} delivered; delivered twice: {}",
-        twice.len()
+        "SELECT count(*) FROM qmail.lease l JOIN pg_locks p ON p.locktype = 'advisory' \
+         AND p.granted AND p.objid = l.lock_key::oid AND p.objsubid = 2",
     );
+    assert_eq!(locked, "2", "both leases held on the new primary");
+    for (&p, h) in dispatchers.iter().zip(DISPATCHERS) {
+        let pid = net.procs[p].id();
+        match term(&mut net.procs[p]) {
+            Some(st) => assert!(st.success(), "d{h}: clean exit at SIGTERM: {st:?}"),
+            None => panic!(
+                "d{h} did not stop on SIGTERM within 90 s; threads: {}; on the new primary: \
+                 {:?} {:?}\n{}",
+                threads(pid),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT pid, application_name, state, wait_event_type, wait_event, \
+                     left(query, 60) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                ),
+                psql(
+                    &net,
+                    &c,
+                    2,
+                    "SELECT application_name, state, sync_state FROM pg_stat_replication"
+                ),
+                std::fs::read_to_string(dir.join(format!("d{h}.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|x| !x.contains("qmail::delivery"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        }
+    }
+    let leases = psql_ok(&net, &c, 2, "SELECT count(*) FROM qmail.lease");
+    assert_eq!(leases, "0", "leases given back at SIGTERM");
+    let rows = psql_ok(&net, &c, 2, "SELECT count(*) FROM qmail.message");
     assert_eq!(
         rows,
         n.to_string(),
         "every committed forward is on the new primary"
     );
-    assert_eq!(done, n.to_string());
-    assert_eq!(d.len(), n);
-    // claims in flight at the failover (a batch of at most 20) may be delivered again
+
+    let expected: Vec<String> = (0..n).map(rcpt).collect();
+    let events = [Event {
+        time: killed_at,
+        who: "*".into(),
+        what: "primary SIGKILLed".into(),
+    }];
+    let v = judge(&expected, &copies(), &events);
+    eprintln!(
+        "failover ({death:?}): {n} submitted, {n} rows and tombstones on the new primary, {} missing, {} \
+         duplicate(s) from the end-of-DATA window of the primary's death; every message \
+         delivered {caught_up:?} after the primary's death",
+        v.missing.len(),
+        v.duplicates
+    );
+    assert!(v.missing.is_empty(), "missing: {:?}", v.missing);
+    assert!(v.over_twice.is_empty(), "{:?}", v.over_twice);
     assert!(
-        twice.len() <= 20,
-        "duplicates beyond the in-flight window: {twice:?}"
+        v.unexplained.is_empty(),
+        "duplicates beyond the end-of-DATA window: {:?}",
+        v.unexplained
+    );
+    // at most one per transaction in flight when the primary died
+    assert!(
+        v.per_event[0] <= DISPATCHERS.len() * WORKERS,
+        "{:?}",
+        v.per_event
     );
 }

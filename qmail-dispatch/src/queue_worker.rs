@@ -15,7 +15,10 @@
 //!
 //! One more thread renews the lease (every sixth of a lease, in database time); the serving
 //! thread takes back expired claims of other dispatchers and purges old tombstones every half
-//! lease ([`PgQueue::housekeeping`]). While the lease is not fresh or the database cannot be
+//! lease ([`PgQueue::housekeeping`]), and gives back the rows owned by this process that no
+//! worker holds: a claim whose COMMIT took effect but whose reply was lost (the connection
+//! broke, the primary died or failed over) would otherwise stay `active` under a live lease
+//! for as long as the process runs. While the lease is not fresh or the database cannot be
 //! reached, [`PgQueue::claim`] claims nothing and the workers back off.
 //!
 //! Delivery status notifications (RFC 3464, `[dsn] enabled`) are imported into the same queue
@@ -53,6 +56,8 @@ pub struct QueueDispatcher {
     queue: PgQueue,
     /// Ids deferred during a drain (not retried in it).
     deferred_in_drain: Mutex<HashSet<String>>,
+    /// Ids of the claims the workers hold (from the claim's return to its settle).
+    held: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for QueueDispatcher {
@@ -151,6 +156,7 @@ impl QueueDispatcher {
             shared,
             queue,
             deferred_in_drain: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashSet::new()),
         })
     }
 
@@ -263,6 +269,44 @@ impl QueueDispatcher {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "queue housekeeping failed; retried later"),
         }
+        self.release_orphans();
+    }
+
+    /// Gives back (`ready`, no owner) the rows `active` under this process's owner name that
+    /// no worker holds and that were claimed more than a lease ago: claims whose COMMIT took
+    /// effect while the reply was lost, so no worker ever saw them. A row claimed a moment ago
+    /// is left alone (its worker may not have registered it yet); giving back a row a worker
+    /// still used would be safe anyway, its fence and settle being guarded by the claim counter.
+    fn release_orphans(&self) {
+        let q = &self.queue.inner;
+        let held: Vec<String> = lock(&self.held).iter().cloned().collect();
+        let secs = self.shared.cfg.lease_secs as f64;
+        let sql = format!(
+            "WITH u AS (UPDATE {s}.message SET state = 'ready', owner = NULL WHERE state = \
+             'active' AND owner = $1 AND NOT (id = ANY($2)) AND claimed_at < now() - \
+             make_interval(secs => $3) RETURNING id) SELECT count(*) FROM \
+             (SELECT pg_notify($4, '') FROM u) n",
+            s = q.s
+        );
+        let channel = format!("{}_ready", q.s);
+        let r = q.conn().and_then(|mut c| {
+            c.client
+                .query_one(&sql, &[&q.opts.instance.as_str(), &held, &secs, &channel])
+                .map_err(crate::queue::postgres::db_error)
+        });
+        match r.map(|row| row.get::<_, i64>(0)) {
+            Ok(0) => {}
+            Ok(n) => {
+                let m = &self.shared.metrics;
+                m.add(&m.reclaimed, n as u64);
+                tracing::warn!(
+                    count = n,
+                    "gave back claims of this process that no worker holds (a claim whose \
+                     reply was lost when the connection broke)"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for lost claims; retried later"),
+        }
     }
 
     /// The lease renewal thread: every sixth of a lease, until the dispatcher stops and no
@@ -344,13 +388,16 @@ impl QueueDispatcher {
                 }
                 Ok(claims) => {
                     failures = 0;
+                    lock(&self.held).extend(claims.iter().map(|c| c.id().to_owned()));
                     let mut go_on = true;
                     for c in claims {
+                        let id = c.id().to_owned();
                         if !go_on || self.stopping() {
                             self.settle(&c, Settlement::Release, "release");
-                            continue;
+                        } else {
+                            go_on = self.process(&mut w, c);
                         }
-                        go_on = self.process(&mut w, c);
+                        lock(&self.held).remove(&id);
                     }
                     if !go_on {
                         break;
@@ -387,7 +434,11 @@ impl QueueDispatcher {
             return false;
         }
         let here = PathBuf::from(format!("postgres:{}", self.queue.schema()));
-        let out = match sh.attempt(w, &claim, &here, None) {
+        let fenced = Fresh {
+            claim: &claim,
+            max: Duration::from_secs(sh.cfg.lease_secs) / 4,
+        };
+        let out = match sh.attempt(w, &fenced, &here, None) {
             Ok(o) => o,
             Err(e) => {
                 // nothing was accepted: the row goes back with its old state
@@ -515,6 +566,49 @@ fn unavailable(msg: String) -> Error {
         ErrorKind::Io,
         format!("the PostgreSQL queue is unavailable: {msg}"),
     )
+}
+
+/// The claim as [`Shared::attempt`] sees it: its fence ([`Claim::still_mine`], a round trip to
+/// the database) only says yes when the answer came back within `max` (a quarter lease) of
+/// the question. A process stopped or starved while the query was in flight (SIGSTOP, a
+/// paused VM) may read a "yes" that has become false meanwhile: another dispatcher took the
+/// claim back after the lease and delivered the message; sending the final dot then would
+/// deliver it twice, outside the end-of-DATA window (seen in `pg_torture.rs`).
+struct Fresh<'a> {
+    claim: &'a PgClaim,
+    max: Duration,
+}
+
+impl Claim for Fresh<'_> {
+    fn id(&self) -> &str {
+        self.claim.id()
+    }
+    fn header(&self) -> &SpoolHeader {
+        self.claim.header()
+    }
+    fn state(&self) -> &crate::state::MessageState {
+        self.claim.state()
+    }
+    fn body_len(&self) -> u64 {
+        self.claim.body_len()
+    }
+    fn body(&self) -> std::result::Result<Box<dyn std::io::Read + Send + '_>, QueueError> {
+        self.claim.body()
+    }
+    fn still_mine(&self) -> bool {
+        let asked = Instant::now();
+        let mine = self.claim.still_mine();
+        if mine && asked.elapsed() >= self.max {
+            tracing::warn!(id = %self.claim.id(), waited_ms = asked.elapsed().as_millis() as u64,
+                "fence: the answer came too late to be trusted (this process was stopped or \
+                 starved meanwhile); nothing more is sent");
+            return false;
+        }
+        mine
+    }
+    fn settle(self, outcome: Settlement) -> std::result::Result<(), SettleError> {
+        self.claim.settle_ref(outcome)
+    }
 }
 
 /// Counts a worker as busy (a claim in hand) while alive.
