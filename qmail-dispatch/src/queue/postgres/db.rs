@@ -26,6 +26,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::db_error;
 use crate::queue::QueueError;
 
+/// TCP keepalives start after this much idleness on every connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// `tcp_user_timeout` when the connection string sets none (TCP_USER_TIMEOUT, RFC 5482).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A parsed connection string with its TLS connector; connects as often as asked.
 #[derive(Clone)]
 pub struct Db {
@@ -46,8 +51,10 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     /// Parses `url` (see the module documentation); `connect_timeout` applies when the URL
-    /// sets none. Sets `application_name=qmail-dispatcher` unless given, and TCP keepalives
-    /// (10 s idle), so that a half-open connection cannot hold a claim's fence forever.
+    /// sets none. Sets `application_name=qmail-dispatcher` unless given, TCP keepalives (10 s
+    /// idle, then every 2 s, 3 lost: `keepalives_interval`, `keepalives_retries`) and
+    /// `tcp_user_timeout=10s` unless given, so that a vanished database host is noticed in
+    /// seconds and a half-open connection cannot hold a claim's fence forever.
     ///
     /// # Errors
     /// [`QueueError::Corrupt`] naming `queue.url` for a string the driver refuses, and naming
@@ -66,9 +73,20 @@ impl Db {
         if config.get_application_name().is_none() {
             config.application_name("qmail-dispatcher");
         }
-        config
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10));
+        // a vanished host (power cut, partition: no FIN, no RST) must not hold a connection
+        // for TCP's ~15 minutes of retransmissions: sent data unacknowledged for 10 s, or an
+        // idle connection whose keepalives go unanswered for 10 + 3 × 2 s, fails, and the
+        // reconnect follows `target_session_attrs` to the promoted standby
+        config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(2));
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(3);
+        }
         let tls = crate::smtp::tls::client_config(ca_file.as_deref(), false).map_err(|e| {
             QueueError::Corrupt {
                 id: "queue.url.sslrootcert".into(),
@@ -217,6 +235,23 @@ mod tests {
         assert_eq!(host("postgres://q@127.0.0.1:5432/x"), None);
         assert_eq!(host("postgres://q@[::1]:5432/x"), None);
         assert_eq!(host("host=/run/postgresql dbname=x"), None);
+    }
+
+    #[test]
+    fn a_vanished_host_is_noticed_in_seconds_unless_the_string_says_otherwise() {
+        let t = Duration::from_secs(1);
+        let db = Db::parse("postgres://q@h1,h2/x", t).unwrap();
+        let c = db.config();
+        assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(2)));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+        let db = Db::parse("host=h tcp_user_timeout=30 keepalives_retries=9", t).unwrap();
+        assert_eq!(
+            db.config().get_tcp_user_timeout(),
+            Some(&Duration::from_secs(30))
+        );
+        assert_eq!(db.config().get_keepalives_retries(), Some(9));
     }
 
     #[test]
