@@ -484,3 +484,68 @@ fn a_sigkilled_dispatchers_connection_slot_is_free_at_once() {
     // A's own session, then B's
     assert!(sink.rec.sessions.load(Ordering::SeqCst) >= 2);
 }
+
+/// The engine's view of the limits while the database goes away and comes back: errors
+/// (so the route uses the per-process limits) without a connection attempt per call for
+/// `LIMITS_RETRY`, fleet slots again once the database answers, and a slot taken before the
+/// crash that is dropped after it never frees the slot a new session holds under its key.
+#[test]
+fn limits_fall_back_while_the_database_is_down_and_come_back() {
+    use qmail_dispatch::queue::postgres::{PgOptions, PgQueue};
+    use qmail_dispatch::queue::{FallbackLimits, QueueError, RelayLimits};
+
+    let Some(mut pg) = Pg::start() else { return };
+    PgQueue::init(&pg.url(), "qmail").unwrap();
+    let q = || PgQueue::connect(&pg.url(), PgOptions::default()).unwrap();
+    let limits = FallbackLimits::new(q());
+    let other = q();
+    let before = limits.fleet_slot("mx", 1).unwrap().expect("a free slot");
+    assert!(other.connection_slot("mx", 1).unwrap().is_none(), "held");
+
+    pg.kill();
+    // (slot 0 is this process's already: slot 1 is asked of the database)
+    match limits.fleet_slot("mx", 2) {
+        Err(QueueError::Unavailable(_)) => {}
+        r => panic!("the database is down: {r:?}"),
+    }
+    // the next calls answer at once, from the fallback, without touching the network
+    match limits.fleet_token("mx", 50.0, 2.5) {
+        Err(QueueError::Unavailable(why)) => assert!(why.contains("retried shortly"), "{why}"),
+        r => panic!("within LIMITS_RETRY: {r:?}"),
+    }
+
+    pg.restart();
+    let deadline = Instant::now() + qmail_dispatch::queue::LIMITS_RETRY * 4;
+    let after = loop {
+        match limits.fleet_slot("mx", 1) {
+            Ok(Some(s)) => break s,
+            Ok(None) => panic!("the old session's lock went with it"),
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the limits never came back");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    // the slot of the dead session is dropped now: it must not unlock the new one
+    drop(before);
+    assert!(
+        other.connection_slot("mx", 1).unwrap().is_none(),
+        "the new session's slot is still held"
+    );
+    drop(after);
+    assert!(other.connection_slot("mx", 1).unwrap().is_some());
+    // tokens too (the pool's connections from before the crash fail once, then reconnect)
+    let deadline = Instant::now() + qmail_dispatch::queue::LIMITS_RETRY * 4;
+    loop {
+        match limits.fleet_token("mx", 50.0, 2.5) {
+            Ok(qmail_dispatch::queue::RateDecision::Granted) => break,
+            r => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no token after the restart: {r:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

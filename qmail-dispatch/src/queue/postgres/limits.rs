@@ -84,29 +84,48 @@ impl PgQueue {
     ) -> Result<Option<ConnectionSlot>, QueueError> {
         let ns = advisory_key(&self.inner.s, &format!("slot:{relay}"));
         let mut guard = lock(&self.inner.limits);
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            // a new session holds none of the old one's locks
-            lock(&self.inner.held_slots).clear();
-            let mut config = self.inner.config.clone();
-            config
-                .keepalives_interval(KEEPALIVE_INTERVAL)
-                .keepalives_retries(KEEPALIVE_RETRIES)
-                .tcp_user_timeout(USER_TIMEOUT);
-            *guard = Some(config.connect(NoTls).map_err(db_error)?);
+        let mut fresh = false;
+        loop {
+            if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                // a new session holds none of the old one's locks
+                lock(&self.inner.held_slots).clear();
+                let mut config = self.inner.config.clone();
+                config
+                    .keepalives_interval(KEEPALIVE_INTERVAL)
+                    .keepalives_retries(KEEPALIVE_RETRIES)
+                    .tcp_user_timeout(USER_TIMEOUT);
+                *guard = Some(config.connect(NoTls).map_err(db_error)?);
+                fresh = true;
+            }
+            let Some(client) = guard.as_mut() else {
+                return Err(QueueError::Unavailable("no limits connection".into()));
+            };
+            match self.try_slots(client, ns, max) {
+                Ok(got) => return Ok(got),
+                // the session died since the last call (a restart, a failover): once more on
+                // a new one
+                Err(_) if !fresh && client.is_closed() => continue,
+                Err(e) => return Err(db_error(e)),
+            }
         }
-        let Some(client) = guard.as_mut() else {
-            return Err(QueueError::Unavailable("no limits connection".into()));
-        };
+    }
+
+    /// Tries slots `0..max` of `ns` on the limits session `client`, skipping those this
+    /// process holds.
+    fn try_slots(
+        &self,
+        client: &mut postgres::Client,
+        ns: i32,
+        max: u32,
+    ) -> Result<Option<ConnectionSlot>, postgres::Error> {
         for i in 0..max.min(i32::MAX as u32) as i32 {
             if lock(&self.inner.held_slots).contains(&(ns, i)) {
                 continue;
             }
-            let row = client
-                .query_one(
-                    "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
-                    &[&ns, &i],
-                )
-                .map_err(db_error)?;
+            let row = client.query_one(
+                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+                &[&ns, &i],
+            )?;
             if row.get::<_, bool>(0) {
                 lock(&self.inner.held_slots).insert((ns, i));
                 return Ok(Some(ConnectionSlot {
