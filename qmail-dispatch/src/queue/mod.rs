@@ -304,7 +304,7 @@ impl<L: RelayLimits> FallbackLimits<L> {
         match &r {
             Ok(_) => {
                 if st.down_until.take().is_some() {
-                    tracing::warn!(
+                    tracing::info!(
                         relay,
                         "fleet-wide relay limits answer again: max_connections and \
                          max_messages_per_second hold across the fleet again (sessions opened \
@@ -314,7 +314,8 @@ impl<L: RelayLimits> FallbackLimits<L> {
                     st.failures = 0;
                 }
             }
-            Err(QueueError::Corrupt { .. }) => {}
+            // Corrupt (a rate the configuration check let through) is treated alike: this
+            // process's own limits, and a warning a minute
             Err(e) => {
                 st.down_until = Some(now + LIMITS_RETRY);
                 st.failures += 1;
