@@ -10,6 +10,9 @@
 //! - a dispatcher SIGKILLed while its idle session holds the relay's only slot: another one,
 //!   waiting for it, gets the slot at once (the advisory lock goes with the dead process's
 //!   database session), long before the dead one's idle close would have freed it.
+//! - a dispatcher stopped while its workers wait for a slot gives their messages back
+//!   untouched at once.
+//! - the per-process fallback while the database is down, and the limits back after it.
 
 #[path = "../../qmail-dispatch/tests/pg_common/mod.rs"]
 mod pg_common;
@@ -548,4 +551,62 @@ fn limits_fall_back_while_the_database_is_down_and_come_back() {
             }
         }
     }
+}
+
+/// A dispatcher told to stop while its workers wait for a fleet slot gives their messages
+/// back untouched at once (ready again, no attempt counted), rather than waiting out
+/// `LIMIT_WAIT` or its grace period with the claims held.
+#[test]
+fn a_stopping_dispatcher_gives_back_what_waits_for_a_slot() {
+    let Some(pg) = Pg::start() else { return };
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_at(dir.path());
+    ok(&cli(&["queue", "init", "--queue", &pg.uri()]));
+    submit(&spool, 0);
+    forward(&pg, dir.path(), 1);
+    let limits = "max_connections = 1";
+    let cfg_a = config(dir.path(), 1, &sink.url(), 600_000, limits);
+    let cfg_b = config(dir.path(), 2, &sink.url(), 300, limits);
+    let names = ["a.log", "b.log"];
+    let mut ds = Procs(vec![start_run(&cfg_a, &pg, &dir.path().join("a.log"))]);
+    wait_logged(
+        30,
+        "the first message delivered by A",
+        dir.path(),
+        &names,
+        || sink.count() == 1,
+    );
+    signal(&ds.0[0], "-STOP");
+    ds.0.push(start_run(&cfg_b, &pg, &dir.path().join("b.log")));
+    for i in 1..3 {
+        submit(&spool, i);
+    }
+    forward(&pg, dir.path(), 2);
+    wait_logged(
+        30,
+        "B's workers holding both claims",
+        dir.path(),
+        &names,
+        || states(&pg).get("active").copied().unwrap_or(0) == 2,
+    );
+    assert!(term(&mut ds.0[1]).success());
+    let st = states(&pg);
+    assert_eq!(
+        st.get("ready").copied(),
+        Some(2),
+        "given back untouched: {st:?}\n{}",
+        logs(dir.path(), &names)
+    );
+    assert_eq!(st.get("active").copied().unwrap_or(0), 0, "{st:?}");
+    assert_eq!(sink.count(), 1, "nothing was sent while A held the slot");
+    let attempts: i64 = pg
+        .client()
+        .query_one(
+            "SELECT count(*) FROM qmail.message, jsonb_array_elements(dstate->'history') h",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 1, "only A's delivery is in any history");
 }

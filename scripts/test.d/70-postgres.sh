@@ -29,8 +29,8 @@ cargo test -p qmail-dispatcher --test forward
 cargo test -p qmail-dispatcher --test pg_run
 # fleet-wide relay limits through run --queue: 3 dispatchers at max_messages_per_second = 50 and
 # max_connections = 2 (≤ 550 arrivals in any 10 s, ≤ 2 sessions at once, each message once), a
-# SIGKILLed dispatcher's connection slot free at once, the per-process fallback while the
-# database is down (about 20 s)
+# SIGKILLed dispatcher's connection slot free at once, a stopping one giving back what waits for
+# a slot, the per-process fallback while the database is down (about 25 s)
 cargo test -p qmail-dispatcher --test pg_limits
 # primary + two synchronous standbys in three network namespaces; needs root (skips otherwise)
 cargo test -p qmail-dispatcher --test failover
