@@ -128,6 +128,9 @@ pub(crate) struct Shared {
     pub(crate) io_pause: Mutex<Option<Instant>>,
     /// The DKIM keys, loaded at build (so again at each SIGHUP rebuild).
     pub(crate) dkim: crate::dkim::Signer,
+    /// Fleet-wide relay limits of a shared queue (`route.rs`); `None` for directory spools,
+    /// whose limits are this process's alone.
+    pub(crate) limits: Option<Arc<dyn crate::queue::RelayLimits>>,
 }
 
 /// A dispatcher over one or more spools. Build one per `run` or `drain`.
@@ -292,6 +295,7 @@ impl Dispatcher {
                 io_failures: AtomicU32::new(0),
                 busy: AtomicUsize::new(0),
                 io_pause: Mutex::new(None),
+                limits: None,
             }),
         })
     }

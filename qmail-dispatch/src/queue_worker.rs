@@ -151,6 +151,9 @@ impl QueueDispatcher {
             io_failures: AtomicU32::new(0),
             busy: AtomicUsize::new(0),
             io_pause: Mutex::new(None),
+            // max_connections and max_messages_per_second across every dispatcher of the
+            // queue; this process's own limits while the database cannot answer
+            limits: Some(Arc::new(crate::queue::FallbackLimits::new(queue.clone()))),
         });
         Ok(QueueDispatcher {
             shared,
@@ -369,6 +372,7 @@ impl QueueDispatcher {
         let sh = &self.shared;
         let mut w = Worker {
             sessions: HashMap::new(),
+            fleet: HashMap::new(),
             rng: Jitter::new(),
         };
         let idle = Duration::from_millis(sh.cfg.idle_close_ms.max(10));

@@ -6,6 +6,10 @@
 //! worker already holds a connection to it). A relay that refuses a connection, greets with
 //! 4xx/5xx, or fails TLS or AUTH goes into cooldown for `cooldown_secs` and the worker fails
 //! over to the next one within the same attempt.
+//!
+//! The limits here hold per process. A dispatcher serving a shared queue also takes a
+//! fleet-wide connection slot and rate token of the queue ([`crate::queue::RelayLimits`],
+//! `route.rs`), and falls back to these alone while the queue cannot answer.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -97,12 +101,15 @@ impl RelayPool {
     }
 
     /// Picks a relay for a message (see the module docs). `held(i)`: this worker has a
-    /// connection to relay `i`. `None` when every relay is tried or cooling;
-    /// `Some(Err(()))` when the best ones are all at their connection limit (wait and retry).
+    /// connection to relay `i`; `full(i)`: relay `i` was just found at its fleet-wide
+    /// connection limit (counts like this process's limit). `None` when every relay is tried
+    /// or cooling; `Some(Err(()))` when the best ones are all at their connection limit (wait
+    /// and retry).
     pub fn select(
         &self,
         tried: &[usize],
         held: impl Fn(usize) -> bool,
+        full: impl Fn(usize) -> bool,
         rng: &mut Jitter,
     ) -> Option<Result<usize, ()>> {
         let live: Vec<usize> = (0..self.relays.len())
@@ -121,7 +128,9 @@ impl RelayPool {
             .copied()
             .filter(|&i| {
                 held(i)
-                    || self.relays[i].open.load(Ordering::Relaxed) < self.relays[i].max_connections
+                    || (!full(i)
+                        && self.relays[i].open.load(Ordering::Relaxed)
+                            < self.relays[i].max_connections)
             })
             .collect();
         if usable.is_empty() {
@@ -157,7 +166,9 @@ impl RelayPool {
         self.relays[i].open.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Waits for relay `i`'s rate limit (`max_messages_per_second`), if it has one.
+    /// Waits for relay `i`'s rate limit (`max_messages_per_second`) in this process, if it
+    /// has one (a dispatcher on a shared queue uses the fleet-wide token instead, and this
+    /// only while the queue cannot answer).
     pub fn pace(&self, i: usize) {
         let rate = self.relays[i].endpoint.cfg.max_messages_per_second;
         if rate <= 0.0 {

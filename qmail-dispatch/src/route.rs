@@ -1,14 +1,70 @@
 //! Relay choice within one attempt: failover, connection limits, reconnection of a dead
 //! reused connection, and relays that cannot take this message (SIZE, 8BITMIME, SMTPUTF8).
+//!
+//! # Fleet-wide limits (a dispatcher on a shared queue, issue 12)
+//! When [`Shared::limits`] is set, a relay's `max_connections` and `max_messages_per_second`
+//! hold across every dispatcher of the queue ([`crate::queue::RelayLimits`]), on top of this
+//! process's own limits ([`crate::relay::RelayPool`]):
+//! - a fresh session takes this process's slot, then a fleet slot; with none free the relay
+//!   counts as at its connection limit: another relay of the same priority is tried, else the
+//!   worker waits (asking again after 10 ms, doubling to 50 ms) and defers the message after
+//!   [`LIMIT_WAIT`]. The fleet slot is kept with the session in [`Worker::fleet`] and given
+//!   back right after the session closes (QUIT at `max_messages_per_connection` or idle
+//!   close, abort after an error). After `max_messages_per_connection` the worker leaves the
+//!   slot to the others for [`FLEET_HANDOVER`] before asking again, so the slots pass
+//!   between dispatchers.
+//! - every transaction, on a fresh or a reused session, first takes a fleet token when the
+//!   relay has a rate ([`crate::queue::rate_burst`] sets the bucket's burst). The worker
+//!   waits for it holding its claim (the lease thread keeps renewing) and its session, never
+//!   a lock, for at most [`LIMIT_WAIT`] (then the message is deferred).
+//! - a dispatcher that stops while waiting gives the message back untouched at once
+//!   ([`STOPPING_RELAY`]: nothing was sent).
+//! - while the queue cannot answer (the database is down), this process's own limits apply
+//!   alone (one warning a minute, [`crate::queue::FallbackLimits`]); a session opened then
+//!   takes a fleet slot at its next message once the queue answers, or closes when none is
+//!   free.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::dispatcher::Shared;
+use crate::queue::{FleetSlot, RateDecision, rate_burst};
 use crate::smtp::{BodyError, Session, Transaction, TxError};
 use crate::worker::Worker;
 use crate::*;
+
+/// The relay name an attempt reports when the dispatcher stopped while the attempt waited for
+/// a relay's limit (nothing was sent; the message is given back untouched).
+pub(crate) const STOPPING_RELAY: &str = "(stopping)";
+
+/// The longest a message waits for a relay at its connection limit (this process's or the
+/// fleet's), or for a fleet-wide rate token, before the attempt is deferred.
+pub(crate) const LIMIT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a worker whose session ended at `max_messages_per_connection` leaves the fleet
+/// slot it gave back to the others before asking for one again (waiters ask at least this
+/// often, [`fleet_backoff`]): without it the worker that just closed would always win.
+const FLEET_HANDOVER: Duration = Duration::from_millis(50);
+
+/// A fleet-wide connection slot for a new session.
+enum FleetGate {
+    /// Taken: keep it with the session.
+    Held(FleetSlot),
+    /// Every slot is held by some dispatcher.
+    Full,
+    /// No fleet-wide limit applies (directory spool, `max_connections = 0`), or the queue
+    /// cannot answer (this process's limit alone).
+    Unlimited,
+}
+
+/// Whether a transaction may start now (its rate token).
+enum RateGate {
+    Go,
+    Stopped,
+    TimedOut,
+}
 
 /// How one attempt through the relays ended.
 #[derive(Debug)]
@@ -54,12 +110,27 @@ impl Shared {
         // unless another relay takes it
         let mut unfit: Option<(String, Reply)> = None;
         let mut reconnects = 0;
-        let mut waits = 0u32;
+        // waiting at connection limits since; relays at their fleet-wide limit (not asked
+        // again before the instant; consecutive refusals)
+        let mut waiting: Option<Instant> = None;
+        let mut full: HashMap<usize, (Instant, u32)> = HashMap::new();
+        let stoppable = self.limits.is_some();
+        let stopped = || Routed {
+            relay: STOPPING_RELAY.into(),
+            results: all(
+                RcptStatus::Deferred,
+                &Reply::local("the dispatcher is stopping"),
+            ),
+            refused: None,
+        };
         loop {
-            let i = match self
-                .pool
-                .select(&tried, |i| w.sessions.contains_key(&i), &mut w.rng)
-            {
+            let now = Instant::now();
+            let i = match self.pool.select(
+                &tried,
+                |i| w.sessions.contains_key(&i),
+                |i| full.get(&i).is_some_and(|(t, _)| now < *t),
+                &mut w.rng,
+            ) {
                 None => {
                     if let Some((name, reply)) = unfit {
                         return routed(name, all(RcptStatus::Failed, &reply));
@@ -70,8 +141,10 @@ impl Shared {
                     return routed(name, all(RcptStatus::Deferred, &reply));
                 }
                 Some(Err(())) => {
-                    waits += 1;
-                    if waits > 3000 {
+                    if stoppable && self.stopping.load(Ordering::SeqCst) {
+                        return stopped();
+                    }
+                    if waiting.get_or_insert(now).elapsed() > LIMIT_WAIT {
                         return routed(
                             "none".into(),
                             all(
@@ -90,7 +163,28 @@ impl Shared {
             if let Some((s, _)) = w.sessions.get(&i)
                 && s.transactions >= relay.endpoint.cfg.max_messages_per_connection
             {
+                let had_fleet_slot = w.fleet.contains_key(&i);
                 self.drop_session(w, i, true);
+                if had_fleet_slot {
+                    // hand the slot over: a dispatcher waiting for one asks within
+                    // FLEET_HANDOVER, so this worker does not simply take it back
+                    full.insert(i, (Instant::now() + FLEET_HANDOVER, 0));
+                    continue;
+                }
+            }
+            if w.sessions.contains_key(&i) && !w.fleet.contains_key(&i) {
+                // a session opened while the queue could not answer: it takes a fleet slot
+                // now, or closes when none is free
+                match self.fleet_slot(i) {
+                    FleetGate::Held(slot) => {
+                        w.fleet.insert(i, slot);
+                    }
+                    FleetGate::Full => {
+                        self.drop_session(w, i, true);
+                        continue;
+                    }
+                    FleetGate::Unlimited => {}
+                }
             }
             let fresh = !w.sessions.contains_key(&i);
             if fresh {
@@ -98,12 +192,29 @@ impl Shared {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
+                let slot = match self.fleet_slot(i) {
+                    FleetGate::Held(slot) => Some(slot),
+                    FleetGate::Unlimited => None,
+                    FleetGate::Full => {
+                        // like this process's limit: another relay, or wait (select)
+                        self.pool.give_slot(i);
+                        let e = full.entry(i).or_insert((now, 0));
+                        e.1 = e.1.saturating_add(1);
+                        e.0 = Instant::now() + fleet_backoff(e.1);
+                        continue;
+                    }
+                };
+                full.remove(&i);
                 match Session::open(&relay.endpoint, self.cfg.ehlo(), &self.cfg.timeouts) {
                     Ok(s) => {
                         self.metrics.relay_connection(&name, true);
                         w.sessions.insert(i, (s, Instant::now()));
+                        if let Some(slot) = slot {
+                            w.fleet.insert(i, slot);
+                        }
                     }
                     Err(e) => {
+                        drop(slot);
                         self.pool.give_slot(i);
                         if e.relay_fault {
                             self.pool.cool_down(i);
@@ -117,7 +228,22 @@ impl Shared {
                     }
                 }
             }
-            self.pool.pace(i);
+            match self.rate_gate(w, i) {
+                RateGate::Go => {}
+                RateGate::Stopped => return stopped(),
+                RateGate::TimedOut => {
+                    return routed(
+                        name,
+                        all(
+                            RcptStatus::Deferred,
+                            &Reply::local(format!(
+                                "no fleet-wide rate token for this relay within {} s",
+                                LIMIT_WAIT.as_secs()
+                            )),
+                        ),
+                    );
+                }
+            }
             let body: Box<dyn io::Read> = match small {
                 Some(b) => Box::new(b),
                 None => match (msg.open_body)() {
@@ -206,6 +332,68 @@ impl Shared {
                             ),
                         ),
                     );
+                }
+            }
+        }
+    }
+}
+
+/// The pause before asking again for a fleet slot of a relay found full `n` times in a row:
+/// 10 ms doubling to 50 ms (a waiting worker asks the database at most 100 times a second,
+/// and notices a freed slot within 50 ms).
+fn fleet_backoff(n: u32) -> Duration {
+    Duration::from_millis((10u64 << n.saturating_sub(1).min(3)).min(50))
+}
+
+impl Shared {
+    /// A fleet-wide connection slot of relay `i` for a new session (see the module docs).
+    fn fleet_slot(&self, i: usize) -> FleetGate {
+        let Some(limits) = &self.limits else {
+            return FleetGate::Unlimited;
+        };
+        let cfg = &self.pool.relays[i].endpoint.cfg;
+        if cfg.max_connections == 0 {
+            return FleetGate::Unlimited;
+        }
+        let max = u32::try_from(cfg.max_connections).unwrap_or(u32::MAX);
+        match limits.fleet_slot(&cfg.name, max) {
+            Ok(Some(slot)) => FleetGate::Held(slot),
+            Ok(None) => FleetGate::Full,
+            // logged by FallbackLimits (rate-limited): this process's limit alone
+            Err(_) => FleetGate::Unlimited,
+        }
+    }
+
+    /// Waits until one more message may go to relay `i`: a fleet-wide token when the queue
+    /// has limits and answers, else this process's pacing ([`crate::relay::RelayPool::pace`]).
+    /// The wait is bounded by the stop flag and [`LIMIT_WAIT`]; nothing is locked meanwhile.
+    fn rate_gate(&self, w: &mut Worker, i: usize) -> RateGate {
+        let cfg = &self.pool.relays[i].endpoint.cfg;
+        let rate = cfg.max_messages_per_second;
+        let Some(limits) = self.limits.as_ref().filter(|_| rate > 0.0) else {
+            self.pool.pace(i);
+            return RateGate::Go;
+        };
+        let t0 = Instant::now();
+        loop {
+            match limits.fleet_token(&cfg.name, rate, rate_burst(rate)) {
+                Ok(RateDecision::Granted) => return RateGate::Go,
+                Ok(RateDecision::Wait(d)) => {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return RateGate::Stopped;
+                    }
+                    if t0.elapsed() > LIMIT_WAIT {
+                        return RateGate::TimedOut;
+                    }
+                    // up to twice the bucket's estimate, so waiters do not ask in step
+                    let ms = d.as_millis().clamp(1, 20) as u64;
+                    let pause = Duration::from_millis(ms + w.rng.below(ms + 1));
+                    std::thread::sleep(pause.min(Duration::from_millis(20)));
+                }
+                Err(_) => {
+                    // logged by FallbackLimits (rate-limited): this process's pacing alone
+                    self.pool.pace(i);
+                    return RateGate::Go;
                 }
             }
         }

@@ -93,6 +93,9 @@ impl Drop for Busy<'_> {
 /// A worker's open relay sessions.
 pub(crate) struct Worker {
     pub(crate) sessions: HashMap<usize, (Session, Instant)>,
+    /// The fleet-wide connection slot of each session that has one (queue dispatchers):
+    /// removed, so given back, right after its session is closed.
+    pub(crate) fleet: HashMap<usize, crate::queue::FleetSlot>,
     pub(crate) rng: Jitter,
 }
 
@@ -100,6 +103,7 @@ impl Shared {
     pub(crate) fn worker(self: Arc<Self>) {
         let mut w = Worker {
             sessions: HashMap::new(),
+            fleet: HashMap::new(),
             rng: Jitter::new(),
         };
         let idle = Duration::from_millis(self.cfg.idle_close_ms.max(10));
@@ -113,6 +117,7 @@ impl Shared {
         for (i, (s, _)) in w.sessions.drain() {
             s.quit();
             self.pool.give_slot(i);
+            w.fleet.remove(&i);
         }
     }
 
@@ -127,6 +132,7 @@ impl Shared {
             if let Some((s, _)) = w.sessions.remove(&i) {
                 s.quit();
                 self.pool.give_slot(i);
+                w.fleet.remove(&i);
             }
         }
     }
@@ -139,6 +145,7 @@ impl Shared {
                 s.abort()
             }
             self.pool.give_slot(i);
+            w.fleet.remove(&i);
         }
     }
 
@@ -369,11 +376,18 @@ impl Shared {
                 }
             }
         };
-        if relay == FENCED_RELAY {
-            tracing::warn!(
-                id,
-                "fence: the claim may have been taken back (lease not fresh, or the claim is gone); nothing was sent, the message is given back"
-            );
+        if relay == FENCED_RELAY || relay == crate::route::STOPPING_RELAY {
+            if relay == FENCED_RELAY {
+                tracing::warn!(
+                    id,
+                    "fence: the claim may have been taken back (lease not fresh, or the claim is gone); nothing was sent, the message is given back"
+                );
+            } else {
+                tracing::info!(
+                    id,
+                    "stopping while waiting for a relay's limit: nothing was sent, the message is given back"
+                );
+            }
             return Ok(AttemptOutcome {
                 settlement: Settlement::Release,
                 newly_failed: Vec::new(),

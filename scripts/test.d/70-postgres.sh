@@ -34,6 +34,11 @@ cargo test -p qmail-dispatcher --test pg_run
 # the operator's commands with --queue (list, show, cat, summary, hold, release, delete, retry,
 # requeue-failed; human and JSON), hold/release/delete against a running run --queue, SIGHUP
 cargo test -p qmail-dispatcher --test pg_admin  # about 20 s
+# fleet-wide relay limits through run --queue: 3 dispatchers at max_messages_per_second = 50 and
+# max_connections = 2 (≤ 550 arrivals in any 10 s, ≤ 2 sessions at once, each message once), a
+# SIGKILLed dispatcher's connection slot free at once, a stopping one giving back what waits for
+# a slot, the per-process fallback while the database is down (about 25 s)
+cargo test -p qmail-dispatcher --test pg_limits
 # the torture run: four run --queue dispatchers SIGKILLed, SIGSTOPped past the lease and briefly
 # at seeded random moments (QMAIL_TORTURE_SEED=N replays), the forwarder SIGKILLed once; 0 missing,
 # duplicates only from the end-of-DATA window (about 25 s)

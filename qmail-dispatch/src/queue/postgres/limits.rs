@@ -5,17 +5,25 @@
 //!   connection. A process that dies (or whose connection drops) frees its slots at once.
 //! - messages per second per relay: a token bucket row in `SCHEMA.rate`, refilled and taken
 //!   in one statement under the row lock, in database time (`clock_timestamp()`).
+//!
+//! Both are the queue's [`RelayLimits`], which the route of a queue dispatcher uses (through
+//! [`crate::queue::FallbackLimits`]: the per-process limits while the database is down).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Inner, PgQueue, advisory_key, db_error, lock};
-use crate::queue::QueueError;
+pub use crate::queue::RateDecision;
+use crate::queue::{FleetSlot, QueueError, RelayLimits};
 
 /// One of a relay's fleet-wide connection slots; released when dropped.
 pub struct ConnectionSlot {
     inner: Arc<Inner>,
     key: (i32, i32),
+    /// The backend process of the limits session that holds the lock: the unlock runs only
+    /// in that session (after a reconnect the lock went with the old one, and the same key
+    /// may be another slot's now).
+    backend: i32,
 }
 
 impl std::fmt::Debug for ConnectionSlot {
@@ -36,23 +44,18 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut c = lock(&self.inner.limits);
-        if let Some(client) = c.as_mut() {
-            let _ = client.execute(
-                "SELECT pg_advisory_unlock($1, $2)",
-                &[&self.key.0, &self.key.1],
-            );
+        let Some(client) = c.as_mut().filter(|c| !c.is_closed()) else {
+            // the session ended, and its locks with it; a new one cleared `held_slots`
+            return;
+        };
+        let same_session = client.query_opt(
+            "SELECT pg_advisory_unlock($1, $2) WHERE pg_backend_pid() = $3",
+            &[&self.key.0, &self.key.1, &self.backend],
+        );
+        if let Ok(Some(_)) = same_session {
+            lock(&self.inner.held_slots).remove(&self.key);
         }
-        lock(&self.inner.held_slots).remove(&self.key);
     }
-}
-
-/// The answer of [`PgQueue::take_token`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RateDecision {
-    /// A token was taken: send one message now.
-    Granted,
-    /// The bucket is empty: ask again after this long.
-    Wait(Duration),
 }
 
 impl PgQueue {
@@ -69,27 +72,51 @@ impl PgQueue {
     ) -> Result<Option<ConnectionSlot>, QueueError> {
         let ns = advisory_key(&self.inner.s, &format!("slot:{relay}"));
         let mut guard = lock(&self.inner.limits);
-        if guard.as_ref().is_none_or(|c| c.is_closed()) {
-            // a new session holds none of the old one's locks
-            lock(&self.inner.held_slots).clear();
-            *guard = Some(self.inner.db.connect()?);
+        let mut fresh = false;
+        loop {
+            if guard.as_ref().is_none_or(|c| c.is_closed()) {
+                // a new session holds none of the old one's locks
+                lock(&self.inner.held_slots).clear();
+                // keepalives and tcp_user_timeout as every connection (db.rs): a dead
+                // server is noticed in seconds
+                *guard = Some(self.inner.db.connect()?);
+                fresh = true;
+            }
+            let Some(client) = guard.as_mut() else {
+                return Err(QueueError::Unavailable("no limits connection".into()));
+            };
+            match self.try_slots(client, ns, max) {
+                Ok(got) => return Ok(got),
+                // the session died since the last call (a restart, a failover): once more on
+                // a new one
+                Err(_) if !fresh && client.is_closed() => continue,
+                Err(e) => return Err(db_error(e)),
+            }
         }
-        let Some(client) = guard.as_mut() else {
-            return Err(QueueError::Unavailable("no limits connection".into()));
-        };
+    }
+
+    /// Tries slots `0..max` of `ns` on the limits session `client`, skipping those this
+    /// process holds.
+    fn try_slots(
+        &self,
+        client: &mut postgres::Client,
+        ns: i32,
+        max: u32,
+    ) -> Result<Option<ConnectionSlot>, postgres::Error> {
         for i in 0..max.min(i32::MAX as u32) as i32 {
             if lock(&self.inner.held_slots).contains(&(ns, i)) {
                 continue;
             }
-            let got: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&ns, &i])
-                .map_err(db_error)?
-                .get(0);
-            if got {
+            let row = client.query_one(
+                "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()",
+                &[&ns, &i],
+            )?;
+            if row.get::<_, bool>(0) {
                 lock(&self.inner.held_slots).insert((ns, i));
                 return Ok(Some(ConnectionSlot {
                     inner: Arc::clone(&self.inner),
                     key: (ns, i),
+                    backend: row.get(1),
                 }));
             }
         }
@@ -154,5 +181,22 @@ impl PgQueue {
             .get(0);
         let wait = ((1.0 - have).max(0.0) / per_sec).clamp(0.001, 60.0);
         Ok(RateDecision::Wait(Duration::from_secs_f64(wait)))
+    }
+}
+
+/// The PostgreSQL queue's fleet-wide limits: [`PgQueue::connection_slot`] and
+/// [`PgQueue::take_token`].
+impl RelayLimits for PgQueue {
+    fn fleet_slot(&self, relay: &str, max: u32) -> Result<Option<FleetSlot>, QueueError> {
+        Ok(self.connection_slot(relay, max)?.map(FleetSlot::new))
+    }
+
+    fn fleet_token(
+        &self,
+        relay: &str,
+        per_sec: f64,
+        burst: f64,
+    ) -> Result<RateDecision, QueueError> {
+        self.take_token(relay, per_sec, burst)
     }
 }
