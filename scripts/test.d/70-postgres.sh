@@ -44,5 +44,6 @@ cargo test -p qmail-dispatcher --test pg_limits
 # duplicates only from the end-of-DATA window (about 25 s)
 cargo test -p qmail-dispatcher --test pg_torture
 # primary + two synchronous standbys in three network namespaces, two run --queue dispatcher hosts
-# and two forwarding web hosts; the primary SIGKILLed mid-run; needs root (skips otherwise)
+# and two forwarding web hosts; the primary SIGKILLed mid-run, then its host vanishing (link down);
+# needs root (skips otherwise; about 60 s)
 cargo test -p qmail-dispatcher --test failover
