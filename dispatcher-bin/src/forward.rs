@@ -152,8 +152,12 @@ fn scan(spools: &[PathBuf]) -> Vec<Found> {
 
 fn watch(spools: &[PathBuf], tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let mut w = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-        let _ = tx.send(());
+    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // only arrivals: the forwarder's own scans of ready/ (open, read, close) must not
+        // wake it, or an idle forwarder spins on a core
+        if res.is_ok_and(|ev| qmail_dispatch::schedule::is_arrival(&ev.kind)) {
+            let _ = tx.send(());
+        }
     }) {
         Ok(w) => w,
         Err(e) => {
@@ -485,8 +489,17 @@ pub fn forward(s: ForwardSettings, term: Arc<AtomicBool>, drain: bool) -> Result
         if drain && found.is_empty() {
             break Ok(());
         }
-        // idle: an inotify event, or the periodic rescan
-        let _ = rx.recv_timeout(s.rescan);
+        // idle: an inotify event, the periodic rescan, or SIGTERM (checked every 100 ms)
+        let until = Instant::now() + s.rescan;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || term.load(Ordering::SeqCst) {
+                break;
+            }
+            if rx.recv_timeout(left.min(TERM_POLL)).is_ok() {
+                break;
+            }
+        }
         while rx.try_recv().is_ok() {}
     };
     stop.store(true, Ordering::SeqCst);
@@ -500,6 +513,9 @@ pub fn forward(s: ForwardSettings, term: Arc<AtomicBool>, drain: bool) -> Result
     }
     result.map(|()| ExitCode::SUCCESS)
 }
+
+/// How often an idle forwarder looks at the stop flag.
+const TERM_POLL: Duration = Duration::from_millis(100);
 
 fn sleep_unless(term: &AtomicBool, d: Duration) {
     let until = Instant::now() + d;

@@ -258,6 +258,15 @@ fn the_database_killed_while_forwarding_loses_nothing() {
     term(&mut fwd);
 }
 
+/// utime + stime of a process, in clock ticks (proc(5): fields 14 and 15 of /proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // the command name may hold spaces: count fields after its closing parenthesis
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
 #[test]
 fn inotify_wakes_an_idle_forwarder() {
     let Some(pg) = Pg::start() else { return };
@@ -267,7 +276,15 @@ fn inotify_wakes_an_idle_forwarder() {
     // a 60 s rescan: only the inotify wake-up can be this quick
     let cfg = config(dir.path(), &pg, 60_000);
     let mut fwd = start_forward(&cfg);
-    std::thread::sleep(Duration::from_millis(1500));
+    // idle, it sleeps: its own scans of ready/ (open, read, close) do not wake it (it spun on
+    // a core when they did: ~190 ticks of CPU in these 2 s)
+    let before = cpu_ticks(fwd.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = cpu_ticks(fwd.id()) - before;
+    assert!(
+        idle < 50,
+        "an idle forwarder used {idle} ticks of CPU in 2 s"
+    );
     let t = Instant::now();
     submit(&spool, 1);
     wait_for(20, "forwarded", || rows(&pg) == 1);

@@ -346,6 +346,23 @@ pub fn scan_spool(q: &CandidateQueue, spool_idx: usize, spool: &Path, step: u64)
     }
 }
 
+/// Whether an inotify event on `ready/` or `scheduled/` may mean a new message: a file created
+/// or renamed in (a submit's rename from `tmp/`), or an event the backend could not classify.
+/// Opens, reads and closes (the watcher's own `read_dir` among them) are not: a waiter woken by
+/// them would wake itself forever.
+pub fn is_arrival(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{ModifyKind, RenameMode};
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Name(
+                RenameMode::To | RenameMode::Both | RenameMode::Any
+            ))
+            | EventKind::Any
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
