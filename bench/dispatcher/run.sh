@@ -35,7 +35,8 @@ now() { date +%s.%N; }
 
 scripts/setup-postfix
 cargo build -q --release -p qmail-dispatcher --bins --examples
-bin=$root/target/release/qmail-dispatcher
+# BENCH_DISPATCHER: another build to measure (A/B runs), default the one just built
+bin=${BENCH_DISPATCHER:-$root/target/release/qmail-dispatcher}
 tool=$root/target/release/examples/bench_tool
 work=$(mktemp -d /tmp/qmail-bench.XXXXXX)
 chmod 755 "$work"   # Postfix daemons (user postfix) need to reach their queue inside

@@ -403,6 +403,70 @@ pub fn scan_spool(q: &CandidateQueue, spool_idx: usize, spool: &Path, step: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qmail_core::spool::record;
+    use qmail_core::{Envelope, SpoolHeader};
+    use std::io::Write;
+
+    fn header(rcpts: usize, priority: u8, not_before: Option<i64>) -> SpoolHeader {
+        SpoolHeader {
+            envelope: Envelope {
+                mail_from: "a@example.com".into(),
+                rcpt_to: (0..rcpts)
+                    .map(|i| format!("recipient-number-{i:05}@example.org"))
+                    .collect(),
+                smtputf8: false,
+                eightbitmime: false,
+            },
+            created: 1_700_000_000,
+            not_before,
+            priority,
+            message_id: "<m@example.com>".into(),
+        }
+    }
+
+    fn write(path: &Path, h: &SpoolHeader, body: &[u8], trailer: bool) {
+        let mut f = fs::File::create(path).unwrap();
+        record::write_header(&mut f, h).unwrap();
+        f.write_all(body).unwrap();
+        if trailer {
+            record::write_trailer(&mut f, body.len() as u64).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_scan_ranks_from_the_prefix_and_header_as_a_full_open_does() {
+        let d = tempfile::tempdir().unwrap();
+        let id = QueueId::generate();
+        let p = d.path().join(id.as_str());
+        let step = 60;
+        // a small file (one read), and one whose header alone is longer than the peek
+        for (rcpts, prio, nb) in [(1, 1, Some(1_800_000_000)), (300, 5, None)] {
+            let h = header(rcpts, prio, nb);
+            write(&p, &h, b"Subject: s\r\n\r\nbody\r\n", true);
+            let full = SpoolFile::open(&p).unwrap();
+            let want = (
+                rank(full.header.created, full.header.priority, step),
+                full.header.not_before,
+            );
+            assert_eq!(inspect(&p, id.as_str(), step), Some(want), "{rcpts} rcpts");
+            assert_eq!(want, (rank(1_700_000_000, prio, step), nb));
+        }
+        // not a spool file: still a candidate, ranked by the id's time (the claim quarantines
+        // it); gone: none
+        fs::write(&p, b"not a spool file at all").unwrap();
+        assert_eq!(
+            inspect(&p, id.as_str(), step),
+            Some((id_created(id.as_str()), None))
+        );
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+        assert_eq!(
+            inspect(&p, id.as_str(), step),
+            Some((id_created(id.as_str()), None))
+        );
+        fs::remove_file(&p).unwrap();
+        assert_eq!(inspect(&p, id.as_str(), step), None);
+    }
 
     #[test]
     fn priority_then_age_without_starvation() {
