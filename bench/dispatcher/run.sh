@@ -35,7 +35,8 @@ now() { date +%s.%N; }
 
 scripts/setup-postfix
 cargo build -q --release -p qmail-dispatcher --bins --examples
-bin=$root/target/release/qmail-dispatcher
+# BENCH_DISPATCHER: another build to measure (A/B runs), default the one just built
+bin=${BENCH_DISPATCHER:-$root/target/release/qmail-dispatcher}
 tool=$root/target/release/examples/bench_tool
 work=$(mktemp -d /tmp/qmail-bench.XXXXXX)
 chmod 755 "$work"   # Postfix daemons (user postfix) need to reach their queue inside
@@ -74,11 +75,15 @@ throughput() {
     spool=$work/spool
     "$tool" fill "$spool" "$N" 2048 durable
     t0=$(now)
-    "$bin" --spool "$spool" --relay "smtp://127.0.0.1:$sink_port?tls=none&max_messages_per_connection=100000" \
+    # the dispatcher's CPU time (user + system) per message: the load skews it far less than
+    # the wall-clock rate
+    /usr/bin/time -f "%U %S" -o "$work/cpu" \
+        "$bin" --spool "$spool" --relay "smtp://127.0.0.1:$sink_port?tls=none&max_messages_per_connection=100000" \
         --workers "$WORKERS" drain
     t1=$(now)
     disp=$(python3 -c "print(round($N/($t1-$t0)))")
-    say "qmail-dispatcher drain, $WORKERS workers, durable: $disp msg/s"
+    cpu=$(python3 -c "u,s=open('$work/cpu').read().split()[-2:]; print(f'{(float(u)+float(s))/$N*1e6:.1f} µs CPU per message (user {float(u)/$N*1e6:.1f} + system {float(s)/$N*1e6:.1f})')")
+    say "qmail-dispatcher drain, $WORKERS workers, durable: $disp msg/s; $cpu"
     rm -rf "$spool"
 
     # (b) Postfix relaying through relayhost to the same sink

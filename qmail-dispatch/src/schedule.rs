@@ -242,6 +242,14 @@ fn id_created(id: &str) -> i64 {
 /// that does not parse still becomes a candidate (the worker quarantines it); `None` when it
 /// is gone.
 pub fn inspect(path: &Path, id: &str, step: u64) -> Option<(i64, Option<i64>)> {
+    match peek_header(path) {
+        Ok(Some(h)) => return Some((rank(h.created, h.priority, step), h.not_before)),
+        Ok(None) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        // not a readable spool file (a symlink, a FIFO, a directory ...): still a candidate,
+        // the worker's claim quarantines it
+        Err(_) => return Some((id_created(id), None)),
+    }
     match SpoolFile::open(path) {
         Ok(f) => Some((
             rank(f.header.created, f.header.priority, step),
@@ -255,6 +263,52 @@ pub fn inspect(path: &Path, id: &str, step: u64) -> Option<(i64, Option<i64>)> {
         }
         Err(_) => Some((id_created(id), None)),
     }
+}
+
+/// Bytes read to find a spool file's header while scanning: enough for a header of a few
+/// dozen recipients; a longer one is read by [`SpoolFile::open`].
+const PEEK: usize = 4096;
+
+/// The header of a spool file, read with one `open(2)` (not following a symlink, not
+/// blocking on a FIFO), one `read(2)` and one `close(2)`: the scan ranks every file it finds,
+/// so it reads only what ranking needs (the format's prefix and header,
+/// `docs/spool-format.md`), not the trailer. `Ok(None)` when the header does not fit in
+/// [`PEEK`] bytes or does not decode (the caller then reads it the long way, which says
+/// what is wrong).
+///
+/// # Errors
+/// The file cannot be opened or read.
+fn peek_header(path: &Path) -> std::io::Result<Option<qmail_core::SpoolHeader>> {
+    use qmail_core::spool::record::{FORMAT_VERSION, MAGIC, PREFIX_LEN};
+    let mut f = crate::clock::open_nofollow(path)?;
+    let mut buf = [0u8; PEEK];
+    let mut n = 0;
+    while n < buf.len() {
+        match std::io::Read::read(&mut f, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        // a spool file is read in one go unless it is longer than the buffer
+        if n >= PREFIX_LEN as usize {
+            let hlen = u32::from_le_bytes([buf[10], buf[11], buf[12], buf[13]]) as usize;
+            if n >= PREFIX_LEN as usize + hlen {
+                break;
+            }
+        }
+    }
+    let buf = &buf[..n];
+    let p = PREFIX_LEN as usize;
+    if buf.len() < p || &buf[..8] != MAGIC {
+        return Ok(None);
+    }
+    let version = u16::from_le_bytes([buf[8], buf[9]]);
+    let hlen = u32::from_le_bytes([buf[10], buf[11], buf[12], buf[13]]) as usize;
+    if version == 0 || version > FORMAT_VERSION || buf.len() < p + hlen {
+        return Ok(None);
+    }
+    Ok(postcard::from_bytes(&buf[p..p + hlen]).ok())
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -366,6 +420,70 @@ pub fn is_arrival(kind: &notify::EventKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qmail_core::spool::record;
+    use qmail_core::{Envelope, SpoolHeader};
+    use std::io::Write;
+
+    fn header(rcpts: usize, priority: u8, not_before: Option<i64>) -> SpoolHeader {
+        SpoolHeader {
+            envelope: Envelope {
+                mail_from: "a@example.com".into(),
+                rcpt_to: (0..rcpts)
+                    .map(|i| format!("recipient-number-{i:05}@example.org"))
+                    .collect(),
+                smtputf8: false,
+                eightbitmime: false,
+            },
+            created: 1_700_000_000,
+            not_before,
+            priority,
+            message_id: "<m@example.com>".into(),
+        }
+    }
+
+    fn write(path: &Path, h: &SpoolHeader, body: &[u8], trailer: bool) {
+        let mut f = fs::File::create(path).unwrap();
+        record::write_header(&mut f, h).unwrap();
+        f.write_all(body).unwrap();
+        if trailer {
+            record::write_trailer(&mut f, body.len() as u64).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_scan_ranks_from_the_prefix_and_header_as_a_full_open_does() {
+        let d = tempfile::tempdir().unwrap();
+        let id = QueueId::generate();
+        let p = d.path().join(id.as_str());
+        let step = 60;
+        // a small file (one read), and one whose header alone is longer than the peek
+        for (rcpts, prio, nb) in [(1, 1, Some(1_800_000_000)), (300, 5, None)] {
+            let h = header(rcpts, prio, nb);
+            write(&p, &h, b"Subject: s\r\n\r\nbody\r\n", true);
+            let full = SpoolFile::open(&p).unwrap();
+            let want = (
+                rank(full.header.created, full.header.priority, step),
+                full.header.not_before,
+            );
+            assert_eq!(inspect(&p, id.as_str(), step), Some(want), "{rcpts} rcpts");
+            assert_eq!(want, (rank(1_700_000_000, prio, step), nb));
+        }
+        // not a spool file: still a candidate, ranked by the id's time (the claim quarantines
+        // it); gone: none
+        fs::write(&p, b"not a spool file at all").unwrap();
+        assert_eq!(
+            inspect(&p, id.as_str(), step),
+            Some((id_created(id.as_str()), None))
+        );
+        fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &p).unwrap();
+        assert_eq!(
+            inspect(&p, id.as_str(), step),
+            Some((id_created(id.as_str()), None))
+        );
+        fs::remove_file(&p).unwrap();
+        assert_eq!(inspect(&p, id.as_str(), step), None);
+    }
 
     #[test]
     fn priority_then_age_without_starvation() {

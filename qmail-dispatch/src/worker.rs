@@ -18,7 +18,7 @@ use qmail_core::spool::{SpoolHeader, now_secs};
 
 use crate::clock;
 use crate::dispatcher::Shared;
-use crate::queue::dir::{DirClaim, DirCtx, Taken};
+use crate::queue::dir::{Closer, DirClaim, DirCtx, Taken};
 use crate::queue::{Claim, QueueError, SettleError, Settlement};
 use crate::retry::Jitter;
 use crate::schedule::{Candidate, Dir, Pop};
@@ -179,6 +179,7 @@ impl Shared {
             keep_sent: self.cfg.sent_retention_secs > 0,
             stopping: Arc::clone(&self.stopping),
             io_cap: Duration::from_secs(30),
+            closer: Closer::shared(),
         };
         let claim = match DirClaim::take(ctx, &c.id, c.from) {
             Ok(Taken::Claimed(cl)) => *cl,

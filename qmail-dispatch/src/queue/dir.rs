@@ -45,6 +45,71 @@ pub struct DirCtx {
     pub stopping: Arc<AtomicBool>,
     /// Cap of the backoff between retries of a failing spool write.
     pub io_cap: Duration,
+    /// Where the open file of a delivered (unlinked) message is closed, off the worker:
+    /// `None` = closed in place.
+    pub closer: Option<Closer>,
+}
+
+/// Closes the files of delivered messages on threads of their own.
+///
+/// The last `close(2)` of an unlinked file is where ext4 frees its inode and blocks; with the
+/// `discard` mount option it also waits for the device to discard them (on the benchmark
+/// machine: a median of 177 µs and a p90 of 2.2 ms per 2 KiB message, inside the worker's
+/// turn). The message left the spool at the `unlink(2)` (the point the delivery guarantee
+/// rests on); the open descriptor is invisible to every other dispatcher, so when it is
+/// closed changes nothing but who waits. Those waits overlap: the device discards for many
+/// closers at once (closing 3,000 such files: ~900/s from one thread, ~4,000–9,000/s from 8,
+/// ~13,000–18,000/s from 16), hence [`Closer::THREADS`] threads. At most [`Closer::BACKLOG`]
+/// files wait (a full backlog is closed in place), so the process holds at most that many
+/// extra descriptors.
+#[derive(Debug, Clone)]
+pub struct Closer(std::sync::mpsc::SyncSender<SpoolFile>);
+
+impl Closer {
+    /// Files waiting to be closed, at most.
+    pub const BACKLOG: usize = 256;
+    /// Closing threads.
+    pub const THREADS: usize = 16;
+
+    /// The process's closer, started at the first call (shared by every dispatcher of the
+    /// process); `None` when no thread can be started (files are closed in place).
+    pub fn shared() -> Option<Closer> {
+        static SHARED: std::sync::OnceLock<Option<Closer>> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Closer::start).clone()
+    }
+
+    /// Starts [`Closer::THREADS`] closing threads; they end when every [`Closer`] is
+    /// dropped, after closing what is left. `None` when no thread can be started.
+    pub fn start() -> Option<Closer> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<SpoolFile>(Closer::BACKLOG);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        for n in 0..Closer::THREADS {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("qmail-closer-{n}"))
+                .spawn(move || {
+                    loop {
+                        // the lock is held while waiting, not while closing
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match next {
+                            Ok(f) => drop(f),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
+            }
+        }
+        (started > 0).then_some(Closer(tx))
+    }
+
+    /// Hands `file` over to be closed (closed here when the backlog is full).
+    pub fn close(&self, file: SpoolFile) {
+        // full (or the threads are gone): the error hands the file back, dropped (closed) here
+        let _ = self.0.try_send(file);
+    }
 }
 
 /// The result of trying to claim one name.
@@ -71,6 +136,9 @@ pub struct DirClaim {
     epoch: u64,
     /// The open spool file (the DSN reads it too).
     pub file: SpoolFile,
+    /// The whole spool file, read with one `pread(2)` when it is small (the message is then
+    /// served from here): `None` for a large one, streamed from `file`.
+    whole: Option<Vec<u8>>,
     state: MessageState,
     had_state: bool,
 }
@@ -105,7 +173,7 @@ impl DirClaim {
             let _ = claim::give_back(&path, &ctx.spool, id, from.state());
             return Ok(Taken::Gone);
         }
-        let file = match open_spool_file(&path) {
+        let (file, whole) = match open_spool_file(&path) {
             Ok(f) => f,
             Err(Open::Corrupt(why)) => {
                 quarantine(&ctx, id, &path, &why);
@@ -142,6 +210,7 @@ impl DirClaim {
             path,
             epoch,
             file,
+            whole,
             state,
             had_state,
         })))
@@ -240,9 +309,15 @@ enum Open {
     Io(std::io::Error),
 }
 
+/// Spool files up to this size (header and trailer included) are read whole, in one
+/// `pread(2)`, when claimed: the message is then sent from memory (the SMTP layer sends a
+/// message up to [`crate::smtp::SMALL_BODY`] from memory anyway).
+const READ_WHOLE: u64 = crate::smtp::SMALL_BODY + 4096;
+
 /// Opens a claimed spool file without following a symlink and without blocking on a FIFO;
-/// anything but a complete regular spool file is corrupt.
-fn open_spool_file(path: &Path) -> Result<SpoolFile, Open> {
+/// anything but a complete regular spool file is corrupt. A small file is also read whole
+/// (one `pread(2)`, which leaves the file position alone for the header's own reads).
+fn open_spool_file(path: &Path) -> Result<(SpoolFile, Option<Vec<u8>>), Open> {
     let f = match clock::open_nofollow(path) {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
@@ -250,18 +325,36 @@ fn open_spool_file(path: &Path) -> Result<SpoolFile, Open> {
         }
         Err(e) => return Err(Open::Io(e)),
     };
-    match f.metadata() {
+    let size = match f.metadata() {
         Ok(m) if !m.is_file() => return Err(Open::Corrupt("not a regular file".into())),
-        Ok(_) => {}
+        Ok(m) => m.len(),
         Err(e) => return Err(Open::Io(e)),
-    }
-    SpoolFile::from_file(f).map_err(|e| {
+    };
+    let whole = if size <= READ_WHOLE {
+        let mut v = vec![0u8; size as usize];
+        match std::os::unix::fs::FileExt::read_exact_at(&f, &mut v, 0) {
+            Ok(()) => Some(v),
+            // shorter than its size said: SpoolFile's own checks say what is wrong
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            Err(e) => return Err(Open::Io(e)),
+        }
+    } else {
+        None
+    };
+    let file = SpoolFile::from_file(f).map_err(|e| {
         if e.kind() == ErrorKind::Corrupt {
             Open::Corrupt(e.message().to_owned())
         } else {
             Open::Io(std::io::Error::other(e.to_string()))
         }
-    })
+    })?;
+    // the body's bytes as SpoolFile framed them (checked against the size read)
+    let whole = whole.filter(|w| {
+        file.body_offset
+            .checked_add(file.body_len)
+            .is_some_and(|end| end <= w.len() as u64)
+    });
+    Ok((file, whole))
 }
 
 /// Moves a claim to `corrupt/ID` (never replacing a name there) and records why.
@@ -312,6 +405,13 @@ impl Claim for DirClaim {
     }
 
     fn body(&self) -> Result<Box<dyn std::io::Read + Send + '_>, QueueError> {
+        if let Some(w) = &self.whole {
+            // framed by open_spool_file: body_offset + body_len <= w.len()
+            let (from, len) = (self.file.body_offset as usize, self.file.body_len as usize);
+            if let Some(b) = w.get(from..from + len) {
+                return Ok(Box::new(b));
+            }
+        }
         self.file
             .body_reader()
             .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>)
@@ -328,7 +428,10 @@ impl Claim for DirClaim {
     }
 
     fn settle(self, outcome: Settlement) -> Result<(), SettleError> {
-        if fs::symlink_metadata(&self.path).is_err() {
+        // a delivered message's unlink (or rename to sent/) says NotFound by itself when the
+        // claim was taken back; every other settlement writes a state first: check before
+        if !matches!(outcome, Settlement::Delivered(_)) && fs::symlink_metadata(&self.path).is_err()
+        {
             return Err(SettleError::LostClaim);
         }
         match outcome {
@@ -351,6 +454,9 @@ impl Claim for DirClaim {
                 }
                 // no fsync of active/ here (as Postfix after a delivery): an unlink lost to a
                 // power failure only brings the message back for one more delivery
+                if let Some(c) = &self.ctx.closer {
+                    c.close(self.file);
+                }
                 Ok(())
             }
             Settlement::Deferred { state: st, .. } => {
@@ -499,6 +605,7 @@ impl DirQueue {
                 keep_sent: false,
                 stopping: Arc::new(AtomicBool::new(false)),
                 io_cap: Duration::from_secs(30),
+                closer: None,
             },
             lease_secs: lease,
             priority_step_secs: 60,

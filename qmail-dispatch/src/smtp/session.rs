@@ -279,6 +279,12 @@ pub(crate) struct Connection {
     start: usize,
     /// Each read lands here (zeroed once per connection, not per read).
     scratch: Box<[u8]>,
+    /// The socket's receive timeout as last set (`SO_RCVTIMEO`): set again only when it would
+    /// outlast the current reply's deadline, so a reply costs no `setsockopt(2)` in the
+    /// usual case (a shorter one only wakes the loop early, which then sets the rest).
+    read_timeout: Option<Duration>,
+    /// The socket's send timeout as last set (`SO_SNDTIMEO`).
+    write_timeout: Option<Duration>,
 }
 
 fn io_err(phase: Phase, e: io::Error, secs: u64) -> SmtpError {
@@ -299,6 +305,8 @@ impl Connection {
             buf: Vec::with_capacity(4096),
             start: 0,
             scratch: vec![0u8; 8192].into_boxed_slice(),
+            read_timeout: None,
+            write_timeout: None,
         }
     }
 
@@ -336,10 +344,13 @@ impl Connection {
             if left.is_zero() {
                 return Err(SmtpError::Timeout { phase, secs });
             }
-            self.stream
-                .tcp()
-                .set_read_timeout(Some(left))
-                .map_err(|e| io_err(phase, e, secs))?;
+            if self.read_timeout.is_none_or(|t| t > left) {
+                self.stream
+                    .tcp()
+                    .set_read_timeout(Some(left))
+                    .map_err(|e| io_err(phase, e, secs))?;
+                self.read_timeout = Some(left);
+            }
             match self.stream.read(&mut self.scratch[..]) {
                 Ok(0) => return Err(SmtpError::Closed { phase }),
                 Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
@@ -362,10 +373,13 @@ impl Connection {
         timeout: Duration,
     ) -> Result<(), SmtpError> {
         let secs = timeout.as_secs();
-        self.stream
-            .tcp()
-            .set_write_timeout(Some(timeout))
-            .map_err(|e| io_err(phase, e, secs))?;
+        if self.write_timeout != Some(timeout) {
+            self.stream
+                .tcp()
+                .set_write_timeout(Some(timeout))
+                .map_err(|e| io_err(phase, e, secs))?;
+            self.write_timeout = Some(timeout);
+        }
         self.stream
             .write_all(bytes)
             .and_then(|()| self.stream.flush())
