@@ -11,9 +11,11 @@
 #   anchor     `qmail-dispatcher drain` of a directory spool with no relay (claim, outbox
 #              write, settle): the directory's claim+settle rate
 #   forward    `qmail-dispatcher forward --drain`: local spool → queue, up to 64 per transaction
-#   claim      claim (batches of BENCH_BATCH, default 50) + read body + settle Delivered with
-#              BENCH_THREADS threads (default 16, the dispatcher bench's workers): qmail-dispatch/examples/pg_bench.rs
-#   status     `qmail-dispatcher status --queue` over BENCH_DEEP rows (default 1000000)
+#   claim      claim (batches of BENCH_BATCH, default 50) + read body + settle Delivered
+#              (grouped, as the dispatcher does) with BENCH_THREADS threads (default 16, the
+#              dispatcher bench's workers): qmail-dispatch/examples/pg_bench.rs
+#   status     `qmail-dispatcher status --queue` over BENCH_DEEP rows (default 1000000), and
+#              EXPLAIN ANALYZE of the claim statement at that depth (bench/out/postgres-claim-plan.txt)
 # Ratios are PostgreSQL / directory anchor.
 #
 # End-to-end (issue 12's "How fast"), BENCH_E2E_N messages of 2 KiB (default 10000), durable,
@@ -21,9 +23,10 @@
 #   e2e dir    `qmail-dispatcher drain` of a directory spool to the sink (BENCH_WORKERS workers,
 #              default 8)
 #   e2e pg     the steady-state services started together on a filled local spool: one
-#              `forward` (not --drain) and 2 `run --queue` dispatchers (BENCH_WORKERS workers
-#              each) to the same kind of sink; timed from their start until the dispatchers'
-#              delivery log (written after the sink's 250) has N lines; ratio pg/dir
+#              `forward` (not --drain) and 2 `run --queue` dispatchers to the same kind of sink,
+#              BENCH_PG_WORKERS workers each (default BENCH_WORKERS / 2: the same sessions
+#              toward the relay as the directory run); timed from their start until the
+#              dispatchers' delivery log (written after the sink's 250) has N lines; ratio pg/dir
 #   latency    idle submit → 250 through forwarder and queue: bench_tool latency (as in
 #              bench/dispatcher/run.sh), 101 samples, p50/p90/max
 set -euo pipefail
@@ -37,6 +40,7 @@ DEEP=${BENCH_DEEP:-1000000}
 THREADS=${BENCH_THREADS:-16}
 E2E_N=${BENCH_E2E_N:-10000}
 WORKERS=${BENCH_WORKERS:-8}
+PG_WORKERS=${BENCH_PG_WORKERS:-$(( (WORKERS + 1) / 2 ))}
 BATCH=${BENCH_BATCH:-50}
 out=$root/bench/out
 mkdir -p "$out"
@@ -96,7 +100,7 @@ smtp-sink -u nobody 127.0.0.1:"$sink_port" 1024 &
 pids+=($!)
 wait_port "$sink_port"
 relay="smtp://127.0.0.1:$sink_port?tls=none&max_messages_per_connection=100000"
-say "== end-to-end: $E2E_N messages of 2 KiB, durable, to smtp-sink on loopback ($WORKERS workers per dispatcher); load: $(uptime | sed 's/.*load average: //')"
+say "== end-to-end: $E2E_N messages of 2 KiB, durable, to smtp-sink on loopback (directory: $WORKERS workers; queue: 2 dispatchers × $PG_WORKERS); load: $(uptime | sed 's/.*load average: //')"
 "$tool" fill "$work/e2e-dir" "$E2E_N" 2048 durable
 t0=$(now); "$bin" --spool "$work/e2e-dir" --relay "$relay" --workers "$WORKERS" drain >/dev/null; t1=$(now)
 e2e_dir=$(rate "$E2E_N" "$t0" "$t1")
@@ -106,7 +110,7 @@ rm -rf "$work/e2e-dir"
 "$tool" fill "$work/e2e-web" "$E2E_N" 2048 durable
 for i in 1 2; do
     cat > "$work/e2e-d$i.toml" <<EOF
-workers = $WORKERS
+workers = $PG_WORKERS
 delivery_log = "$work/e2e.log"
 [queue]
 url = "$url"
@@ -160,4 +164,22 @@ for _ in 1 2 3; do
     if [ -z "$best" ] || [ "$ms" -lt "$best" ]; then best=$ms; fi
 done
 say "status over $DEEP + $N rows (whole command, best of 3): $best ms"
+
+# the claim statement's plan at this depth (inside a transaction that is rolled back): it
+# must walk the partial index message_ready, not the table
+plan=$("$pgbin/psql" -qtA "$url" <<'SQL'
+BEGIN;
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON)
+UPDATE qmail.message m SET state = 'active', owner = 'explain', claims = m.claims + 1,
+    claimed_at = now()
+FROM (SELECT id FROM qmail.message WHERE state = 'ready' ORDER BY rank, id LIMIT 16
+      FOR UPDATE SKIP LOCKED) c
+WHERE m.id = c.id RETURNING m.id;
+ROLLBACK;
+SQL
+)
+idx=$(echo "$plan" | grep -oE 'Index (Only )?Scan using message_ready' | head -1)
+exe=$(echo "$plan" | grep -oE 'Execution Time: [0-9.]+ ms' | head -1)
+say "claim of 16 over $DEEP rows: ${idx:-NO message_ready INDEX SCAN}; $exe"
+echo "$plan" > "$out/postgres-claim-plan.txt"
 echo "written to $report"
