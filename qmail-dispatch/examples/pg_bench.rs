@@ -1,7 +1,8 @@
 //! Helper for `bench/postgres/run.sh` (not a test):
 //!
 //! ```text
-//! pg_bench claim URL THREADS BATCH   claim + read body + settle Delivered until the queue is
+//! pg_bench claim URL THREADS BATCH   claim + read body + settle Delivered (through one
+//!                                    GroupSettler, as the dispatcher) until the queue is
 //!                                    empty; prints "N messages in S s: R msg/s"
 //! pg_bench fill URL COUNT            COUNT small rows straight into qmail.message (SQL), for
 //!                                    the `status` measurement
@@ -25,10 +26,11 @@ fn main() {
             let batch: usize = a[4].parse().unwrap();
             let q = PgQueue::connect(&url, PgOptions::default()).unwrap();
             let done = Arc::new(AtomicU64::new(0));
+            let settler = Arc::new(q.group_settler(64));
             let t = Instant::now();
             let hs: Vec<_> = (0..threads)
                 .map(|_| {
-                    let (q, done) = (q.clone(), Arc::clone(&done));
+                    let (q, done, settler) = (q.clone(), Arc::clone(&done), Arc::clone(&settler));
                     std::thread::spawn(move || {
                         let mut buf = Vec::new();
                         loop {
@@ -39,7 +41,8 @@ fn main() {
                             for c in got {
                                 buf.clear();
                                 c.body().unwrap().read_to_end(&mut buf).unwrap();
-                                c.settle(Settlement::Delivered(MessageState::default()))
+                                settler
+                                    .settle(&c, Settlement::Delivered(MessageState::default()))
                                     .unwrap();
                                 done.fetch_add(1, Ordering::Relaxed);
                             }

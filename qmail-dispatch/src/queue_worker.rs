@@ -3,8 +3,17 @@
 //!
 //! [`QueueDispatcher`] reuses the engine's [`Shared`] (relays, metrics, DKIM, the
 //! configuration, the attempt of `worker.rs`) with no spool directory. Each worker thread
-//! loops: claim one row ([`Queue::claim`]) → [`Shared::attempt`] → settle
-//! ([`PgClaim::settle_ref`]). The settle rules are the seam's (`queue/mod.rs`):
+//! loops: take one claim → [`Shared::attempt`] → settle. Round trips and commits are shared
+//! (what makes the queue keep up with a directory spool, `bench/postgres/run.sh`):
+//! - claims: the workers that are idle at the same time share one claim statement
+//!   ([`ClaimFeed`]): one of them claims as many rows as there are idle workers
+//!   ([`Queue::claim`]), and each takes one; no row waits in a worker's hand, so every claim
+//!   held is an attempt in progress;
+//! - settles: delivered settles of all workers go through one [`GroupSettler`] (one
+//!   transaction for those that arrive together, each row still fenced); the other outcomes
+//!   are written by the worker ([`PgClaim::settle_ref`]).
+//!
+//! The settle rules are the seam's (`queue/mod.rs`):
 //! - [`SettleError::LostClaim`]: another dispatcher took the claim back; logged, never
 //!   retried (its attempt decides);
 //! - [`SettleError::Queue`] (the database is down, a failover): retried with a capped
@@ -37,7 +46,7 @@ use qmail_core::{QueueId, RawMessage};
 
 use crate::clock;
 use crate::dispatcher::{LeaseSet, Shared};
-use crate::queue::postgres::{PgClaim, PgQueue};
+use crate::queue::postgres::{GroupSettler, PgClaim, PgQueue};
 use crate::queue::{Claim, LeaseHealth, Queue, QueueError, SettleError, Settlement};
 use crate::relay::RelayPool;
 use crate::retry::Jitter;
@@ -49,11 +58,15 @@ use crate::{DispatchConfig, Metrics, Summary};
 const SETTLE_BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// The longest pause between two claims while the queue is unavailable.
 const CLAIM_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Most delivered settles written in one transaction by the [`GroupSettler`].
+const SETTLE_GROUP_MAX: usize = 64;
 
 /// A dispatcher over a PostgreSQL queue. Build one per `run` or `drain`.
 pub struct QueueDispatcher {
     shared: Arc<Shared>,
     queue: PgQueue,
+    feed: ClaimFeed,
+    settler: GroupSettler,
     /// Ids deferred during a drain (not retried in it).
     deferred_in_drain: Mutex<HashSet<String>>,
     /// Ids of the claims the workers hold (from the claim's return to its settle).
@@ -157,6 +170,8 @@ impl QueueDispatcher {
         });
         Ok(QueueDispatcher {
             shared,
+            settler: queue.group_settler(SETTLE_GROUP_MAX),
+            feed: ClaimFeed::default(),
             queue,
             deferred_in_drain: Mutex::new(HashSet::new()),
             held: Mutex::new(HashSet::new()),
@@ -201,6 +216,7 @@ impl QueueDispatcher {
         d.shared.stopping.store(true, Ordering::SeqCst);
         let _ = hb.join();
         d.queue.release_lease();
+        d.log_round_trips();
         Ok(d.shared.metrics.summary())
     }
 
@@ -251,7 +267,18 @@ impl QueueDispatcher {
             let _ = hb.join();
             self.queue.release_lease();
         }
+        self.log_round_trips();
         Ok(sh.metrics.summary())
+    }
+
+    /// How many claim statements and settle transactions the delivered messages took
+    /// (debug level; `bench/postgres/run.sh` reads nothing from it).
+    fn log_round_trips(&self) {
+        tracing::debug!(
+            claim_statements = lock(&self.feed.state).finished,
+            settle_transactions = self.settler.transactions(),
+            "queue round trips shared by the workers"
+        );
     }
 
     /// Takes back expired claims of other dispatchers and purges old tombstones, only while
@@ -382,27 +409,30 @@ impl QueueDispatcher {
             idle.min(Duration::from_millis(500))
         };
         let mut failures = 0u32;
+        let mut expecting = false;
         while !self.stopping() {
-            match self.queue.claim(1, wait) {
-                Ok(claims) if claims.is_empty() => {
+            match self.feed.next(
+                &self.queue,
+                &self.held,
+                wait,
+                std::mem::take(&mut expecting),
+            ) {
+                Ok(None) => {
                     if sh.drain {
                         break;
                     }
                     sh.close_idle(&mut w, idle);
                 }
-                Ok(claims) => {
+                Ok(Some(c)) => {
                     failures = 0;
-                    lock(&self.held).extend(claims.iter().map(|c| c.id().to_owned()));
-                    let mut go_on = true;
-                    for c in claims {
-                        let id = c.id().to_owned();
-                        if !go_on || self.stopping() {
-                            self.settle(&c, Settlement::Release, "release");
-                        } else {
-                            go_on = self.process(&mut w, c);
-                        }
+                    let id = c.id().to_owned();
+                    if self.stopping() {
+                        self.settle(&c, Settlement::Release, "release");
                         lock(&self.held).remove(&id);
+                        continue;
                     }
+                    let go_on = self.process(&mut w, c, &mut expecting);
+                    lock(&self.held).remove(&id);
                     if !go_on {
                         break;
                     }
@@ -422,6 +452,14 @@ impl QueueDispatcher {
                 }
             }
         }
+        if expecting {
+            // counted for a row it will not take: rows claimed beyond the workers still
+            // coming go back
+            for c in self.feed.unexpect() {
+                self.settle(&c, Settlement::Release, "release");
+                lock(&self.held).remove(c.id());
+            }
+        }
         let open: Vec<usize> = w.sessions.keys().copied().collect();
         for i in open {
             sh.drop_session(&mut w, i, true);
@@ -430,7 +468,7 @@ impl QueueDispatcher {
 
     /// One claim: attempt, settle. Returns `false` when this drain worker should stop (it met
     /// a message it already deferred in this drain).
-    fn process(&self, w: &mut Worker, claim: PgClaim) -> bool {
+    fn process(&self, w: &mut Worker, claim: PgClaim, expecting: &mut bool) -> bool {
         let sh = &self.shared;
         let _busy = Busy::enter(&sh.busy);
         if sh.drain && lock(&self.deferred_in_drain).contains(claim.id()) {
@@ -463,6 +501,10 @@ impl QueueDispatcher {
             Settlement::Held => "held",
             Settlement::Release => "release",
         };
+        // this worker asks for its next row as soon as the settle is written: counted now,
+        // the next claim (run while this settle waits for its commit) takes a row for it
+        self.feed.expect();
+        *expecting = true;
         if self.settle(&claim, out.settlement, kind) && kind == "deferred" && sh.drain {
             lock(&self.deferred_in_drain).insert(claim.id().to_owned());
         }
@@ -512,7 +554,7 @@ impl QueueDispatcher {
         let mut n = 0u32;
         let mut grace_end = None::<Instant>;
         loop {
-            match claim.settle_ref(outcome.clone()) {
+            match self.settler.settle(claim, outcome.clone()) {
                 Ok(()) => {
                     let m = &sh.metrics;
                     match kind {
@@ -558,6 +600,118 @@ impl QueueDispatcher {
                 }
             }
         }
+    }
+}
+
+/// The claims of the workers that are idle at the same time, taken with one statement: the
+/// first idle worker claims for every worker then waiting, and for every worker whose
+/// settle is being written ([`ClaimFeed::expect`]), while the others wait for its answer;
+/// each takes one row. A claim thus overlaps the settles' commit, and the rows of one
+/// claim are at most as many as the workers about to take them: no row waits for longer
+/// than a settle. A worker gets `None` when a claim that started after it arrived is over
+/// and left no row for it (the queue had no more ready rows: idle, or the end of a drain).
+///
+/// No row is left here without a worker to take it: a claim starts only when no row is in
+/// hand and asks for as many rows as there are workers waiting or expected; a worker
+/// counted by a claim in progress waits for its end (it leaves with a row, or with `None`
+/// only once no claim is in progress and no row is in hand); an expected worker that stops
+/// instead gives back the rows beyond those still counted ([`ClaimFeed::unexpect`]).
+#[derive(Default)]
+struct ClaimFeed {
+    state: Mutex<FeedState>,
+    cv: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FeedState {
+    /// Claimed rows not yet taken by a worker.
+    rows: std::collections::VecDeque<PgClaim>,
+    /// Workers inside [`ClaimFeed::next`].
+    waiting: usize,
+    /// Workers writing a settle, about to call [`ClaimFeed::next`].
+    expected: usize,
+    /// Claims started / finished (a worker needs one that started after it arrived).
+    started: u64,
+    finished: u64,
+    /// A claim statement is in progress.
+    claiming: bool,
+}
+
+impl ClaimFeed {
+    /// Counts this worker for the next claim before it calls [`ClaimFeed::next`] (it is
+    /// writing a settle).
+    fn expect(&self) {
+        lock(&self.state).expected += 1;
+    }
+
+    /// This expected worker stops instead of calling [`ClaimFeed::next`]: returns the rows
+    /// no counted worker will take (to give back).
+    fn unexpect(&self) -> Vec<PgClaim> {
+        let mut g = lock(&self.state);
+        g.expected = g.expected.saturating_sub(1);
+        let keep = g.waiting + g.expected;
+        let n = g.rows.len().saturating_sub(keep);
+        let at = g.rows.len() - n;
+        g.rows.drain(at..).collect()
+    }
+
+    /// One row for this worker, or `None` (see [`ClaimFeed`]); `wait` is [`Queue::claim`]'s;
+    /// the ids of every row claimed go into `held` (the worker removes its row's id after
+    /// its settle);
+    /// `expected`: this worker called [`ClaimFeed::expect`] since its last row.
+    ///
+    /// # Errors
+    /// [`QueueError`] from [`Queue::claim`], to the worker that ran it (the others get
+    /// `None` and try again themselves).
+    fn next(
+        &self,
+        queue: &PgQueue,
+        held: &Mutex<HashSet<String>>,
+        wait: Duration,
+        expected: bool,
+    ) -> std::result::Result<Option<PgClaim>, QueueError> {
+        let mut g = lock(&self.state);
+        if expected {
+            g.expected = g.expected.saturating_sub(1);
+        }
+        g.waiting += 1;
+        let need = g.started + 1;
+        let r = loop {
+            if let Some(c) = g.rows.pop_front() {
+                break Ok(Some(c));
+            }
+            if !g.claiming {
+                if g.finished >= need {
+                    break Ok(None);
+                }
+                g.claiming = true;
+                g.started += 1;
+                let n = g.waiting + g.expected;
+                drop(g);
+                let got = queue.claim(n, wait);
+                g = lock(&self.state);
+                g.claiming = false;
+                g.finished = g.started;
+                self.cv.notify_all();
+                match got {
+                    Ok(v) => {
+                        // held from the claim's return on (not only once a worker takes
+                        // the row): `release_orphans` must never see these as lost
+                        lock(held).extend(v.iter().map(|c| c.id().to_owned()));
+                        g.rows.extend(v)
+                    }
+                    Err(e) => break Err(e),
+                }
+                continue;
+            }
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(100))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        };
+        g.waiting -= 1;
+        r
     }
 }
 

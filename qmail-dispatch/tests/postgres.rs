@@ -668,3 +668,173 @@ fn while_the_database_is_down_nothing_is_claimed_and_unavailable_is_reported() {
     });
     assert_eq!(got[0].id(), id.as_str());
 }
+
+#[test]
+fn grouped_delivered_settles_fence_each_row() {
+    let Some(pg) = Pg::start() else { return };
+    let q = queue(&pg, "grouped");
+    for i in 0..5 {
+        import(&q, &header(now(), 3, None), format!("m{i}\r\n").as_bytes());
+    }
+    let claims = q.claim(5, Duration::from_secs(2)).unwrap();
+    assert_eq!(claims.len(), 5);
+    let settler = q.group_settler(64);
+    // another dispatcher took the third claim back and claimed it again
+    let taken = claims[2].id().to_owned();
+    let mut db = pg.client();
+    db.execute(
+        "UPDATE grouped.message SET owner = 'other', claims = claims + 1 WHERE id = $1",
+        &[&taken],
+    )
+    .unwrap();
+    // the first settle's transaction waits on a row lock, so the next four queue up behind it
+    // and go together in the second transaction
+    let mut blocker = pg.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.query(
+        "SELECT 1 FROM grouped.message WHERE id = $1 FOR UPDATE",
+        &[&claims[0].id()],
+    )
+    .unwrap();
+    let delivered = || Settlement::Delivered(MessageState::default());
+    let results = std::thread::scope(|sc| {
+        let first = sc.spawn(|| settler.settle(&claims[0], delivered()));
+        wait_for(10, "the first group waits on the row lock", || {
+            pg.client()
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND query LIKE '%unnest%'",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        });
+        let rest: Vec<_> = claims[1..]
+            .iter()
+            .map(|c| sc.spawn(|| settler.settle(c, delivered())))
+            .collect();
+        wait_for(10, "four settles queued behind it", || {
+            settler.queued() == 4
+        });
+        tx.commit().unwrap();
+        let mut out = vec![first.join().unwrap()];
+        out.extend(rest.into_iter().map(|h| h.join().unwrap()));
+        out
+    });
+    for (i, r) in results.iter().enumerate() {
+        if i == 2 {
+            assert!(
+                matches!(r, Err(SettleError::LostClaim)),
+                "the row taken back says LostClaim: {r:?}"
+            );
+        } else {
+            assert!(r.is_ok(), "row {i} commits: {r:?}");
+        }
+    }
+    assert_eq!(
+        settler.transactions(),
+        2,
+        "one transaction, then the four together"
+    );
+    for (i, c) in claims.iter().enumerate() {
+        let (state, owner, n) = state_of(&pg, "grouped", c.id());
+        if i == 2 {
+            assert_eq!(
+                (state.as_str(), owner.as_deref(), n),
+                ("active", Some("other"), 2)
+            );
+        } else {
+            assert_eq!((state.as_str(), owner, n), ("delivered", None, 1));
+        }
+    }
+    let bodies: i64 = db
+        .query_one(
+            "SELECT count(*) FROM grouped.message WHERE state = 'delivered' AND body IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bodies, 0, "tombstones keep no body");
+}
+
+#[test]
+fn a_batch_import_is_one_statement_and_idempotent_per_row() {
+    let Some(pg) = Pg::start() else { return };
+    let q = queue(&pg, "batch");
+    let h = header(now(), 3, None);
+    let later = header(now(), 3, Some(now() + 3600));
+    let dup = import(&q, &h, b"first\r\n");
+    let (a, b) = (QueueId::generate(), QueueId::generate());
+    let (mut ba, mut bd, mut bb) = (&b"aa\r\n"[..], &b"other\r\n"[..], &b"bbb\r\n"[..]);
+    let mut items = [
+        qmail_dispatch::queue::postgres::ImportItem {
+            id: &a,
+            header: &h,
+            body: &mut ba,
+            len: 4,
+        },
+        qmail_dispatch::queue::postgres::ImportItem {
+            id: &dup,
+            header: &h,
+            body: &mut bd,
+            len: 7,
+        },
+        qmail_dispatch::queue::postgres::ImportItem {
+            id: &b,
+            header: &later,
+            body: &mut bb,
+            len: 5,
+        },
+    ];
+    assert_eq!(
+        q.import_batch(&mut items).unwrap(),
+        vec![Imported::New, Imported::Duplicate, Imported::New]
+    );
+    assert_eq!(state_of(&pg, "batch", a.as_str()).0, "ready");
+    assert_eq!(state_of(&pg, "batch", b.as_str()).0, "scheduled");
+    let got = q.claim(5, Duration::from_secs(2)).unwrap();
+    let mut bodies: Vec<(String, Vec<u8>)> = got
+        .iter()
+        .map(|c| (c.id().to_owned(), read_all(c)))
+        .collect();
+    bodies.sort();
+    let mut want = vec![
+        (a.to_string(), b"aa\r\n".to_vec()),
+        (dup.to_string(), b"first\r\n".to_vec()),
+    ];
+    want.sort();
+    assert_eq!(bodies, want, "the duplicate kept its first body");
+    // a body shorter than its length fails the whole batch: nothing written
+    let c = QueueId::generate();
+    let mut short = &b"x"[..];
+    let mut bc = &b"cc\r\n"[..];
+    let d = QueueId::generate();
+    let mut items = [
+        qmail_dispatch::queue::postgres::ImportItem {
+            id: &c,
+            header: &h,
+            body: &mut bc,
+            len: 4,
+        },
+        qmail_dispatch::queue::postgres::ImportItem {
+            id: &d,
+            header: &h,
+            body: &mut short,
+            len: 9,
+        },
+    ];
+    assert!(matches!(
+        q.import_batch(&mut items),
+        Err(QueueError::Io { .. })
+    ));
+    let n: i64 = pg
+        .client()
+        .query_one(
+            "SELECT count(*) FROM batch.message WHERE id = ANY($1)",
+            &[&vec![c.to_string(), d.to_string()]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

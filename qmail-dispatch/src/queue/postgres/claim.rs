@@ -1,7 +1,8 @@
 //! One claimed row: its header, state, body stream, fence and settle.
 
 use std::io::{self, Read};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 
 use qmail_core::SpoolHeader;
 
@@ -184,6 +185,224 @@ impl PgClaim {
         }
         Ok(())
     }
+}
+
+/// One request to the [`GroupSettler`] thread.
+struct GroupReq {
+    id: String,
+    claims: i64,
+    dstate: String,
+    reply: mpsc::SyncSender<Result<(), SettleError>>,
+}
+
+/// Writes the [`Settlement::Delivered`] settles of many workers together: one transaction
+/// (one statement, so one commit and one WAL flush) for every settle that arrived while the
+/// previous one was being written. Each row keeps its own fence (`owner`, claim counter,
+/// `state = 'active'`): a row whose claim was taken back changes nothing and only its
+/// caller hears [`SettleError::LostClaim`]; the others commit. A transaction that fails
+/// answers [`SettleError::Queue`] to every caller in it (nothing of it was written), and
+/// each retries with the same fencing token, as for [`PgClaim::settle_ref`] (rule 4 of
+/// `queue/mod.rs`). The collection window is the previous transaction's duration: an idle
+/// queue's settle is written at once, under load the groups grow by themselves.
+///
+/// The other outcomes (rare in the steady state) are written by the caller's thread with
+/// [`PgClaim::settle_ref`]. Dropping the settler stops its thread after the settles in hand.
+pub struct GroupSettler {
+    tx: Option<mpsc::Sender<GroupReq>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    counts: Arc<GroupCounts>,
+}
+
+/// What a [`GroupSettler`] has done so far.
+#[derive(Debug, Default)]
+struct GroupCounts {
+    /// Settles handed to the thread and not yet taken into a transaction.
+    queued: AtomicUsize,
+    /// Transactions written (committed or failed).
+    transactions: AtomicU64,
+}
+
+impl std::fmt::Debug for GroupSettler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupSettler").finish_non_exhaustive()
+    }
+}
+
+impl GroupSettler {
+    /// Starts the settler thread for the queue `inner`, writing at most `max_group` settles
+    /// per transaction (at least 1).
+    pub(crate) fn start(inner: Arc<Inner>, max_group: usize) -> GroupSettler {
+        let max_group = max_group.max(1);
+        let (tx, rx) = mpsc::channel::<GroupReq>();
+        let counts = Arc::new(GroupCounts::default());
+        let c2 = Arc::clone(&counts);
+        let thread = std::thread::Builder::new()
+            .name("qmail-pg-settle".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    while group.len() < max_group {
+                        match rx.try_recv() {
+                            Ok(r) => group.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    c2.queued.fetch_sub(group.len(), Ordering::SeqCst);
+                    let rows: Vec<(&str, i64, &str)> = group
+                        .iter()
+                        .map(|r| (r.id.as_str(), r.claims, r.dstate.as_str()))
+                        .collect();
+                    let written = settle_delivered_group(&inner, &rows);
+                    c2.transactions.fetch_add(1, Ordering::SeqCst);
+                    match written {
+                        Ok(done) => {
+                            for r in group {
+                                let res = if done.contains(r.id.as_str()) {
+                                    Ok(())
+                                } else {
+                                    lost_claim_log(&inner, &r.id, r.claims);
+                                    Err(SettleError::LostClaim)
+                                };
+                                let _ = r.reply.send(res);
+                            }
+                        }
+                        Err(e) => {
+                            let text = e.to_string();
+                            for r in group {
+                                let _ = r.reply.send(Err(SettleError::Queue(
+                                    QueueError::Unavailable(text.clone()),
+                                )));
+                            }
+                        }
+                    }
+                }
+            });
+        match thread {
+            Ok(t) => GroupSettler {
+                tx: Some(tx),
+                thread: Some(t),
+                counts,
+            },
+            Err(e) => {
+                // no thread: every settle is written by its caller
+                tracing::warn!(error = %e, "cannot start the settle thread; settling one by one");
+                GroupSettler {
+                    tx: None,
+                    thread: None,
+                    counts,
+                }
+            }
+        }
+    }
+
+    /// Settles `claim` as [`PgClaim::settle_ref`] does, grouping a
+    /// [`Settlement::Delivered`] with other workers' (see [`GroupSettler`]). Blocks until the
+    /// outcome is written or refused.
+    ///
+    /// # Errors
+    /// As [`PgClaim::settle_ref`]: [`SettleError::LostClaim`] for this row alone;
+    /// [`SettleError::Queue`] when its transaction failed (retry with the same claim).
+    pub fn settle(&self, claim: &PgClaim, outcome: Settlement) -> Result<(), SettleError> {
+        let (Settlement::Delivered(st), Some(tx)) = (&outcome, &self.tx) else {
+            return claim.settle_ref(outcome);
+        };
+        let dstate = encode_state(&claim.id, st)?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        let req = GroupReq {
+            id: claim.id.clone(),
+            claims: claim.claims,
+            dstate,
+            reply,
+        };
+        self.counts.queued.fetch_add(1, Ordering::SeqCst);
+        if tx.send(req).is_err() {
+            self.counts.queued.fetch_sub(1, Ordering::SeqCst);
+            return claim.settle_ref(outcome);
+        }
+        match answer.recv() {
+            Ok(r) => r,
+            // the thread is gone (it panicked): whether the group committed is unknown, and
+            // a retry with the same token says which (LostClaim: it did)
+            Err(_) => Err(SettleError::Queue(QueueError::Unavailable(
+                "the settle thread stopped".into(),
+            ))),
+        }
+    }
+}
+
+impl GroupSettler {
+    /// Delivered settles waiting for the next transaction (handed over, not yet written).
+    pub fn queued(&self) -> usize {
+        self.counts.queued.load(Ordering::SeqCst)
+    }
+
+    /// Transactions the settler has run so far (each holds one or more settles).
+    pub fn transactions(&self) -> u64 {
+        self.counts.transactions.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for GroupSettler {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn encode_state(id: &str, st: &MessageState) -> Result<String, SettleError> {
+    serde_json::to_string(st).map_err(|e| {
+        SettleError::Queue(QueueError::Corrupt {
+            id: id.to_owned(),
+            reason: format!("state does not encode: {e}"),
+        })
+    })
+}
+
+fn lost_claim_log(inner: &Inner, id: &str, claims: i64) {
+    tracing::warn!(
+        id = %id,
+        owner = %inner.opts.instance,
+        claims,
+        "settle refused: the claim was taken back by another dispatcher (stale owner); \
+         nothing changed"
+    );
+}
+
+/// Settles several claims of this owner as delivered in one statement (one transaction),
+/// each row guarded by its own fence; returns the ids that took effect (the others were
+/// taken back: nothing changed for them). Rows are `(id, claim counter, state JSON)`.
+///
+/// # Errors
+/// [`QueueError::Unavailable`]: nothing of the group was written.
+pub(crate) fn settle_delivered_group(
+    inner: &Inner,
+    rows: &[(&str, i64, &str)],
+) -> Result<std::collections::HashSet<String>, QueueError> {
+    let s = &inner.s;
+    let owner = inner.opts.instance.as_str();
+    let ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let claims: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let states: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    let mut c = inner.conn()?;
+    let q = c.stmt("settle_delivered_group", || {
+        format!(
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
+             AS v(id, claims, dstate)), \
+             u AS (UPDATE {s}.message m SET state = 'delivered', owner = NULL, body = NULL, \
+             chunked = false, dstate = v.dstate::jsonb, settled_at = now() FROM v \
+             WHERE m.id = v.id AND m.owner = $4 AND m.claims = v.claims AND m.state = 'active' \
+             RETURNING m.id), \
+             d AS (DELETE FROM {s}.chunk WHERE id IN (SELECT id FROM u)) \
+             SELECT id FROM u"
+        )
+    })?;
+    let got = c
+        .client
+        .query(&q, &[&ids, &claims, &states, &owner])
+        .map_err(db_error)?;
+    Ok(got.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
 /// Decodes the `header` column: the postcard bytes a spool file holds after its 14-byte

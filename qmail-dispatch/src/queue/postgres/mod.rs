@@ -37,7 +37,7 @@ use qmail_core::spool::record::{FORMAT_VERSION, encode_header};
 use qmail_core::{QueueId, SpoolHeader};
 use serde::Serialize;
 
-pub use claim::{BodyReader, PgClaim};
+pub use claim::{BodyReader, GroupSettler, PgClaim};
 pub use db::Db;
 pub use limits::{ConnectionSlot, RateDecision};
 
@@ -47,6 +47,9 @@ use super::{LeaseHealth, Queue, QueueError};
 pub const INLINE_MAX: u64 = 1 << 20;
 /// Larger bodies are stored in `chunk` rows of this many bytes (the last one shorter).
 pub const CHUNK_LEN: usize = 1 << 20;
+/// While claims come back full, due scheduled and deferred rows are made ready at most this
+/// often (a short claim always does it first).
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
 /// Bodies up to this many bytes come back with the claim itself (no second round trip).
 pub const CLAIM_INLINE_MAX: i64 = 64 * 1024;
 
@@ -295,6 +298,8 @@ pub(crate) struct Inner {
     lease: Mutex<Option<LeaseConn>>,
     /// When the lease was last renewed (this process's monotonic clock).
     renewed: Mutex<Option<Instant>>,
+    /// When due scheduled/deferred rows were last made ready by a claim.
+    promoted: Mutex<Option<Instant>>,
     /// The connection holding this process's connection-slot advisory locks.
     pub(crate) limits: Mutex<Option<Client>>,
     /// Slot keys this process holds (advisory locks are re-entrant within a session).
@@ -370,6 +375,7 @@ impl PgQueue {
                 idle: Mutex::new(Vec::new()),
                 lease: Mutex::new(None),
                 renewed: Mutex::new(None),
+                promoted: Mutex::new(None),
                 limits: Mutex::new(None),
                 held_slots: Mutex::new(HashSet::new()),
                 wake,
@@ -402,6 +408,12 @@ impl PgQueue {
         check_schema(schema_name)?;
         let mut client = parse_url(url, Duration::from_secs(5))?.connect()?;
         schema::migrate(&mut client, schema_name)
+    }
+
+    /// Starts a [`GroupSettler`] for this queue: delivered settles of many threads written
+    /// together, at most `max_group` per transaction, each row still fenced.
+    pub fn group_settler(&self, max_group: usize) -> GroupSettler {
+        GroupSettler::start(Arc::clone(&self.inner), max_group)
     }
 
     /// This process's owner name.
@@ -518,6 +530,9 @@ impl PgQueue {
             format!("INSERT INTO {s}.chunk (id, seq, data) VALUES ($1, $2, $3)")
         })?;
         let channel = self.channel();
+        if items.len() > 1 && items.iter().all(|it| it.len <= INLINE_MAX) {
+            return self.import_inline_batch(&mut c, items, &channel);
+        }
         let mut tx = c.client.transaction().map_err(db_error)?;
         let mut out = Vec::with_capacity(items.len());
         let mut any_new = false;
@@ -532,6 +547,112 @@ impl PgQueue {
         }
         tx.commit().map_err(db_error)?;
         Ok(out)
+    }
+
+    /// [`PgQueue::import_batch`] of messages that are all stored inline: one `INSERT …
+    /// SELECT FROM unnest(…)` for the lot (one round trip instead of one per message), in
+    /// one transaction with its notification.
+    fn import_inline_batch(
+        &self,
+        c: &mut Conn,
+        items: &mut [ImportItem<'_>],
+        channel: &str,
+    ) -> Result<Vec<Imported>, QueueError> {
+        let s = &self.inner.s;
+        let n = items.len();
+        let (
+            mut ids,
+            mut ranks,
+            mut prios,
+            mut created,
+            mut nbs,
+            mut headers,
+            mut lens,
+            mut bodies,
+        ) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for it in items.iter_mut() {
+            let (id, header, len) = (it.id, it.header, it.len);
+            let hbytes = encode_header(header).map_err(|e| QueueError::Corrupt {
+                id: id.to_string(),
+                reason: e.to_string(),
+            })?;
+            let io_err = |e: std::io::Error| QueueError::Io {
+                path: id.as_str().into(),
+                source: e,
+            };
+            let mut v = Vec::with_capacity(len as usize);
+            (&mut *it.body)
+                .take(len)
+                .read_to_end(&mut v)
+                .map_err(io_err)?;
+            if v.len() as u64 != len {
+                return Err(io_err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the body ended after {} of {len} bytes", v.len()),
+                )));
+            }
+            ids.push(id.as_str());
+            ranks.push(crate::schedule::rank(
+                header.created,
+                header.priority,
+                self.inner.opts.priority_step_secs,
+            ));
+            prios.push(header.priority as i16);
+            created.push(header.created);
+            nbs.push(header.not_before.unwrap_or(0));
+            headers.push(hbytes);
+            // len <= INLINE_MAX, so it fits
+            lens.push(len as i64);
+            bodies.push(v);
+        }
+        let ins = c.stmt("import_many", || {
+            format!(
+                "INSERT INTO {s}.message (id, state, rank, priority, created, due, header, \
+                 header_version, body_len, body, chunked) \
+                 SELECT v.id, CASE WHEN to_timestamp(v.nb) > now() THEN 'scheduled' \
+                 ELSE 'ready' END, v.rank, v.prio, v.created, \
+                 greatest(to_timestamp(v.nb), now()), v.header, $8, v.len, v.body, false \
+                 FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::bigint[], \
+                 $5::bigint[], $6::bytea[], $7::bigint[], $9::bytea[]) \
+                 AS v(id, rank, prio, created, nb, header, len, body) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id"
+            )
+        })?;
+        let version = FORMAT_VERSION as i16;
+        let mut tx = c.client.transaction().map_err(db_error)?;
+        let rows = tx
+            .query(
+                &ins,
+                &[
+                    &ids, &ranks, &prios, &created, &nbs, &headers, &lens, &version, &bodies,
+                ],
+            )
+            .map_err(db_error)?;
+        let new: HashSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        if !new.is_empty() {
+            tx.execute("SELECT pg_notify($1, '')", &[&channel])
+                .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                if new.contains(*id) {
+                    Imported::New
+                } else {
+                    Imported::Duplicate
+                }
+            })
+            .collect())
     }
 
     fn import_into(
@@ -634,12 +755,24 @@ impl PgQueue {
                  m.dstate::text, CASE WHEN m.body_len <= {CLAIM_INLINE_MAX} THEN m.body END"
             )
         })?;
-        c.client.execute(&promote, &[]).map_err(db_error)?;
+        // due scheduled and deferred rows become ready: at most every PROMOTE_EVERY while
+        // claims fill up (a deep queue), and always before a claim comes back short
+        let promote_due = lock(&self.inner.promoted).is_none_or(|t| t.elapsed() >= PROMOTE_EVERY);
+        if promote_due {
+            c.client.execute(&promote, &[]).map_err(db_error)?;
+            *lock(&self.inner.promoted) = Some(Instant::now());
+        }
         let limit = max.min(10_000) as i64;
-        let rows = c
-            .client
-            .query(&take, &[&self.inner.opts.instance.as_str(), &limit])
-            .map_err(db_error)?;
+        let owner = self.inner.opts.instance.as_str();
+        let mut rows = c.client.query(&take, &[&owner, &limit]).map_err(db_error)?;
+        if !promote_due && (rows.len() as i64) < limit {
+            let n = c.client.execute(&promote, &[]).map_err(db_error)?;
+            *lock(&self.inner.promoted) = Some(Instant::now());
+            if n > 0 {
+                let more = limit - rows.len() as i64;
+                rows.extend(c.client.query(&take, &[&owner, &more]).map_err(db_error)?);
+            }
+        }
         drop(c);
         let mut out = Vec::with_capacity(rows.len());
         let mut bad = Vec::new();
