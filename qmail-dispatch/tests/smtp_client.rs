@@ -556,6 +556,82 @@ fn relay_closing_between_messages_is_seen_and_replaced() {
     assert_eq!(conns[1]["messages"].as_array().unwrap().len(), 1);
 }
 
+#[test]
+fn rset_only_after_a_transaction_abandoned_before_end_of_data() {
+    // RFC 5321 §4.1.1.4: the end-of-data reply, whatever its code, resets the relay's state;
+    // RSET goes first only after a transaction abandoned before it (here: every RCPT refused)
+    let rcpts = vec!["b@example.org".to_owned()];
+    let yes = || true;
+    let tx = Transaction {
+        mail_from: "a@example.com",
+        rcpts: &rcpts,
+        smtputf8: false,
+        eight_bit: false,
+        body_len: MSG.len() as u64,
+        ends_with_crlf: true,
+        fence: &yes,
+        prefix: b"",
+    };
+    let end = |reply: &str| -> Vec<Value> {
+        vec![
+            expect("MAIL FROM:"),
+            send("250 2.1.0 sender ok\r\n"),
+            expect("RCPT TO:"),
+            send("250 2.1.5 recipient ok\r\n"),
+            expect("DATA"),
+            send("354 go ahead\r\n"),
+            data(),
+            send(reply),
+        ]
+    };
+    for caps in [&[][..], &["PIPELINING"][..]] {
+        let mut steps = vec![
+            send("220 raw.test ESMTP\r\n"),
+            expect("EHLO"),
+            send(&ehlo_reply(caps)),
+            expect("MAIL FROM:"),
+            send("250 2.1.0 sender ok\r\n"),
+            expect("RCPT TO:"),
+            send("550 5.1.1 no such user\r\n"),
+        ];
+        if caps.contains(&"PIPELINING") {
+            // DATA went in the same write (RFC 2920 §3.1)
+            steps.extend([expect("DATA"), send("554 5.5.1 no valid recipients\r\n")]);
+        }
+        steps.extend([expect("RSET"), send("250 2.0.0 ok\r\n")]);
+        steps.extend(end("554 5.7.1 content refused\r\n"));
+        steps.extend(end("250 2.0.0 queued as 1\r\n"));
+        steps.extend(end("250 2.0.0 queued as 2\r\n"));
+        let srv = Raw::start(vec![steps], None);
+        let mut s = open(&srv);
+        let status = |r: Vec<qmail_dispatch::RcptResult>| r[0].status;
+        use qmail_dispatch::RcptStatus::{Delivered, Failed};
+        // 1: abandoned (no recipient) -> 2: RSET first; its end-of-data refused (a clean end)
+        // -> 3 and 4: no RSET
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Failed, "{caps:?}");
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Failed, "{caps:?}");
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Delivered, "{caps:?}");
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Delivered, "{caps:?}");
+        s.quit();
+        let c = &srv.connections(1)[0];
+        assert_eq!(c["errors"], json!([]), "{caps:?}: {c}");
+        let lines = srv.lines(0);
+        let verbs: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| {
+                ["RSET", "MAIL", "QUIT"]
+                    .into_iter()
+                    .find(|v| l.starts_with(v))
+            })
+            .collect();
+        assert_eq!(
+            verbs,
+            ["MAIL", "RSET", "MAIL", "MAIL", "MAIL", "QUIT"],
+            "{caps:?}: {lines:?}"
+        );
+    }
+}
+
 fn c_head(srv: &Raw) -> String {
     srv.connections(1)[0]["messages"][0]["head"]
         .as_str()

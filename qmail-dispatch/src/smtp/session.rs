@@ -472,7 +472,9 @@ pub struct Session {
     pub caps: Capabilities,
     /// Transactions started on it.
     pub transactions: u32,
-    /// The last transaction did not end cleanly: RSET before the next.
+    /// The last transaction was abandoned before its end-of-data reply (a refused MAIL, no
+    /// accepted recipient, a refused DATA): RSET before the next (RFC 5321 §4.1.1.5). False
+    /// after an end-of-data reply, which resets the relay's state itself (§4.1.1.4).
     pub(crate) needs_reset: bool,
     pub(crate) timeouts: TimeoutConfig,
 }
