@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use dispatch_common::*;
 use qmail_core::spool::Spool;
-use qmail_dispatch::smtp::{BodyError, RelayEndpoint, Session, Transaction, TxError};
+use qmail_dispatch::smtp::{
+    BodyError, Phase, RelayEndpoint, Session, SmtpError, Transaction, TxError,
+};
 use qmail_dispatch::{DispatchConfig, Dispatcher, MessageState, RelayConfig, Summary};
 use serde_json::{Value, json};
 
@@ -630,6 +632,64 @@ fn rset_only_after_a_transaction_abandoned_before_end_of_data() {
             "{caps:?}: {lines:?}"
         );
     }
+}
+
+#[test]
+fn a_relay_that_stops_reading_the_message_times_out_at_data_block_secs() {
+    // the relay answers 354 and then reads nothing: the body's writes block once the socket
+    // buffers are full. The command batch left a shorter send timeout (command_secs = 1) on
+    // the socket; it only wakes the write early, which goes on to data_block_secs (3)
+    let srv = Raw::start(
+        vec![vec![
+            send("220 raw.test ESMTP\r\n"),
+            expect("EHLO"),
+            send(&ehlo_reply(&["PIPELINING"])),
+            expect("MAIL FROM:"),
+            send("250 2.1.0 sender ok\r\n"),
+            expect("RCPT TO:"),
+            send("250 2.1.5 recipient ok\r\n"),
+            expect("DATA"),
+            send("354 go ahead\r\n"),
+            json!({"sleep": 30}),
+        ]],
+        None,
+    );
+    let cfg = RelayConfig::from_url(&srv.url("127.0.0.1", "tls=none"))
+        .and_then(RelayConfig::resolve)
+        .unwrap();
+    let ep = RelayEndpoint::new(cfg).unwrap();
+    let t = qmail_dispatch::TimeoutConfig {
+        greeting_secs: 5,
+        command_secs: 1,
+        data_block_secs: 3,
+        ..Default::default()
+    };
+    let mut s = Session::open(&ep, "client.test", &t).unwrap();
+    let rcpts = vec!["b@example.org".to_owned()];
+    let yes = || true;
+    let body = sized(32 << 20);
+    let tx = Transaction {
+        mail_from: "a@example.com",
+        rcpts: &rcpts,
+        smtputf8: false,
+        eight_bit: false,
+        body_len: body.len() as u64,
+        ends_with_crlf: true,
+        fence: &yes,
+        prefix: b"",
+    };
+    let r = s.send(&tx, body.as_slice());
+    assert!(
+        matches!(
+            r,
+            Err(TxError::DiedBefore(SmtpError::Timeout {
+                phase: Phase::Body,
+                secs: 3
+            }))
+        ),
+        "{r:?}"
+    );
+    s.abort();
 }
 
 fn c_head(srv: &Raw) -> String {
