@@ -275,17 +275,23 @@ fn pipelined_commands_go_in_one_write() {
     assert_eq!(s.failed, 3, "bad@ failed for good, a{{i}}@ delivered");
     assert_eq!(srv.delivered().len(), 3);
     let sess = &srv.wait_sessions(1, T)[0];
-    // the client wrote RSET, MAIL, both RCPTs and DATA before reading a reply (RFC 2920
-    // §3.1): one read got them all
-    let want = b"RSET\r\nMAIL FROM:<noreply@example.com>\r\nRCPT TO:<a1@example.org>\r\nRCPT TO:<bad@example.org>\r\nDATA\r\n";
-    assert!(
-        sess.chunks.iter().any(|c| c == want),
-        "{:?}",
-        sess.chunks
-            .iter()
-            .map(|c| String::from_utf8_lossy(c))
-            .collect::<Vec<_>>()
-    );
+    // the client wrote MAIL, both RCPTs and DATA before reading a reply (RFC 2920 §3.1): one
+    // read got them all, for each message; no RSET on the reused connection, since every
+    // transaction ended with its end-of-data reply (RFC 5321 §4.1.1.4)
+    for i in 0..3 {
+        let want = format!(
+            "MAIL FROM:<noreply@example.com>\r\nRCPT TO:<a{i}@example.org>\r\nRCPT TO:<bad@example.org>\r\nDATA\r\n"
+        );
+        assert!(
+            sess.chunks.iter().any(|c| c == want.as_bytes()),
+            "{:?}",
+            sess.chunks
+                .iter()
+                .map(|c| String::from_utf8_lossy(c))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(!sess.lines.iter().any(|l| l == "RSET"), "{:?}", sess.lines);
     // and without PIPELINING, never more than one command per write
     let srv2 = SmtpServer::start(&["--no-pipelining"]);
     let (_d2, spool2) = spool_dir();
@@ -1107,7 +1113,7 @@ fn spread_by_weight_among_equal_priorities() {
 }
 
 #[test]
-fn connections_are_reused_with_rset_and_limited_per_connection() {
+fn connections_are_reused_and_limited_per_connection() {
     let srv = SmtpServer::start(&[]);
     let (_d, spool) = spool_dir();
     for i in 0..5 {
@@ -1125,15 +1131,45 @@ fn connections_are_reused_with_rset_and_limited_per_connection() {
         [2, 2, 1]
     );
     for s in &sess {
-        let rsets = s.lines.iter().filter(|l| *l == "RSET").count() as u64;
-        assert_eq!(
-            rsets,
-            s.transactions - 1,
-            "RSET between transactions: {:?}",
-            s.lines
-        );
+        // every transaction ended with its end-of-data reply, which resets the relay's state
+        // (RFC 5321 §4.1.1.4): MAIL follows directly, no RSET
+        let mails = s
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("MAIL FROM:"))
+            .count() as u64;
+        assert_eq!(mails, s.transactions, "{:?}", s.lines);
+        assert!(!s.lines.iter().any(|l| l == "RSET"), "{:?}", s.lines);
         assert!(s.lines.iter().any(|l| l == "QUIT"));
     }
+    // a transaction abandoned before end-of-data (MAIL refused for now) is followed by RSET
+    // on the same connection; one whose end-of-data was refused is not
+    let srv = SmtpServer::start(&["--mail-fail", "1:451", "--data-fail", "1:554"]);
+    let (_d2, spool2) = spool_dir();
+    for i in 0..3 {
+        submit(&spool2, simple(&format!("b{i}@example.org"), "x"));
+    }
+    let mut cfg2 = config(spool2.path(), &[srv.url("tls=none")]);
+    cfg2.workers = 1;
+    let s = drain(&cfg2);
+    assert_eq!((s.delivered, s.failed, s.deferred), (1, 1, 1));
+    let sess = srv.wait_sessions(1, T);
+    assert_eq!(sess.len(), 1);
+    let verbs: Vec<&str> = sess[0]
+        .lines
+        .iter()
+        .filter_map(|l| {
+            ["RSET", "MAIL", "QUIT"]
+                .into_iter()
+                .find(|v| l.starts_with(v))
+        })
+        .collect();
+    assert_eq!(
+        verbs,
+        ["MAIL", "RSET", "MAIL", "MAIL", "QUIT"],
+        "{:?}",
+        sess[0].lines
+    );
 }
 
 #[test]

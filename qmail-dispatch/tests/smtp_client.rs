@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use dispatch_common::*;
 use qmail_core::spool::Spool;
-use qmail_dispatch::smtp::{BodyError, RelayEndpoint, Session, Transaction, TxError};
+use qmail_dispatch::smtp::{
+    BodyError, Phase, RelayEndpoint, Session, SmtpError, Transaction, TxError,
+};
 use qmail_dispatch::{DispatchConfig, Dispatcher, MessageState, RelayConfig, Summary};
 use serde_json::{Value, json};
 
@@ -554,6 +556,140 @@ fn relay_closing_between_messages_is_seen_and_replaced() {
     assert_eq!(conns.len(), 2);
     assert_eq!(conns[0]["messages"].as_array().unwrap().len(), 1);
     assert_eq!(conns[1]["messages"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn rset_only_after_a_transaction_abandoned_before_end_of_data() {
+    // RFC 5321 §4.1.1.4: the end-of-data reply, whatever its code, resets the relay's state;
+    // RSET goes first only after a transaction abandoned before it (here: every RCPT refused)
+    let rcpts = vec!["b@example.org".to_owned()];
+    let yes = || true;
+    let tx = Transaction {
+        mail_from: "a@example.com",
+        rcpts: &rcpts,
+        smtputf8: false,
+        eight_bit: false,
+        body_len: MSG.len() as u64,
+        ends_with_crlf: true,
+        fence: &yes,
+        prefix: b"",
+    };
+    let end = |reply: &str| -> Vec<Value> {
+        vec![
+            expect("MAIL FROM:"),
+            send("250 2.1.0 sender ok\r\n"),
+            expect("RCPT TO:"),
+            send("250 2.1.5 recipient ok\r\n"),
+            expect("DATA"),
+            send("354 go ahead\r\n"),
+            data(),
+            send(reply),
+        ]
+    };
+    for caps in [&[][..], &["PIPELINING"][..]] {
+        let mut steps = vec![
+            send("220 raw.test ESMTP\r\n"),
+            expect("EHLO"),
+            send(&ehlo_reply(caps)),
+            expect("MAIL FROM:"),
+            send("250 2.1.0 sender ok\r\n"),
+            expect("RCPT TO:"),
+            send("550 5.1.1 no such user\r\n"),
+        ];
+        if caps.contains(&"PIPELINING") {
+            // DATA went in the same write (RFC 2920 §3.1)
+            steps.extend([expect("DATA"), send("554 5.5.1 no valid recipients\r\n")]);
+        }
+        steps.extend([expect("RSET"), send("250 2.0.0 ok\r\n")]);
+        steps.extend(end("554 5.7.1 content refused\r\n"));
+        steps.extend(end("250 2.0.0 queued as 1\r\n"));
+        steps.extend(end("250 2.0.0 queued as 2\r\n"));
+        let srv = Raw::start(vec![steps], None);
+        let mut s = open(&srv);
+        let status = |r: Vec<qmail_dispatch::RcptResult>| r[0].status;
+        use qmail_dispatch::RcptStatus::{Delivered, Failed};
+        // 1: abandoned (no recipient) -> 2: RSET first; its end-of-data refused (a clean end)
+        // -> 3 and 4: no RSET
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Failed, "{caps:?}");
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Failed, "{caps:?}");
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Delivered, "{caps:?}");
+        assert_eq!(status(s.send(&tx, MSG).unwrap()), Delivered, "{caps:?}");
+        s.quit();
+        let c = &srv.connections(1)[0];
+        assert_eq!(c["errors"], json!([]), "{caps:?}: {c}");
+        let lines = srv.lines(0);
+        let verbs: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| {
+                ["RSET", "MAIL", "QUIT"]
+                    .into_iter()
+                    .find(|v| l.starts_with(v))
+            })
+            .collect();
+        assert_eq!(
+            verbs,
+            ["MAIL", "RSET", "MAIL", "MAIL", "MAIL", "QUIT"],
+            "{caps:?}: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_relay_that_stops_reading_the_message_times_out_at_data_block_secs() {
+    // the relay answers 354 and then reads nothing: the body's writes block once the socket
+    // buffers are full. The command batch left a shorter send timeout (command_secs = 1) on
+    // the socket; it only wakes the write early, which goes on to data_block_secs (3)
+    let srv = Raw::start(
+        vec![vec![
+            send("220 raw.test ESMTP\r\n"),
+            expect("EHLO"),
+            send(&ehlo_reply(&["PIPELINING"])),
+            expect("MAIL FROM:"),
+            send("250 2.1.0 sender ok\r\n"),
+            expect("RCPT TO:"),
+            send("250 2.1.5 recipient ok\r\n"),
+            expect("DATA"),
+            send("354 go ahead\r\n"),
+            json!({"sleep": 30}),
+        ]],
+        None,
+    );
+    let cfg = RelayConfig::from_url(&srv.url("127.0.0.1", "tls=none"))
+        .and_then(RelayConfig::resolve)
+        .unwrap();
+    let ep = RelayEndpoint::new(cfg).unwrap();
+    let t = qmail_dispatch::TimeoutConfig {
+        greeting_secs: 5,
+        command_secs: 1,
+        data_block_secs: 3,
+        ..Default::default()
+    };
+    let mut s = Session::open(&ep, "client.test", &t).unwrap();
+    let rcpts = vec!["b@example.org".to_owned()];
+    let yes = || true;
+    let body = sized(32 << 20);
+    let tx = Transaction {
+        mail_from: "a@example.com",
+        rcpts: &rcpts,
+        smtputf8: false,
+        eight_bit: false,
+        body_len: body.len() as u64,
+        ends_with_crlf: true,
+        fence: &yes,
+        prefix: b"",
+    };
+    let r = s.send(&tx, body.as_slice());
+    assert!(
+        matches!(
+            r,
+            Err(TxError::DiedBefore(SmtpError::Timeout {
+                phase: Phase::Body,
+                secs: 3
+            }))
+        ),
+        "{r:?}"
+    );
+    s.abort();
 }
 
 fn c_head(srv: &Raw) -> String {

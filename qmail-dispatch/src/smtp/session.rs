@@ -364,8 +364,14 @@ impl Connection {
         }
     }
 
-    /// Writes all of `bytes` (one write call where the kernel takes it), each write within
-    /// `timeout`.
+    /// Writes all of `bytes` (one write call where the kernel takes it), within `timeout`.
+    ///
+    /// On a cleartext connection the socket's send timeout (`SO_SNDTIMEO`) is set again only
+    /// when it would outlast the deadline, as for reads: the command batches (`command_secs`)
+    /// and the message (`data_block_secs`) alternate on a reused connection, and the shorter
+    /// timeout set once only wakes a longer write early, which then goes on until its own
+    /// deadline. Inside TLS the timeout is set as asked (a write that timed out part-way
+    /// cannot be resumed through the TLS layer).
     pub(crate) fn write_all(
         &mut self,
         bytes: &[u8],
@@ -373,6 +379,32 @@ impl Connection {
         timeout: Duration,
     ) -> Result<(), SmtpError> {
         let secs = timeout.as_secs();
+        if let Stream::Plain(tcp) = &mut self.stream {
+            let deadline = Instant::now() + timeout;
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(SmtpError::Timeout { phase, secs });
+                }
+                if self.write_timeout.is_none_or(|t| t > left) {
+                    tcp.set_write_timeout(Some(left))
+                        .map_err(|e| io_err(phase, e, secs))?;
+                    self.write_timeout = Some(left);
+                }
+                match io::Write::write(tcp, rest) {
+                    Ok(0) => return Err(SmtpError::Closed { phase }),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) => match e.kind() {
+                        io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut => {}
+                        _ => return Err(io_err(phase, e, secs)),
+                    },
+                }
+            }
+            return Ok(());
+        }
         if self.write_timeout != Some(timeout) {
             self.stream
                 .tcp()
@@ -472,7 +504,9 @@ pub struct Session {
     pub caps: Capabilities,
     /// Transactions started on it.
     pub transactions: u32,
-    /// The last transaction did not end cleanly: RSET before the next.
+    /// The last transaction was abandoned before its end-of-data reply (a refused MAIL, no
+    /// accepted recipient, a refused DATA): RSET before the next (RFC 5321 §4.1.1.5). False
+    /// after an end-of-data reply, which resets the relay's state itself (§4.1.1.4).
     pub(crate) needs_reset: bool,
     pub(crate) timeouts: TimeoutConfig,
 }

@@ -5,6 +5,10 @@
 //! - With PIPELINING, `[RSET] MAIL RCPT… DATA` go in one write and the replies are matched
 //!   in order (RFC 2920 §3.1); a relay that refused every recipient but answered 354 to DATA
 //!   gets a lone `.` (RFC 2920 §3.1) and nothing is delivered.
+//! - On a reused connection RSET goes first only when the previous transaction was abandoned
+//!   before its end-of-data reply (a refused MAIL, every RCPT refused, a refused DATA): the
+//!   reply to end-of-data, whatever its code, already resets the relay's state (RFC 5321
+//!   §4.1.1.4), so a transaction that ended cleanly is followed directly by MAIL.
 //! - Without it, one command per reply; no RCPT after a refused MAIL, no DATA without an
 //!   accepted recipient.
 //! - `SIZE=` (the prefix plus the spooled message, before dot-stuffing) is declared when the
@@ -212,7 +216,10 @@ impl Session {
                 phase: Phase::Idle,
             }));
         }
-        let reset = self.transactions > 0 || self.needs_reset;
+        // RFC 5321 §4.1.1.4: the end-of-data reply (whatever its code) resets the receiver's
+        // state, so RSET only follows a transaction abandoned before it (a refused MAIL, no
+        // accepted recipient, a refused DATA)
+        let reset = self.needs_reset;
         self.transactions += 1;
         self.needs_reset = true;
         let t = self.timeouts.clone();
