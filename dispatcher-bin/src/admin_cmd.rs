@@ -627,15 +627,9 @@ pub fn find(
     })
 }
 
-/// `requeue-failed ID... | --all` and `retry [ID...]` with `--json`.
-pub fn requeue_or_retry(
-    spools: &[PathBuf],
-    ids: &[String],
-    all: bool,
-    retry: bool,
-    json: bool,
-    instance: &str,
-) -> Result<ExitCode> {
+/// The ids are queue ids, and `requeue-failed` has ids or `--all`, never both nor neither
+/// (with no id it would requeue 5xx refusals too: that must be asked for).
+fn check_requeue_args(ids: &[String], all: bool, retry: bool) -> Result<()> {
     check_ids(ids)?;
     if !retry {
         match (ids.is_empty(), all) {
@@ -647,6 +641,19 @@ pub fn requeue_or_retry(
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// `requeue-failed ID... | --all` and `retry [ID...]` with `--json`.
+pub fn requeue_or_retry(
+    spools: &[PathBuf],
+    ids: &[String],
+    all: bool,
+    retry: bool,
+    json: bool,
+    instance: &str,
+) -> Result<ExitCode> {
+    check_requeue_args(ids, all, retry)?;
     let what = if retry { "due now" } else { "requeued" };
     let mut moved: Vec<String> = Vec::new();
     for sp in spools {
@@ -694,17 +701,7 @@ pub fn requeue_or_retry_queue(
     retry: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    check_ids(ids)?;
-    if !retry {
-        match (ids.is_empty(), all) {
-            (true, false) => bail!(
-                "requeue-failed needs queue ids, or --all to requeue every failed message \
-                 (5xx refusals included)"
-            ),
-            (false, true) => bail!("requeue-failed takes ids or --all, not both"),
-            _ => {}
-        }
-    }
+    check_requeue_args(ids, all, retry)?;
     let what = if retry { "due now" } else { "requeued" };
     let results = if retry {
         pg::retry(q, ids)

@@ -23,6 +23,25 @@ const QUEUE_DIRS: [&str; 7] = [
     "corrupt",
 ];
 
+/// Prints every finding to stderr (`error: …`, `warning: …`) and, when any is an error, the
+/// summary line naming `command` (what would fail); returns whether there was none.
+pub fn report(findings: &[Finding], command: &str) -> bool {
+    for f in findings {
+        match f {
+            Finding::Error(m) => eprintln!("error: {m}"),
+            Finding::Warning(m) => eprintln!("warning: {m}"),
+        }
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| matches!(f, Finding::Error(_)))
+        .count();
+    if errors > 0 {
+        eprintln!("qmail-dispatcher: check-config: {errors} problem(s); `{command}` would fail");
+    }
+    errors == 0
+}
+
 /// One finding: an error stops `run`; a warning may not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
@@ -196,10 +215,11 @@ fn readable_file(what: &str, p: &Path, out: &mut Vec<Finding>) {
 }
 
 /// Everything `run` needs from the machine: the spool trees, the log files, the TLS files, the
-/// metrics listener address.
-pub fn check(s: &Settings) -> Vec<Finding> {
+/// metrics listener address. `need_spools`: no spool configured is an error (a dispatcher
+/// serving a PostgreSQL queue needs none).
+pub fn check(s: &Settings, need_spools: bool) -> Vec<Finding> {
     let mut out = Vec::new();
-    if s.dispatch.spools.is_empty() {
+    if need_spools && s.dispatch.spools.is_empty() {
         out.push(Finding::Error(
             "no spool: set `spools` in the configuration, --spool or QMAIL_SPOOL".into(),
         ));

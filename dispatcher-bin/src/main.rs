@@ -578,19 +578,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .filter_map(|r| RelayEndpoint::new(r.clone()).err())
                 .map(|e| check::Finding::Error(e.to_string()))
                 .collect();
-            findings.extend(check::check(&s));
-            for f in &findings {
-                match f {
-                    check::Finding::Error(m) => eprintln!("error: {m}"),
-                    check::Finding::Warning(m) => eprintln!("warning: {m}"),
-                }
-            }
-            let errors = findings
-                .iter()
-                .filter(|f| matches!(f, check::Finding::Error(_)))
-                .count();
-            if errors > 0 {
-                eprintln!("qmail-dispatcher: check-config: {errors} problem(s); `run` would fail");
+            findings.extend(check::check(&s, true));
+            if !check::report(&findings, "run") {
                 return Ok(ExitCode::FAILURE);
             }
             // the keys were loaded (and checked) with the configuration; print what to publish
@@ -711,23 +700,10 @@ fn check_config_queue(s: &settings::Settings) -> Result<ExitCode> {
             .collect(),
         Err(e) => vec![check::Finding::Error(format!("invalid configuration: {e}"))],
     };
-    let spoolless = s.dispatch.spools.is_empty();
-    findings.extend(check::check(s).into_iter().filter(|f| {
-        !(spoolless && matches!(f, check::Finding::Error(m) if m.starts_with("no spool")))
-    }));
+    // a queue dispatcher serves no spool
+    findings.extend(check::check(s, false));
     findings.extend(pg_run::check(s));
-    for f in &findings {
-        match f {
-            check::Finding::Error(m) => eprintln!("error: {m}"),
-            check::Finding::Warning(m) => eprintln!("warning: {m}"),
-        }
-    }
-    let errors = findings
-        .iter()
-        .filter(|f| matches!(f, check::Finding::Error(_)))
-        .count();
-    if errors > 0 {
-        eprintln!("qmail-dispatcher: check-config: {errors} problem(s); `run --queue` would fail");
+    if !check::report(&findings, "run --queue") {
         return Ok(ExitCode::FAILURE);
     }
     let q = s.queue.as_ref().context("queue")?;

@@ -494,7 +494,7 @@ impl Dispatcher {
         &self,
         tx: mpsc::Sender<(usize, Dir, String)>,
     ) -> Option<notify::RecommendedWatcher> {
-        use notify::{EventKind, RecursiveMode, Watcher, event::ModifyKind, event::RenameMode};
+        use notify::{RecursiveMode, Watcher};
         let mut dirs: Vec<(PathBuf, usize, Dir)> = Vec::new();
         for (i, s) in self.shared.spools.iter().enumerate() {
             dirs.push((s.join("ready"), i, Dir::Ready));
@@ -503,15 +503,7 @@ impl Dispatcher {
         let map = dirs.clone();
         let handler = move |res: notify::Result<notify::Event>| {
             let Ok(ev) = res else { return };
-            let wanted = matches!(
-                ev.kind,
-                EventKind::Create(_)
-                    | EventKind::Modify(ModifyKind::Name(
-                        RenameMode::To | RenameMode::Both | RenameMode::Any
-                    ))
-                    | EventKind::Any
-            );
-            if !wanted {
+            if !crate::schedule::is_arrival(&ev.kind) {
                 return;
             }
             for p in &ev.paths {
