@@ -264,6 +264,7 @@ impl Shared {
                 body_len: msg.body_len,
                 ends_with_crlf: summary.ends_with_crlf,
                 fence: msg.fence,
+                checked: small.is_some(),
                 prefix: msg.prefix,
             };
             let Some((session, used)) = w.sessions.get_mut(&i) else {

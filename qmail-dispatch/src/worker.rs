@@ -265,8 +265,9 @@ impl Shared {
 
     /// One attempt for a claim from any queue: the envelope and content checks, the relays
     /// (or the outbox), and the outcome as a [`Settlement`]. The fence ([`Claim::still_mine`])
-    /// is checked right before DATA and before end-of-data; a failed fence gives
-    /// [`Settlement::Release`] with nothing delivered.
+    /// is checked at the point of no return: right before the end-of-data (and before DATA
+    /// without PIPELINING, see [`smtp::Transaction::fence`]), or before the outbox file's
+    /// rename; a failed fence gives [`Settlement::Release`] with nothing delivered.
     ///
     /// # Errors
     /// [`QueueError`] when the message could not be read or written to the outbox (nothing
@@ -318,7 +319,7 @@ impl Shared {
                     let mut v = Vec::with_capacity(body_len as usize);
                     io::Read::read_to_end(&mut io::Read::take(body, body_len), &mut v)
                         .map_err(qerr)?;
-                    let r = content::scan(v.as_slice());
+                    let r = content::scan_bytes(&v).map_err(Ok);
                     small = Some(v);
                     r
                 } else {
@@ -330,7 +331,6 @@ impl Shared {
                     "refused: the message has a {why} (never sent: SMTP smuggling guard)"
                 )),
                 Err(Err(e)) => return Err(qerr(e)),
-                Ok(_) if !fence() => (FENCED_RELAY.to_owned(), Vec::new(), None),
                 Ok(_) if outbox.is_some() => {
                     let dir = outbox.unwrap_or(queue);
                     let (r, res) = self.to_outbox(claim, dir, &rcpts, &fence)?;

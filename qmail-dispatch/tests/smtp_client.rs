@@ -572,6 +572,7 @@ fn rset_only_after_a_transaction_abandoned_before_end_of_data() {
         body_len: MSG.len() as u64,
         ends_with_crlf: true,
         fence: &yes,
+        checked: false,
         prefix: b"",
     };
     let end = |reply: &str| -> Vec<Value> {
@@ -676,6 +677,7 @@ fn a_relay_that_stops_reading_the_message_times_out_at_data_block_secs() {
         body_len: body.len() as u64,
         ends_with_crlf: true,
         fence: &yes,
+        checked: false,
         prefix: b"",
     };
     let r = s.send(&tx, body.as_slice());
@@ -751,6 +753,7 @@ fn read_error_mid_body_drops_without_the_final_dot() {
         body_len: 300_000,
         ends_with_crlf: true,
         fence: &yes,
+        checked: false,
         prefix: b"",
     };
     let r = s.send(&tx, Failing { left: 150_000 });
@@ -779,6 +782,7 @@ fn the_fence_stops_before_data_and_before_the_final_dot() {
         body_len: MSG.len() as u64,
         ends_with_crlf: true,
         fence: &no,
+        checked: false,
         prefix: b"",
     };
     assert!(matches!(s.send(&tx, MSG), Err(TxError::Fenced)));
@@ -788,6 +792,25 @@ fn the_fence_stops_before_data_and_before_the_final_dot() {
         "{:?}",
         srv.lines(0)
     );
+    // small message with PIPELINING: DATA leaves with MAIL and RCPT, and the one check,
+    // after the 354, stops before any byte of the message: no final dot
+    let srv = Raw::start(vec![good(&["PIPELINING"])], None);
+    let mut s = open(&srv);
+    let calls = std::cell::Cell::new(0);
+    let counted_no = || {
+        calls.set(calls.get() + 1);
+        false
+    };
+    let tx_p = Transaction {
+        fence: &counted_no,
+        ..tx
+    };
+    assert!(matches!(s.send(&tx_p, MSG), Err(TxError::Fenced)));
+    s.abort();
+    assert_eq!(calls.get(), 1, "one fence per pipelined message");
+    let c = &srv.connections(1)[0];
+    assert_eq!(c["messages"][0]["dot"], false, "{c}");
+    assert_eq!(c["messages"][0]["size"], 0, "{c}");
     // large message: the fence turns false during the body: no final dot
     let srv = Raw::start(vec![good(&[])], None);
     let mut s = open(&srv);

@@ -117,6 +117,57 @@ fn corrupt(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Corrupt, msg)
 }
 
+/// Checks a spool file's framing (magic, version, header, trailer) through `read_at(offset,
+/// buf)`, which fills `buf` from `offset` or fails; returns the header, the format version,
+/// and the message's offset and length.
+fn frame(
+    size: u64,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> Result<()>,
+) -> Result<(SpoolHeader, u16, u64, u64)> {
+    let mut prefix = [0u8; PREFIX_LEN as usize];
+    if size < PREFIX_LEN + TRAILER_LEN {
+        return Err(corrupt(format!("spool file is {size} bytes: too short")));
+    }
+    read_at(0, &mut prefix)?;
+    if &prefix[..8] != MAGIC {
+        return Err(corrupt("bad magic: not a qmail spool file"));
+    }
+    let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {version} is not known (this reader knows 1..={FORMAT_VERSION})"
+        )));
+    }
+    let hlen = u32::from_le_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
+    if hlen > MAX_HEADER || PREFIX_LEN + hlen as u64 + TRAILER_LEN > size {
+        return Err(corrupt(format!(
+            "header length {hlen} does not fit the file"
+        )));
+    }
+    let mut hbuf = vec![0u8; hlen as usize];
+    read_at(PREFIX_LEN, &mut hbuf)?;
+    let header: SpoolHeader =
+        postcard::from_bytes(&hbuf).map_err(|e| corrupt(format!("header does not decode: {e}")))?;
+    let body_offset = PREFIX_LEN + hlen as u64;
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    read_at(size - TRAILER_LEN, &mut trailer)?;
+    if &trailer[..8] != END_MAGIC {
+        return Err(corrupt("no trailer: the file is truncated"));
+    }
+    let body_len = u64::from_le_bytes(trailer[8..16].try_into().unwrap_or_default());
+    if body_offset
+        .checked_add(body_len)
+        .and_then(|e| e.checked_add(TRAILER_LEN))
+        != Some(size)
+    {
+        return Err(corrupt(format!(
+            "trailer says {body_len} message bytes; the file holds {}",
+            size - body_offset - TRAILER_LEN
+        )));
+    }
+    Ok((header, version, body_offset, body_len))
+}
+
 impl SpoolFile {
     /// Opens and verifies a spool file: magic, version, header, trailer.
     ///
@@ -149,47 +200,40 @@ impl SpoolFile {
     ///
     /// # Errors
     /// As [`SpoolFile::open`].
-    pub fn from_file(mut file: File) -> Result<SpoolFile> {
+    pub fn from_file(file: File) -> Result<SpoolFile> {
         let io = |e: io::Error| Error::io(ErrorKind::Io, "cannot read spool file", e);
         let size = file.metadata().map_err(io)?.len();
-        let mut prefix = [0u8; PREFIX_LEN as usize];
-        if size < PREFIX_LEN + TRAILER_LEN {
-            return Err(corrupt(format!("spool file is {size} bytes: too short")));
-        }
-        file.read_exact(&mut prefix).map_err(io)?;
-        if &prefix[..8] != MAGIC {
-            return Err(corrupt("bad magic: not a qmail spool file"));
-        }
-        let version = u16::from_le_bytes([prefix[8], prefix[9]]);
-        if version == 0 || version > FORMAT_VERSION {
-            return Err(corrupt(format!(
-                "format version {version} is not known (this reader knows 1..={FORMAT_VERSION})"
-            )));
-        }
-        let hlen = u32::from_le_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
-        if hlen > MAX_HEADER || PREFIX_LEN + hlen as u64 + TRAILER_LEN > size {
-            return Err(corrupt(format!(
-                "header length {hlen} does not fit the file"
-            )));
-        }
-        let mut hbuf = vec![0u8; hlen as usize];
-        file.read_exact(&mut hbuf).map_err(io)?;
-        let header: SpoolHeader = postcard::from_bytes(&hbuf)
-            .map_err(|e| corrupt(format!("header does not decode: {e}")))?;
-        let body_offset = PREFIX_LEN + hlen as u64;
-        file.seek(SeekFrom::Start(size - TRAILER_LEN)).map_err(io)?;
-        let mut trailer = [0u8; TRAILER_LEN as usize];
-        file.read_exact(&mut trailer).map_err(io)?;
-        if &trailer[..8] != END_MAGIC {
-            return Err(corrupt("no trailer: the file is truncated"));
-        }
-        let body_len = u64::from_le_bytes(trailer[8..16].try_into().unwrap_or_default());
-        if body_offset + body_len + TRAILER_LEN != size {
-            return Err(corrupt(format!(
-                "trailer says {body_len} message bytes; the file holds {}",
-                size - body_offset - TRAILER_LEN
-            )));
-        }
+        // positional reads (`pread(2)`): the file position is left for `body_reader`
+        let read_at = |off: u64, buf: &mut [u8]| {
+            std::os::unix::fs::FileExt::read_exact_at(&file, buf, off).map_err(io)
+        };
+        let (header, version, body_offset, body_len) = frame(size, read_at)?;
+        Ok(SpoolFile {
+            header,
+            version,
+            body_offset,
+            body_len,
+            file,
+        })
+    }
+
+    /// As [`SpoolFile::from_file`], when the caller already read the whole file into `whole`
+    /// (one `pread(2)` of its size): the framing is checked on those bytes, with no further
+    /// system call. `whole` must be the file's complete content (its length is taken as the
+    /// file's size).
+    ///
+    /// # Errors
+    /// As [`SpoolFile::open`].
+    pub fn from_file_with_bytes(file: File, whole: &[u8]) -> Result<SpoolFile> {
+        let read_at = |off: u64, buf: &mut [u8]| {
+            let from = usize::try_from(off).map_err(|_| corrupt("offset out of range"))?;
+            let part = whole
+                .get(from..from.saturating_add(buf.len()))
+                .ok_or_else(|| corrupt("the spool file is shorter than its framing says"))?;
+            buf.copy_from_slice(part);
+            Ok(())
+        };
+        let (header, version, body_offset, body_len) = frame(whole.len() as u64, read_at)?;
         Ok(SpoolFile {
             header,
             version,

@@ -316,7 +316,7 @@ const READ_WHOLE: u64 = crate::smtp::SMALL_BODY + 4096;
 
 /// Opens a claimed spool file without following a symlink and without blocking on a FIFO;
 /// anything but a complete regular spool file is corrupt. A small file is also read whole
-/// (one `pread(2)`, which leaves the file position alone for the header's own reads).
+/// (one `pread(2)`) and framed from those bytes.
 fn open_spool_file(path: &Path) -> Result<(SpoolFile, Option<Vec<u8>>), Open> {
     let f = match clock::open_nofollow(path) {
         Ok(f) => f,
@@ -341,7 +341,12 @@ fn open_spool_file(path: &Path) -> Result<(SpoolFile, Option<Vec<u8>>), Open> {
     } else {
         None
     };
-    let file = SpoolFile::from_file(f).map_err(|e| {
+    // a file read whole is framed from those bytes (no more system calls)
+    let framed = match &whole {
+        Some(w) => SpoolFile::from_file_with_bytes(f, w),
+        None => SpoolFile::from_file(f),
+    };
+    let file = framed.map_err(|e| {
         if e.kind() == ErrorKind::Corrupt {
             Open::Corrupt(e.message().to_owned())
         } else {

@@ -36,19 +36,36 @@ impl DotStuffer {
 
     /// Appends `input`, stuffed, to `out`; the state carries over to the next call.
     pub fn stuff(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = input.last() else {
+            return;
+        };
         out.reserve(input.len() + input.len() / 64 + 1);
+        // a dot to double can only follow CRLF (or start the message): only the LFs are
+        // visited (memchr), not every byte
+        if self.line_start && input[0] == b'.' {
+            out.push(b'.');
+        }
         let mut from = 0;
-        for (i, &b) in input.iter().enumerate() {
-            if self.line_start && b == b'.' {
-                out.extend_from_slice(&input[from..i]);
+        for i in memchr::memchr_iter(b'\n', input) {
+            let after_cr = if i == 0 {
+                self.prev_cr
+            } else {
+                input[i - 1] == b'\r'
+            };
+            if after_cr && input.get(i + 1) == Some(&b'.') {
+                out.extend_from_slice(&input[from..=i]);
                 out.push(b'.');
-                from = i;
+                from = i + 1;
             }
-            self.line_start = self.prev_cr && b == b'\n';
-            self.prev_cr = b == b'\r';
         }
         out.extend_from_slice(&input[from..]);
-        self.any |= !input.is_empty();
+        let cr_before_last = match input.len() {
+            1 => self.prev_cr,
+            n => input[n - 2] == b'\r',
+        };
+        self.line_start = last == b'\n' && cr_before_last;
+        self.prev_cr = last == b'\r';
+        self.any = true;
     }
 
     /// The terminator: `.CRLF` after content that ended with CRLF (or no content), else

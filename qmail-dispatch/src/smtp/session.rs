@@ -437,16 +437,12 @@ impl Connection {
         if !self.pending().is_empty() {
             return true;
         }
-        let tcp = self.stream.tcp();
-        if tcp.set_nonblocking(true).is_err() {
-            return true;
-        }
+        // one recv(2) with MSG_PEEK | MSG_DONTWAIT: the socket stays blocking
         let mut b = [0u8; 1];
-        let r = tcp.peek(&mut b);
-        let _ = tcp.set_nonblocking(false);
-        match r {
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        match rustix::net::recv(self.stream.tcp(), &mut b[..], flags) {
             Ok(_) => true, // 0 = closed; data = unsolicited
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+            Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
         }
     }
 }

@@ -44,13 +44,20 @@ pub struct Transaction<'a> {
     /// The message ends with CRLF (informational: the terminator is chosen from the bytes
     /// actually sent).
     pub ends_with_crlf: bool,
-    /// The fence (contract C1): called right before `DATA` and again right before the
-    /// end-of-data, for every message: with PIPELINING, `DATA` leaves in the same write as
-    /// MAIL and RCPT, so the check after the `354` is the one that stops a dispatcher that
-    /// stalled while waiting for the RCPT replies. `false` means the claim may have been taken
-    /// back: `DATA` is not sent (or the connection is dropped without the final dot), nothing
-    /// is delivered, and the send returns [`TxError::Fenced`].
+    /// The fence (contract C1): called right before the end-of-data of every message (the
+    /// point of no return: a relay delivers nothing without it, RFC 5321 §4.1.1.4), and,
+    /// without PIPELINING, also right before `DATA`. With PIPELINING, `DATA` leaves in the
+    /// same write as MAIL and RCPT, so the check after the `354` is the one that stops a
+    /// dispatcher that stalled while waiting for the RCPT replies; one check per message
+    /// (for a database queue, one round trip). `false` means the claim may have been taken
+    /// back: the connection is dropped without the final dot (or `DATA` is not sent),
+    /// nothing is delivered, and the send returns [`TxError::Fenced`].
     pub fence: &'a dyn Fn() -> bool,
+    /// The body passed to [`Session::send`] is bytes in memory that already passed
+    /// [`crate::content::scan`] (a small message read once): they cannot change in between,
+    /// so they are not scanned a second time. `false` = the body is re-checked as it is
+    /// streamed (a large message read again from the spool).
+    pub checked: bool,
     /// Bytes written before the spooled message inside DATA (a CRLF-terminated header field
     /// such as `DKIM-Signature:`), dot-stuffed like the rest, counted in `SIZE=`. Empty =
     /// nothing.
@@ -239,9 +246,8 @@ impl Session {
                 .map_err(TxError::DiedBefore)
         };
         if self.caps.pipelining {
-            if !(tx.fence)() {
-                return Err(TxError::Fenced);
-            }
+            // no fence here: DATA leaves in this write, and the one check that matters is
+            // right before the end-of-data (`send_body`), the point of no return
             let mut batch = Vec::with_capacity(64 * (tx.rcpts.len() + 3));
             if reset {
                 Command::Rset.encode(&mut batch).map_err(cmd_err)?;
@@ -444,9 +450,11 @@ impl Session {
                 }
             };
             let chunk = &buf[..n];
-            scanner
-                .feed(chunk)
-                .map_err(|r| TxError::Body(BodyError::Refused(r)))?;
+            if !tx.checked {
+                scanner
+                    .feed(chunk)
+                    .map_err(|r| TxError::Body(BodyError::Refused(r)))?;
+            }
             stuffer.stuff(chunk, &mut out);
             sent += n as u64;
             if large && out.len() >= CHUNK && sent < total {
@@ -456,9 +464,11 @@ impl Session {
                 out.clear();
             }
         }
-        scanner
-            .finish()
-            .map_err(|r| TxError::Body(BodyError::Refused(r)))?;
+        if !tx.checked {
+            scanner
+                .finish()
+                .map_err(|r| TxError::Body(BodyError::Refused(r)))?;
+        }
         // the last check before the point of no return (a stat of the claim and the lease's
         // age for the directory queue): for a small body this is also the first write after
         // the 354
