@@ -151,6 +151,16 @@ impl RelayPool {
         usable.last().map(|&i| Ok(i))
     }
 
+    /// True when [`RelayPool::select`] could pick no other relay than `i` for a new message
+    /// now: every other relay of `i`'s priority is in cooldown (so a message chained to `i`
+    /// behind another keeps failover and the weighted spread as they are).
+    pub fn sole_choice(&self, i: usize) -> bool {
+        let p = self.relays[i].endpoint.cfg.priority;
+        (0..self.relays.len())
+            .filter(|&j| j != i && self.relays[j].endpoint.cfg.priority == p)
+            .all(|j| self.cooling(j))
+    }
+
     /// Takes a connection slot of relay `i`; false at the limit.
     pub fn take_slot(&self, i: usize) -> bool {
         let r = &self.relays[i];

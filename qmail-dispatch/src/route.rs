@@ -87,6 +87,7 @@ impl Shared {
         small: Option<&[u8]>,
         rcpts: &[String],
         summary: content::ContentSummary,
+        next: Option<&dyn Fn() -> Option<crate::smtp::NextTx>>,
     ) -> Routed {
         let env = msg.envelope;
         let all = |st: RcptStatus, reply: &Reply| -> Vec<RcptResult> {
@@ -125,12 +126,22 @@ impl Shared {
         };
         loop {
             let now = Instant::now();
-            let i = match self.pool.select(
-                &tried,
-                |i| w.sessions.contains_key(&i),
-                |i| full.get(&i).is_some_and(|(t, _)| now < *t),
-                &mut w.rng,
-            ) {
+            // a session that already carries this message's commands (chained behind the
+            // last end-of-data, `Transaction::next`) is used first: any other send on it
+            // abandons it
+            let preissued = w
+                .sessions
+                .iter()
+                .find(|(i, (s, _))| s.has_preissued() && !tried.contains(i))
+                .map(|(i, _)| *i);
+            let i = match preissued.map(|i| Some(Ok(i))).unwrap_or_else(|| {
+                self.pool.select(
+                    &tried,
+                    |i| w.sessions.contains_key(&i),
+                    |i| full.get(&i).is_some_and(|(t, _)| now < *t),
+                    &mut w.rng,
+                )
+            }) {
                 None => {
                     if let Some((name, reply)) = unfit {
                         return routed(name, all(RcptStatus::Failed, &reply));
@@ -266,9 +277,25 @@ impl Shared {
                 fence: msg.fence,
                 checked: small.is_some(),
                 prefix: msg.prefix,
+                next: None,
             };
             let Some((session, used)) = w.sessions.get_mut(&i) else {
                 continue;
+            };
+            // chained only where nothing must happen between two transactions and the next
+            // message would come to this relay anyway: no rate (its token or pacing comes
+            // before MAIL), no fleet-wide limits, no per-message prefix (DKIM: SIZE= counts
+            // it), no other relay to spread over or fail over to at this priority, and the
+            // next one still under max_messages_per_connection
+            let cfg = &relay.endpoint.cfg;
+            let chain = cfg.max_messages_per_second <= 0.0
+                && self.pool.sole_choice(i)
+                && self.limits.is_none()
+                && msg.prefix.is_empty()
+                && session.transactions.saturating_add(1) < cfg.max_messages_per_connection;
+            let tx = Transaction {
+                next: next.filter(|_| chain),
+                ..tx
             };
             let res = session.send(&tx, body);
             *used = Instant::now();

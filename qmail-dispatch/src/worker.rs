@@ -5,6 +5,7 @@
 //! header, state, body and fence. Where the message goes afterwards is the claim's
 //! [`Claim::settle`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -150,13 +151,35 @@ impl Shared {
     }
 
     pub(crate) fn process(&self, w: &mut Worker, c: Candidate) {
+        let _busy = Busy::enter(&self.busy);
+        let mut next = self.take_claim(c);
+        while let Some((claim, spool_idx)) = next.take() {
+            next = self.run_claim(w, claim, spool_idx);
+            if next.is_none() {
+                // commands chained behind the last end-of-data for a message that was not
+                // sent there after all: abandon that session (no dot, nothing delivered)
+                let stale: Vec<usize> = w
+                    .sessions
+                    .iter()
+                    .filter(|(_, (s, _))| s.has_preissued())
+                    .map(|(i, _)| *i)
+                    .collect();
+                for i in stale {
+                    self.drop_session(w, i, false);
+                }
+            }
+        }
+    }
+
+    /// Claims a candidate: `None` when it is gone, quarantined, not due (kept in memory
+    /// until due) or cannot be read (logged; the worker backs off).
+    fn take_claim(&self, c: Candidate) -> Option<(DirClaim, usize)> {
         let pause = *self.io_pause.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(until) = pause {
             while Instant::now() < until && !self.queue_stopped() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let _busy = Busy::enter(&self.busy);
         let lease = Arc::clone(&self.lease_of[c.spool]);
         // a dispatcher whose own lease is not fresh claims nothing (issue 10, item 1)
         let t0 = Instant::now();
@@ -167,7 +190,7 @@ impl Shared {
                 if !self.drain {
                     self.queue.push_waiting(c, now_secs() + 1);
                 }
-                return;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -181,34 +204,76 @@ impl Shared {
             io_cap: Duration::from_secs(30),
             closer: Closer::shared(),
         };
-        let claim = match DirClaim::take(ctx, &c.id, c.from) {
-            Ok(Taken::Claimed(cl)) => *cl,
-            Ok(Taken::Gone) => return,
+        match DirClaim::take(ctx, &c.id, c.from) {
+            Ok(Taken::Claimed(cl)) => Some((*cl, c.spool)),
+            Ok(Taken::Gone) => None,
             Ok(Taken::Quarantined) => {
                 self.metrics.add(&self.metrics.corrupt, 1);
-                return;
+                None
             }
             Ok(Taken::NotDue(due)) => {
                 self.wait_deferred(c.spool, &c.id, id_rank(&c.id), due);
-                return;
+                None
             }
             Err(e) => {
                 self.io_error(&c.id, &e);
-                return;
+                None
             }
+        }
+    }
+
+    /// The next message to chain behind the current end-of-data ([`smtp::Transaction::next`]),
+    /// claimed now: the best candidate waiting, taken only when nothing would make this worker
+    /// wait for it (an I/O pause, a lease not fresh). The claim goes in `slot` whatever
+    /// happens (the worker attempts it next); its envelope is offered only for a small
+    /// message with recipients, a wire-safe envelope and clean content.
+    fn chain_next(&self, slot: &RefCell<Option<(DirClaim, usize)>>) -> Option<smtp::NextTx> {
+        if slot.borrow().is_some()
+            || self.queue_stopped()
+            || !self.dkim.is_empty()
+            || self
+                .io_pause
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+            || !self.lease_of.iter().all(|l| l.is_fresh())
+        {
+            return None;
+        }
+        let Pop::Got(c) = self.queue.pop(Duration::ZERO) else {
+            return None;
         };
-        let spool = self.spools[c.spool].clone();
+        let (claim, spool_idx) = self.take_claim(c)?;
+        let offer = chainable(&claim);
+        *slot.borrow_mut() = Some((claim, spool_idx));
+        offer
+    }
+
+    /// Attempts a claim and settles it; returns the claim chained behind its end-of-data,
+    /// if one was.
+    fn run_claim(
+        &self,
+        w: &mut Worker,
+        claim: DirClaim,
+        spool_idx: usize,
+    ) -> Option<(DirClaim, usize)> {
+        let id = claim.id().to_owned();
+        let spool = self.spools[spool_idx].clone();
         let outbox = self.pool.is_empty().then(|| spool.join(OUTBOX_DIR));
         let created = claim.header().created;
-        let out = match self.attempt(w, &claim, &spool, outbox.as_deref()) {
+        let slot = RefCell::new(None);
+        let next = || self.chain_next(&slot);
+        let attempted = self.attempt_with(w, &claim, &spool, outbox.as_deref(), Some(&next));
+        let chained = slot.into_inner();
+        let out = match attempted {
             Ok(o) => o,
             Err(e) => {
                 // nothing was accepted: the message goes back with its old state
-                self.io_error(&c.id, &e);
+                self.io_error(&id, &e);
                 if let Err(e) = claim.settle(Settlement::Release) {
-                    tracing::warn!(id = %c.id, error = %e, "cannot give the claim back");
+                    tracing::warn!(id = %id, error = %e, "cannot give the claim back");
                 }
-                return;
+                return chained;
             }
         };
         self.io_failures.store(0, Ordering::Relaxed);
@@ -230,17 +295,18 @@ impl Shared {
                     _ => {}
                 }
                 if let Some(due) = due {
-                    self.wait_deferred(c.spool, &c.id, created, due);
+                    self.wait_deferred(spool_idx, &id, created, due);
                 }
             }
             Err(SettleError::LostClaim) => tracing::warn!(
-                id = %c.id,
+                id = %id,
                 "the claim was taken back by another dispatcher (lease expired) before this attempt ended; its attempt decides"
             ),
             Err(SettleError::Queue(e)) => {
-                tracing::error!(id = %c.id, error = %e, "cannot record the outcome of the attempt");
+                tracing::error!(id = %id, error = %e, "cannot record the outcome of the attempt");
             }
         }
+        chained
     }
 
     fn queue_stopped(&self) -> bool {
@@ -278,6 +344,22 @@ impl Shared {
         claim: &C,
         queue: &Path,
         outbox: Option<&Path>,
+    ) -> std::result::Result<AttemptOutcome, QueueError> {
+        self.attempt_with(w, claim, queue, outbox, None)
+    }
+
+    /// As [`Shared::attempt`], with `next` offering the message to chain behind this one's
+    /// end-of-data ([`smtp::Transaction::next`]).
+    ///
+    /// # Errors
+    /// As [`Shared::attempt`].
+    pub(crate) fn attempt_with<C: Claim>(
+        &self,
+        w: &mut Worker,
+        claim: &C,
+        queue: &Path,
+        outbox: Option<&Path>,
+        next: Option<&dyn Fn() -> Option<smtp::NextTx>>,
     ) -> std::result::Result<AttemptOutcome, QueueError> {
         let st = claim.state().clone();
         let header = claim.header();
@@ -370,7 +452,8 @@ impl Shared {
                                 fence: &fence,
                                 prefix: &prefix,
                             };
-                            let r = self.via_relays(w, &msg, small.as_deref(), &rcpts, summary);
+                            let r =
+                                self.via_relays(w, &msg, small.as_deref(), &rcpts, summary, next);
                             (r.relay, r.results, r.refused)
                         }
                     }
@@ -581,4 +664,32 @@ impl Shared {
     ) {
         crate::delivery_log::record(self, id, queue, header, a);
     }
+}
+
+/// The envelope a claim would be sent with, when it may be chained behind another message's
+/// end-of-data: recipients left, a wire-safe envelope, a small body (in memory) with clean
+/// content. The attempt that follows builds the same transaction from the same claim
+/// ([`smtp::NextTx::matches`]).
+fn chainable<C: Claim>(claim: &C) -> Option<smtp::NextTx> {
+    let env = &claim.header().envelope;
+    let rcpts: Vec<String> = claim
+        .state()
+        .remaining
+        .clone()
+        .unwrap_or_else(|| env.rcpt_to.clone());
+    let body_len = claim.body_len();
+    if rcpts.is_empty() || env.check_wire_safe().is_err() || body_len > smtp::SMALL_BODY {
+        return None;
+    }
+    let mut v = Vec::with_capacity(body_len as usize);
+    let body = claim.body().ok()?;
+    io::Read::read_to_end(&mut io::Read::take(body, body_len), &mut v).ok()?;
+    let summary = content::scan_bytes(&v).ok()?;
+    Some(smtp::NextTx {
+        mail_from: env.mail_from.clone(),
+        rcpts,
+        smtputf8: env.smtputf8,
+        eight_bit: summary.eight_bit || env.eightbitmime,
+        body_len,
+    })
 }

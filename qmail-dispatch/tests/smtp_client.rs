@@ -574,6 +574,7 @@ fn rset_only_after_a_transaction_abandoned_before_end_of_data() {
         fence: &yes,
         checked: false,
         prefix: b"",
+        next: None,
     };
     let end = |reply: &str| -> Vec<Value> {
         vec![
@@ -679,6 +680,7 @@ fn a_relay_that_stops_reading_the_message_times_out_at_data_block_secs() {
         fence: &yes,
         checked: false,
         prefix: b"",
+        next: None,
     };
     let r = s.send(&tx, body.as_slice());
     assert!(
@@ -755,6 +757,7 @@ fn read_error_mid_body_drops_without_the_final_dot() {
         fence: &yes,
         checked: false,
         prefix: b"",
+        next: None,
     };
     let r = s.send(&tx, Failing { left: 150_000 });
     assert!(
@@ -784,6 +787,7 @@ fn the_fence_stops_before_data_and_before_the_final_dot() {
         fence: &no,
         checked: false,
         prefix: b"",
+        next: None,
     };
     assert!(matches!(s.send(&tx, MSG), Err(TxError::Fenced)));
     s.abort();
@@ -951,4 +955,171 @@ fn auth_xoauth2_reads_the_token_file_at_each_auth_and_login_works() {
     )
     .unwrap_or_default();
     assert!(!state.contains("s3cret") && !state.contains(&b64("s3cret")));
+}
+
+/// The next message's MAIL, RCPT and DATA leave in the same write as the current end-of-data
+/// (RFC 2920 §3.1): this relay answers the first end-of-data only after it has read the next
+/// transaction's DATA, so a client that waited for that reply first would stall to its
+/// timeout. The next send takes the commands up (no second MAIL on the wire) and reads their
+/// replies; a send for another envelope abandons the session.
+#[test]
+fn the_next_transaction_rides_behind_the_end_of_data() {
+    let rcpts = vec!["b@example.org".to_owned()];
+    let yes = || true;
+    let offers = std::cell::Cell::new(0);
+    let next_b = || {
+        offers.set(offers.get() + 1);
+        Some(qmail_dispatch::smtp::NextTx {
+            mail_from: "a@example.com".into(),
+            rcpts: vec!["b@example.org".into()],
+            smtputf8: false,
+            eight_bit: false,
+            body_len: MSG.len() as u64,
+        })
+    };
+    let tx = Transaction {
+        mail_from: "a@example.com",
+        rcpts: &rcpts,
+        smtputf8: false,
+        eight_bit: false,
+        body_len: MSG.len() as u64,
+        ends_with_crlf: true,
+        fence: &yes,
+        checked: false,
+        prefix: b"",
+        next: Some(&next_b),
+    };
+    let steps = vec![
+        send("220 raw.test ESMTP\r\n"),
+        expect("EHLO"),
+        send(&ehlo_reply(&["PIPELINING"])),
+        expect("MAIL FROM:"),
+        expect("RCPT TO:"),
+        expect("DATA"),
+        send("250 2.1.0 sender ok\r\n250 2.1.5 recipient ok\r\n354 go ahead\r\n"),
+        data(),
+        // the next group must already be here before the first end-of-data is answered
+        expect("MAIL FROM:<a@example.com>"),
+        expect("RCPT TO:<b@example.org>"),
+        expect("DATA"),
+        send(
+            "250 2.0.0 queued as 1\r\n250 2.1.0 sender ok\r\n452 4.2.2 mailbox full\r\n354 go ahead\r\n",
+        ),
+        // every recipient of the chained transaction was refused: a lone dot (RFC 2920 §3.1)
+        data(),
+        send("554 5.5.1 no valid recipients\r\n"),
+    ];
+    let srv = Raw::start(vec![steps], None);
+    let mut s = open(&srv);
+    let r = s.send(&tx, MSG).unwrap();
+    assert_eq!(r[0].status, qmail_dispatch::RcptStatus::Delivered);
+    assert!(r[0].reply.to_string().contains("queued as 1"), "{:?}", r[0]);
+    assert!(s.has_preissued());
+    assert_eq!(offers.get(), 1);
+    let no_more = Transaction { next: None, ..tx };
+    let r = s.send(&no_more, MSG).unwrap();
+    assert_eq!(r[0].status, qmail_dispatch::RcptStatus::Deferred, "{r:?}");
+    assert!(
+        r[0].reply.to_string().contains("mailbox full"),
+        "{:?}",
+        r[0]
+    );
+    assert!(!s.has_preissued());
+    s.quit();
+    let lines = srv.lines(0);
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("MAIL FROM")).count(),
+        2,
+        "{lines:?}"
+    );
+    assert!(
+        srv.connections(1)[0]["errors"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // a send for another envelope than the one announced: the session is given up, nothing
+    // is written into the announced transaction's DATA
+    let steps = vec![
+        send("220 raw.test ESMTP\r\n"),
+        expect("EHLO"),
+        send(&ehlo_reply(&["PIPELINING"])),
+        expect("MAIL FROM:"),
+        expect("RCPT TO:"),
+        expect("DATA"),
+        send("250 2.1.0 sender ok\r\n250 2.1.5 recipient ok\r\n354 go ahead\r\n"),
+        data(),
+        expect("MAIL FROM:"),
+        expect("RCPT TO:"),
+        expect("DATA"),
+        send(
+            "250 2.0.0 queued as 1\r\n250 2.1.0 sender ok\r\n250 2.1.5 recipient ok\r\n354 go ahead\r\n",
+        ),
+        data(),
+    ];
+    let srv = Raw::start(vec![steps], None);
+    let mut s = open(&srv);
+    s.send(&tx, MSG).unwrap();
+    let other = vec!["c@example.org".to_owned()];
+    let tx_c = Transaction {
+        rcpts: &other,
+        next: None,
+        ..tx
+    };
+    assert!(matches!(s.send(&tx_c, MSG), Err(TxError::DiedBefore(_))));
+    s.abort();
+    let c = &srv.connections(1)[0];
+    assert_eq!(c["messages"].as_array().unwrap().len(), 2, "{c}");
+    assert_eq!(c["messages"][1]["dot"], false, "{c}");
+    assert!(!srv.lines(0).iter().any(|l| l.contains("c@example.org")));
+
+    // without PIPELINING nothing is chained, and the next message is not even asked for
+    let srv = Raw::start(vec![good(&[])], None);
+    let mut s = open(&srv);
+    offers.set(0);
+    s.send(&tx, MSG).unwrap();
+    assert_eq!(offers.get(), 0);
+    assert!(!s.has_preissued());
+    s.quit();
+}
+
+/// A dispatcher chains messages on one connection; a relay that closes right after an
+/// end-of-data reply loses the chained commands, and that message goes on a new connection:
+/// each message is delivered once.
+#[test]
+fn a_relay_closing_behind_a_chained_end_of_data_loses_nothing() {
+    let pipelined = |first: bool| -> Vec<Value> {
+        let mut v = vec![
+            send("220 raw.test ESMTP\r\n"),
+            expect("EHLO"),
+            send(&ehlo_reply(&["PIPELINING"])),
+        ];
+        v.extend(transaction());
+        if first {
+            v.push(close());
+        } else {
+            v.extend(transaction());
+            v.extend(transaction());
+        }
+        v
+    };
+    let srv = Raw::start(vec![pipelined(true), pipelined(false)], None);
+    let (_d, spool) = spool();
+    let c = cfg(&spool, &[srv.url("127.0.0.1", "tls=none")]);
+    for _ in 0..3 {
+        write_raw_spool(&c.spools[0], "a@example.com", &["b@example.org"], MSG);
+    }
+    let sum = Dispatcher::drain(c).unwrap();
+    assert_eq!((sum.delivered, sum.deferred), (3, 0), "{sum:?}");
+    let conns = srv.connections(2);
+    let dots = |i: usize| {
+        conns[i]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["dot"] == true)
+            .count()
+    };
+    assert_eq!((dots(0), dots(1)), (1, 2), "{conns:?}");
 }

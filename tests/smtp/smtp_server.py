@@ -162,6 +162,11 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         o = self.opts
         wire = bytes(server._raw[server._data_mark:])
+        # up to the terminator: what follows it in the same read is the client's next
+        # pipelined commands (RFC 2920 §3.1), not this message
+        end = (b"\r\n" + wire).find(b"\r\n.\r\n")
+        if end >= 0:
+            wire = wire[: end + 3]
         STATE["eods"] += 1
         seq = STATE["eods"]  # this transaction's number: eod_delay lets others count meanwhile
         server.txs += 1

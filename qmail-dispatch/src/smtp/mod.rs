@@ -25,4 +25,6 @@ pub mod transaction;
 pub use command::Command;
 pub use reply::{EnhancedCode, ReplyError, Response};
 pub use session::{Capabilities, Phase, RelayEndpoint, Session, SessionError, SmtpError};
-pub use transaction::{BodyError, CommandOutcome, Extension, SMALL_BODY, Transaction, TxError};
+pub use transaction::{
+    BodyError, CommandOutcome, Extension, NextTx, SMALL_BODY, Transaction, TxError,
+};

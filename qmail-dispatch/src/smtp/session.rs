@@ -505,6 +505,10 @@ pub struct Session {
     /// after an end-of-data reply, which resets the relay's state itself (§4.1.1.4).
     pub(crate) needs_reset: bool,
     pub(crate) timeouts: TimeoutConfig,
+    /// The next transaction's `MAIL`, `RCPT`s and `DATA`, already written behind the last
+    /// end-of-data (RFC 2920 §3.1) and not yet taken up by [`Session::send`]: their replies are
+    /// on their way, and the relay is (or will be) inside DATA.
+    pub(crate) preissued: Option<super::transaction::NextTx>,
 }
 
 impl fmt::Debug for Session {
@@ -575,6 +579,7 @@ impl Session {
             transactions: 0,
             needs_reset: false,
             timeouts: timeouts.clone(),
+            preissued: None,
         };
         match s.handshake(relay, ehlo) {
             Ok(()) => Ok(s),
@@ -698,8 +703,20 @@ impl Session {
         !self.conn.closed_or_unsolicited()
     }
 
-    /// Sends QUIT, waits briefly for its reply, and closes.
+    /// True when the next transaction's commands already went out behind the last
+    /// end-of-data ([`crate::smtp::Transaction::next`]): the next [`Session::send`] must be
+    /// that transaction, or the session is abandoned ([`Session::abort`]).
+    pub fn has_preissued(&self) -> bool {
+        self.preissued.is_some()
+    }
+
+    /// Sends QUIT, waits briefly for its reply, and closes. A session with a pre-issued
+    /// transaction is aborted instead (the relay is inside DATA: without the final dot it
+    /// delivers nothing, RFC 5321 §4.1.1.4).
     pub fn quit(mut self) {
+        if self.preissued.is_some() {
+            return self.abort();
+        }
         let t = self.timeouts.command().min(Duration::from_secs(5));
         let _ = self.conn.command(Command::Quit, Phase::Quit, t);
         self.conn.stream.close();

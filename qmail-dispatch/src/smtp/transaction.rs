@@ -62,6 +62,60 @@ pub struct Transaction<'a> {
     /// such as `DKIM-Signature:`), dot-stuffed like the rest, counted in `SIZE=`. Empty =
     /// nothing.
     pub prefix: &'a [u8],
+    /// Asked once, right before the end-of-data is written (the fence already said yes), for
+    /// the next message to send on this session ([`NextTx`]): its commands then follow the
+    /// end-of-data in the same write, when the relay offers PIPELINING and can take it (SIZE,
+    /// 8BITMIME, SMTPUTF8). `None`, or a `None` answer: nothing follows. The caller decides
+    /// what may be chained (same relay, no rate limit, under `max_messages_per_connection`).
+    pub next: Option<&'a dyn Fn() -> Option<NextTx>>,
+}
+
+/// The envelope of the next message to send on this session, offered by
+/// [`Transaction::next`] while the current message's body is written: its `MAIL`, `RCPT`s
+/// and `DATA` go out in the same write as the current end-of-data (RFC 2920 §3.1: the message
+/// content may be the first "command" of a pipelined group, `DATA` its last), so each message
+/// costs one write and one read instead of two. Its [`Session::send`] must carry exactly this
+/// envelope ([`NextTx::matches`]); it then reads the replies without writing the commands
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextTx {
+    /// MAIL FROM address (empty = `<>`).
+    pub mail_from: String,
+    /// The recipients.
+    pub rcpts: Vec<String>,
+    /// Needs SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// `BODY=8BITMIME` (RFC 6152).
+    pub eight_bit: bool,
+    /// Length of the message in bytes (no prefix: a message with one is not chained).
+    pub body_len: u64,
+}
+
+impl NextTx {
+    /// True when `tx` is the transaction this envelope announced.
+    pub fn matches(&self, tx: &Transaction<'_>) -> bool {
+        self.mail_from == tx.mail_from
+            && self.rcpts == tx.rcpts
+            && self.smtputf8 == tx.smtputf8
+            && self.eight_bit == tx.eight_bit
+            && self.body_len == tx.body_len
+            && tx.prefix.is_empty()
+    }
+
+    fn transaction(&self) -> Transaction<'_> {
+        Transaction {
+            mail_from: &self.mail_from,
+            rcpts: &self.rcpts,
+            smtputf8: self.smtputf8,
+            eight_bit: self.eight_bit,
+            body_len: self.body_len,
+            ends_with_crlf: true,
+            fence: &yes,
+            checked: true,
+            prefix: b"",
+            next: None,
+        }
+    }
 }
 
 /// A required extension the relay does not offer.
@@ -204,21 +258,30 @@ impl Session {
         tx: &Transaction<'_>,
         body: impl Read,
     ) -> Result<Vec<RcptResult>, TxError> {
-        let non_ascii = !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii());
-        let smtputf8 = tx.smtputf8 || non_ascii;
-        if smtputf8 && !self.caps.smtputf8 {
-            return Err(TxError::Unsupported(Extension::SmtpUtf8));
+        // commands written behind the last end-of-data: this must be their transaction
+        let preissued = match self.preissued.take() {
+            Some(p) if p.matches(tx) => true,
+            Some(_) => {
+                // the relay is inside DATA for another envelope: abandon the session (no dot,
+                // nothing delivered); the caller reconnects
+                return Err(TxError::DiedBefore(SmtpError::Closed {
+                    phase: Phase::Idle,
+                }));
+            }
+            None => false,
+        };
+        if let Some(e) = self.unfit(tx) {
+            if preissued {
+                // cannot happen (checked before it was chained); never send into its DATA
+                return Err(TxError::DiedBefore(SmtpError::Closed {
+                    phase: Phase::Idle,
+                }));
+            }
+            return Err(e);
         }
-        if tx.eight_bit && !self.caps.eight_bit_mime {
-            return Err(TxError::Unsupported(Extension::EightBitMime));
-        }
+        let smtputf8 = tx.smtputf8 || needs_smtputf8(tx);
         let size = tx.body_len + tx.prefix.len() as u64;
-        if let Some(limit) = self.caps.size_limit()
-            && size > limit
-        {
-            return Err(TxError::TooBig { size, limit });
-        }
-        if self.transactions > 0 && !self.is_alive() {
+        if self.transactions > 0 && !preissued && !self.is_alive() {
             return Err(TxError::DiedBefore(SmtpError::Closed {
                 phase: Phase::Idle,
             }));
@@ -226,7 +289,7 @@ impl Session {
         // RFC 5321 §4.1.1.4: the end-of-data reply (whatever its code) resets the receiver's
         // state, so RSET only follows a transaction abandoned before it (a refused MAIL, no
         // accepted recipient, a refused DATA)
-        let reset = self.needs_reset;
+        let reset = self.needs_reset && !preissued;
         self.transactions += 1;
         self.needs_reset = true;
         let t = self.timeouts.clone();
@@ -248,18 +311,16 @@ impl Session {
         if self.caps.pipelining {
             // no fence here: DATA leaves in this write, and the one check that matters is
             // right before the end-of-data (`send_body`), the point of no return
-            let mut batch = Vec::with_capacity(64 * (tx.rcpts.len() + 3));
-            if reset {
-                Command::Rset.encode(&mut batch).map_err(cmd_err)?;
+            if !preissued {
+                let mut batch = Vec::with_capacity(64 * (tx.rcpts.len() + 3));
+                if reset {
+                    Command::Rset.encode(&mut batch).map_err(cmd_err)?;
+                }
+                encode_group(&mail, tx.rcpts, &mut batch).map_err(cmd_err)?;
+                self.conn
+                    .write_all(&batch, Phase::Mail, t.command())
+                    .map_err(TxError::DiedBefore)?;
             }
-            mail.encode(&mut batch).map_err(cmd_err)?;
-            for r in tx.rcpts {
-                Command::RcptTo(r).encode(&mut batch).map_err(cmd_err)?;
-            }
-            Command::Data.encode(&mut batch).map_err(cmd_err)?;
-            self.conn
-                .write_all(&batch, Phase::Mail, t.command())
-                .map_err(TxError::DiedBefore)?;
             if reset {
                 let o = read(self, Phase::Rset, t.command(), false)?;
                 if !o.accepted() {
@@ -476,11 +537,78 @@ impl Session {
             return Err(TxError::Fenced);
         }
         out.extend_from_slice(stuffer.terminator());
+        let next = self.chain(tx, &mut out);
         if let Err(e) = self.conn.write_all(&out, Phase::Body, t.data_block()) {
             return Ok(Err(e));
         }
+        self.preissued = next;
         Ok(self.conn.read_reply(Phase::DataEnd, t.data_end()))
     }
+
+    /// Appends the next transaction's `MAIL`, `RCPT`s and `DATA` to `out` (after the
+    /// end-of-data) when [`Transaction::next`] offers one this relay can take; returns it.
+    fn chain(&self, tx: &Transaction<'_>, out: &mut Vec<u8>) -> Option<NextTx> {
+        if !self.caps.pipelining {
+            return None;
+        }
+        let next = (tx.next?)()?;
+        let ntx = next.transaction();
+        if self.unfit(&ntx).is_some() {
+            return None;
+        }
+        let size = ntx.body_len;
+        let mail = Command::MailFrom {
+            from: &next.mail_from,
+            size: self.caps.size.map(|_| size),
+            eight_bit: next.eight_bit,
+            smtputf8: next.smtputf8 || needs_smtputf8(&ntx),
+        };
+        let mark = out.len();
+        if encode_group(&mail, &next.rcpts, out).is_err() {
+            out.truncate(mark);
+            return None;
+        }
+        Some(next)
+    }
+
+    /// Why this relay cannot take `tx` (nothing sent), if it cannot.
+    fn unfit(&self, tx: &Transaction<'_>) -> Option<TxError> {
+        if (tx.smtputf8 || needs_smtputf8(tx)) && !self.caps.smtputf8 {
+            return Some(TxError::Unsupported(Extension::SmtpUtf8));
+        }
+        if tx.eight_bit && !self.caps.eight_bit_mime {
+            return Some(TxError::Unsupported(Extension::EightBitMime));
+        }
+        let size = tx.body_len + tx.prefix.len() as u64;
+        if let Some(limit) = self.caps.size_limit()
+            && size > limit
+        {
+            return Some(TxError::TooBig { size, limit });
+        }
+        None
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A non-ASCII address needs SMTPUTF8 (RFC 6531 §3.4).
+fn needs_smtputf8(tx: &Transaction<'_>) -> bool {
+    !tx.mail_from.is_ascii() || tx.rcpts.iter().any(|r| !r.is_ascii())
+}
+
+/// `MAIL`, one `RCPT` per recipient, `DATA`: one pipelined group (RFC 2920 §3.1).
+fn encode_group(
+    mail: &Command<'_>,
+    rcpts: &[String],
+    out: &mut Vec<u8>,
+) -> Result<(), super::command::CommandError> {
+    mail.encode(out)?;
+    for r in rcpts {
+        Command::RcptTo(r).encode(out)?;
+    }
+    Command::Data.encode(out)
 }
 
 fn cmd_err(e: super::command::CommandError) -> TxError {
