@@ -4,7 +4,8 @@
 //! The forwarder claims local messages exactly as a dispatcher does (`ready/ID` or
 //! `scheduled/ID` renamed to `active/ID+INSTANCE` under a lease, `qmail_dispatch::claim`),
 //! copies them into the queue, up to 64 (8 MiB) per transaction (idempotent on the queue
-//! id), and deletes the local files only after COMMIT. A crash between COMMIT and the unlink leaves the file,
+//! id; three such transactions in flight at once, from three threads, so that one's commit
+//! overlaps the others' local work), and deletes the local files only after COMMIT. A crash between COMMIT and the unlink leaves the file,
 //! which the next forwarder takes back and imports again: a duplicate primary key, so
 //! nothing is written and the file is then removed. While the database is down it claims
 //! nothing more, gives back what it held, and retries with a backoff of up to 10 s.
@@ -12,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -322,6 +323,58 @@ fn forward_batch(
     }
 }
 
+/// Threads forwarding batches at the same time (each with its own database connection).
+const FORWARD_THREADS: usize = 3;
+
+/// Claims the files of `chunk` (at most [`BATCH_MAX`]) and forwards them in one
+/// transaction, or in several when they reach [`BATCH_BYTES`]; files another forwarder
+/// claimed first are skipped. Stops claiming at `term` or once the database is down; what it
+/// claimed and could not send goes back where it came from.
+fn forward_chunk(
+    q: &PgQueue,
+    spools: &[PathBuf],
+    chunk: &[Found],
+    instance: &str,
+    term: &AtomicBool,
+) -> Vec<(String, Result<Step>)> {
+    let mut out = Vec::new();
+    let mut batch: Vec<(&Found, PathBuf)> = Vec::new();
+    let mut bytes = 0u64;
+    let mut it = chunk.iter().peekable();
+    while let Some(f) = it.next() {
+        if term.load(Ordering::SeqCst) {
+            break;
+        }
+        match claim::claim(&spools[f.spool], &f.id, f.from, instance) {
+            Ok(Some(p)) => {
+                bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                batch.push((f, p));
+            }
+            Ok(None) => {} // another forwarder was first
+            Err(e) => tracing::warn!(id = %f.id, error = %e, "cannot claim"),
+        }
+        let full = bytes >= BATCH_BYTES || it.peek().is_none();
+        if !full || batch.is_empty() {
+            continue;
+        }
+        let steps = forward_batch(q, spools, &batch);
+        batch.clear();
+        bytes = 0;
+        let down = steps
+            .iter()
+            .any(|(_, r)| matches!(r, Ok(Step::Unavailable(_))));
+        out.extend(steps);
+        if down {
+            break;
+        }
+    }
+    // claimed but not sent (stopping): back where they came from
+    for (f, p) in batch {
+        let _ = claim::release(&p, &spools[f.spool], &f.id, f.from);
+    }
+    out
+}
+
 /// `forward`: until `term` (or, with `drain`, until the spools are empty).
 pub fn forward(s: ForwardSettings, term: Arc<AtomicBool>, drain: bool) -> Result<ExitCode> {
     if s.spools.is_empty() {
@@ -421,62 +474,63 @@ pub fn forward(s: ForwardSettings, term: Arc<AtomicBool>, drain: bool) -> Result
         let found = scan(&s.spools);
         let mut did = 0usize;
         let mut failed = false;
-        let mut batch: Vec<(&Found, PathBuf)> = Vec::new();
-        let mut bytes = 0u64;
-        let mut it = found.iter().peekable();
-        while let Some(f) = it.next() {
-            if term.load(Ordering::SeqCst) {
-                break;
-            }
-            let sp = &s.spools[f.spool];
-            match claim::claim(sp, &f.id, f.from, &instance) {
-                Ok(Some(p)) => {
-                    bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                    batch.push((f, p));
-                }
-                Ok(None) => {} // another forwarder was first
-                Err(e) => tracing::warn!(id = %f.id, error = %e, "cannot claim"),
-            }
-            let full = batch.len() >= BATCH_MAX || bytes >= BATCH_BYTES || it.peek().is_none();
-            if !full || batch.is_empty() {
-                continue;
-            }
-            let steps = forward_batch(&q, &s.spools, &batch);
-            batch.clear();
-            bytes = 0;
-            for (id, step) in steps {
-                match step {
-                    Ok(Step::Forwarded) => {
-                        forwarded += 1;
-                        did += 1;
-                        tracing::debug!(id = %id, "forwarded");
-                    }
-                    Ok(Step::Duplicate) => {
-                        duplicates += 1;
-                        did += 1;
-                        tracing::info!(id = %id, "already in the queue (re-forward): local copy removed");
-                    }
-                    Ok(Step::Corrupt) => corrupt += 1,
-                    Ok(Step::Unavailable(m)) => {
-                        if !failed {
-                            tracing::warn!(error = %m, "queue unavailable; local messages wait in the spool");
+        // batches of BATCH_MAX found files, taken by FORWARD_THREADS threads: one batch's
+        // commit overlaps the others' local work (claim, read, unlink)
+        let chunks: Vec<&[Found]> = found.chunks(BATCH_MAX).collect();
+        let taken = AtomicUsize::new(0);
+        let down = AtomicBool::new(false);
+        let results: Vec<Vec<(String, Result<Step>)>> = std::thread::scope(|sc| {
+            let threads: Vec<_> = (0..FORWARD_THREADS.min(chunks.len()))
+                .map(|_| {
+                    sc.spawn(|| {
+                        let mut out = Vec::new();
+                        while !term.load(Ordering::SeqCst) && !down.load(Ordering::SeqCst) {
+                            let Some(chunk) = chunks.get(taken.fetch_add(1, Ordering::SeqCst))
+                            else {
+                                break;
+                            };
+                            out.extend(forward_chunk(&q, &s.spools, chunk, &instance, &term));
+                            if out
+                                .iter()
+                                .any(|(_, r)| matches!(r, Ok(Step::Unavailable(_))))
+                            {
+                                down.store(true, Ordering::SeqCst);
+                            }
                         }
-                        down_since.get_or_insert_with(Instant::now);
-                        queue = None;
-                        failed = true;
+                        out
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_default())
+                .collect()
+        });
+        for (id, step) in results.into_iter().flatten() {
+            match step {
+                Ok(Step::Forwarded) => {
+                    forwarded += 1;
+                    did += 1;
+                    tracing::debug!(id = %id, "forwarded");
+                }
+                Ok(Step::Duplicate) => {
+                    duplicates += 1;
+                    did += 1;
+                    tracing::info!(id = %id, "already in the queue (re-forward): local copy removed");
+                }
+                Ok(Step::Corrupt) => corrupt += 1,
+                Ok(Step::Unavailable(m)) => {
+                    if !failed {
+                        tracing::warn!(error = %m, "queue unavailable; local messages wait in the spool");
                     }
-                    Err(e) => {
-                        tracing::error!(id = %id, error = %format!("{e:#}"), "forward failed");
-                    }
+                    down_since.get_or_insert_with(Instant::now);
+                    queue = None;
+                    failed = true;
+                }
+                Err(e) => {
+                    tracing::error!(id = %id, error = %format!("{e:#}"), "forward failed");
                 }
             }
-            if failed {
-                break;
-            }
-        }
-        // claimed but not sent (stopping): back where they came from
-        for (f, p) in batch {
-            let _ = claim::release(&p, &s.spools[f.spool], &f.id, f.from);
         }
         if failed {
             sleep_unless(&term, backoff);

@@ -410,13 +410,19 @@ impl QueueDispatcher {
         };
         let mut failures = 0u32;
         let mut expecting = false;
+        // a row claimed with this worker's last settle (`GroupSettler::settle_and_claim`)
+        let mut next: Option<PgClaim> = None;
         while !self.stopping() {
-            match self.feed.next(
-                &self.queue,
-                &self.held,
-                wait,
-                std::mem::take(&mut expecting),
-            ) {
+            let got = match next.take() {
+                Some(c) => Ok(Some(c)),
+                None => self.feed.next(
+                    &self.queue,
+                    &self.held,
+                    wait,
+                    std::mem::take(&mut expecting),
+                ),
+            };
+            match got {
                 Ok(None) => {
                     if sh.drain {
                         break;
@@ -431,7 +437,7 @@ impl QueueDispatcher {
                         lock(&self.held).remove(&id);
                         continue;
                     }
-                    let go_on = self.process(&mut w, c, &mut expecting);
+                    let go_on = self.process(&mut w, c, &mut expecting, &mut next);
                     lock(&self.held).remove(&id);
                     if !go_on {
                         break;
@@ -452,6 +458,11 @@ impl QueueDispatcher {
                 }
             }
         }
+        if let Some(c) = next.take() {
+            // claimed with the last settle, not attempted (stopping): back to ready
+            self.settle(&c, Settlement::Release, "release");
+            lock(&self.held).remove(c.id());
+        }
         if expecting {
             // counted for a row it will not take: rows claimed beyond the workers still
             // coming go back
@@ -467,8 +478,16 @@ impl QueueDispatcher {
     }
 
     /// One claim: attempt, settle. Returns `false` when this drain worker should stop (it met
-    /// a message it already deferred in this drain).
-    fn process(&self, w: &mut Worker, claim: PgClaim, expecting: &mut bool) -> bool {
+    /// a message it already deferred in this drain). A delivered settle also claims this
+    /// worker's next row in the same statement, put in `next` (none: the worker claims
+    /// through the [`ClaimFeed`]).
+    fn process(
+        &self,
+        w: &mut Worker,
+        claim: PgClaim,
+        expecting: &mut bool,
+        next: &mut Option<PgClaim>,
+    ) -> bool {
         let sh = &self.shared;
         let _busy = Busy::enter(&sh.busy);
         if sh.drain && lock(&self.deferred_in_drain).contains(claim.id()) {
@@ -501,6 +520,15 @@ impl QueueDispatcher {
             Settlement::Held => "held",
             Settlement::Release => "release",
         };
+        if kind == "delivered" {
+            // the settle's statement claims this worker's next row too (one commit for both)
+            let (_, got) = self.settle_next(&claim, out.settlement, kind, !self.stopping());
+            if let Some(c) = got {
+                lock(&self.held).insert(c.id().to_owned());
+                *next = Some(c);
+            }
+            return true;
+        }
         // this worker asks for its next row as soon as the settle is written: counted now,
         // the next claim (run while this settle waits for its commit) takes a row for it
         self.feed.expect();
@@ -550,12 +578,28 @@ impl QueueDispatcher {
     /// token: a retry after a lost COMMIT reply says `LostClaim`, the first one took
     /// effect). Returns whether it was written by this call; counts it in the metrics.
     fn settle(&self, claim: &PgClaim, outcome: Settlement, kind: &str) -> bool {
+        self.settle_next(claim, outcome, kind, false).0
+    }
+
+    /// [`QueueDispatcher::settle`], with the next row claimed in the same statement when
+    /// `want_next` and the outcome is delivered ([`GroupSettler::settle_and_claim`]).
+    fn settle_next(
+        &self,
+        claim: &PgClaim,
+        outcome: Settlement,
+        kind: &str,
+        want_next: bool,
+    ) -> (bool, Option<PgClaim>) {
         let sh = &self.shared;
         let mut n = 0u32;
         let mut grace_end = None::<Instant>;
         loop {
-            match self.settler.settle(claim, outcome.clone()) {
-                Ok(()) => {
+            match self.settler.settle_and_claim(
+                claim,
+                outcome.clone(),
+                want_next && !self.stopping(),
+            ) {
+                Ok(got) => {
                     let m = &sh.metrics;
                     match kind {
                         "delivered" => m.add(&m.delivered, 1),
@@ -564,13 +608,13 @@ impl QueueDispatcher {
                         "corrupt" => m.add(&m.corrupt, 1),
                         _ => {}
                     }
-                    return true;
+                    return (true, got);
                 }
                 Err(SettleError::LostClaim) => {
                     tracing::warn!(id = %claim.id(), outcome = kind,
                         "the claim was taken back by another dispatcher (lease expired), or an \
                          earlier write of this settle took effect; not retried");
-                    return false;
+                    return (false, None);
                 }
                 Err(SettleError::Queue(e)) => {
                     let pause = clock::io_backoff(n, SETTLE_BACKOFF_CAP);
@@ -582,7 +626,7 @@ impl QueueDispatcher {
                     }
                     if matches!(e, QueueError::Corrupt { .. }) {
                         // the state does not encode: no retry can write it
-                        return false;
+                        return (false, None);
                     }
                     if self.stopping() {
                         // past the grace period the process may exit; until then, retry
@@ -593,7 +637,7 @@ impl QueueDispatcher {
                             tracing::error!(id = %claim.id(),
                                 "stopping with an outcome not recorded: another dispatcher \
                                  takes the claim back after the lease and tries again");
-                            return false;
+                            return (false, None);
                         }
                     }
                     std::thread::sleep(pause);

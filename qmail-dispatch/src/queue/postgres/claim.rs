@@ -192,7 +192,9 @@ struct GroupReq {
     id: String,
     claims: i64,
     dstate: String,
-    reply: mpsc::SyncSender<Result<(), SettleError>>,
+    /// The caller wants its next row claimed in the same statement.
+    want_next: bool,
+    reply: mpsc::SyncSender<Result<Option<PgClaim>, SettleError>>,
 }
 
 /// Writes the [`Settlement::Delivered`] settles of many workers together: one transaction
@@ -204,6 +206,12 @@ struct GroupReq {
 /// each retries with the same fencing token, as for [`PgClaim::settle_ref`] (rule 4 of
 /// `queue/mod.rs`). The collection window is the previous transaction's duration: an idle
 /// queue's settle is written at once, under load the groups grow by themselves.
+///
+/// A caller may also ask for its next row ([`GroupSettler::settle_and_claim`]): the same
+/// statement then claims, as [`crate::queue::Queue::claim`] does (`FOR UPDATE SKIP LOCKED`,
+/// the claim counter bumped), one ready row for each caller of the group that asked, so a
+/// worker's settle and its next claim cost one round trip and one commit, not two. Rows are
+/// claimed only while this process's lease is fresh; a caller that gets none claims as usual.
 ///
 /// The other outcomes (rare in the steady state) are written by the caller's thread with
 /// [`PgClaim::settle_ref`]. Dropping the settler stops its thread after the settles in hand.
@@ -252,18 +260,29 @@ impl GroupSettler {
                         .iter()
                         .map(|r| (r.id.as_str(), r.claims, r.dstate.as_str()))
                         .collect();
-                    let written = settle_delivered_group(&inner, &rows);
+                    // rows for the next attempts only under a fresh lease (as `Queue::claim`)
+                    let want = if inner.lease_fresh() {
+                        group.iter().filter(|r| r.want_next).count()
+                    } else {
+                        0
+                    };
+                    let written = settle_delivered_group(&inner, &rows, want);
                     c2.transactions.fetch_add(1, Ordering::SeqCst);
                     match written {
-                        Ok(done) => {
+                        Ok((done, claimed)) => {
+                            let mut claimed = claimed.into_iter();
                             for r in group {
                                 let res = if done.contains(r.id.as_str()) {
-                                    Ok(())
+                                    Ok(if r.want_next { claimed.next() } else { None })
                                 } else {
                                     lost_claim_log(&inner, &r.id, r.claims);
                                     Err(SettleError::LostClaim)
                                 };
                                 let _ = r.reply.send(res);
+                            }
+                            // a row nobody took (its asker's settle was refused): given back
+                            for c in claimed {
+                                let _ = c.settle_ref(Settlement::Release);
                             }
                         }
                         Err(e) => {
@@ -303,8 +322,25 @@ impl GroupSettler {
     /// As [`PgClaim::settle_ref`]: [`SettleError::LostClaim`] for this row alone;
     /// [`SettleError::Queue`] when its transaction failed (retry with the same claim).
     pub fn settle(&self, claim: &PgClaim, outcome: Settlement) -> Result<(), SettleError> {
+        self.settle_and_claim(claim, outcome, false).map(|_| ())
+    }
+
+    /// [`GroupSettler::settle`], and when `want_next` and the outcome is
+    /// [`Settlement::Delivered`], the next ready row claimed for this caller in the same
+    /// statement (see [`GroupSettler`]): `Ok(Some(row))`, or `Ok(None)` when there was none
+    /// (or the lease was not fresh: claim as usual then). The row is `active` under this
+    /// process's owner name: the caller attempts it or gives it back.
+    ///
+    /// # Errors
+    /// As [`GroupSettler::settle`]; no row is claimed for a caller that gets an error.
+    pub fn settle_and_claim(
+        &self,
+        claim: &PgClaim,
+        outcome: Settlement,
+        want_next: bool,
+    ) -> Result<Option<PgClaim>, SettleError> {
         let (Settlement::Delivered(st), Some(tx)) = (&outcome, &self.tx) else {
-            return claim.settle_ref(outcome);
+            return claim.settle_ref(outcome).map(|()| None);
         };
         let dstate = encode_state(&claim.id, st)?;
         let (reply, answer) = mpsc::sync_channel(1);
@@ -312,12 +348,13 @@ impl GroupSettler {
             id: claim.id.clone(),
             claims: claim.claims,
             dstate,
+            want_next,
             reply,
         };
         self.counts.queued.fetch_add(1, Ordering::SeqCst);
         if tx.send(req).is_err() {
             self.counts.queued.fetch_sub(1, Ordering::SeqCst);
-            return claim.settle_ref(outcome);
+            return claim.settle_ref(outcome).map(|()| None);
         }
         match answer.recv() {
             Ok(r) => r,
@@ -372,21 +409,27 @@ fn lost_claim_log(inner: &Inner, id: &str, claims: i64) {
 
 /// Settles several claims of this owner as delivered in one statement (one transaction),
 /// each row guarded by its own fence; returns the ids that took effect (the others were
-/// taken back: nothing changed for them). Rows are `(id, claim counter, state JSON)`.
+/// taken back: nothing changed for them). Rows are `(id, claim counter, state JSON)`. The
+/// same statement claims up to `claim` ready rows for this owner (`FOR UPDATE SKIP LOCKED`,
+/// in rank order, as `PgQueue::try_claim`), returned in rank order; a claimed row that does
+/// not decode is quarantined (`corrupt`) and left out.
 ///
 /// # Errors
-/// [`QueueError::Unavailable`]: nothing of the group was written.
+/// [`QueueError::Unavailable`]: nothing of the group was written, nothing claimed.
 pub(crate) fn settle_delivered_group(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     rows: &[(&str, i64, &str)],
-) -> Result<std::collections::HashSet<String>, QueueError> {
+    claim: usize,
+) -> Result<(std::collections::HashSet<String>, Vec<PgClaim>), QueueError> {
     let s = &inner.s;
     let owner = inner.opts.instance.as_str();
     let ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let claims: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let states: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    let limit = claim.min(10_000) as i64;
     let mut c = inner.conn()?;
-    let q = c.stmt("settle_delivered_group", || {
+    // columns 0..8 as the claim statement's (`PgClaim::from_row`), then "is a settle"
+    let q = c.stmt("settle_claim_group", || {
         format!(
             "WITH v AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
              AS v(id, claims, dstate)), \
@@ -394,15 +437,42 @@ pub(crate) fn settle_delivered_group(
              chunked = false, dstate = v.dstate::jsonb, settled_at = now() FROM v \
              WHERE m.id = v.id AND m.owner = $4 AND m.claims = v.claims AND m.state = 'active' \
              RETURNING m.id), \
-             d AS (DELETE FROM {s}.chunk WHERE id IN (SELECT id FROM u)) \
-             SELECT id FROM u"
+             d AS (DELETE FROM {s}.chunk WHERE id IN (SELECT id FROM u)), \
+             c AS (UPDATE {s}.message m SET state = 'active', owner = $4, \
+             claims = m.claims + 1, claimed_at = now() FROM (SELECT id FROM {s}.message \
+             WHERE state = 'ready' ORDER BY rank, id LIMIT $5 FOR UPDATE SKIP LOCKED) n \
+             WHERE m.id = n.id RETURNING m.id, m.rank, m.claims, m.header, m.body_len, \
+             m.chunked, m.dstate::text, \
+             CASE WHEN m.body_len <= {CLAIM_INLINE_MAX} THEN m.body END) \
+             SELECT id, NULL::bigint, NULL::bigint, NULL::bytea, NULL::bigint, NULL::boolean, \
+             NULL::text, NULL::bytea, true FROM u \
+             UNION ALL SELECT c.*, false FROM c",
+            CLAIM_INLINE_MAX = super::CLAIM_INLINE_MAX
         )
     })?;
     let got = c
         .client
-        .query(&q, &[&ids, &claims, &states, &owner])
+        .query(&q, &[&ids, &claims, &states, &owner, &limit])
         .map_err(db_error)?;
-    Ok(got.iter().map(|r| r.get::<_, String>(0)).collect())
+    drop(c);
+    let mut done = std::collections::HashSet::new();
+    let mut next = Vec::new();
+    for r in &got {
+        if r.get::<_, bool>(8) {
+            done.insert(r.get::<_, String>(0));
+            continue;
+        }
+        match PgClaim::from_row(Arc::clone(inner), r) {
+            Ok(c) => next.push((r.get::<_, i64>(1), c)),
+            Err(reason) => {
+                let id: String = r.get(0);
+                tracing::error!(id = %id, reason = %reason, "corrupt queue row quarantined");
+                let _ = PgClaim::settle_raw(inner, &id, r.get(2), Settlement::Corrupt(reason));
+            }
+        }
+    }
+    next.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    Ok((done, next.into_iter().map(|(_, c)| c).collect()))
 }
 
 /// Decodes the `header` column: the postcard bytes a spool file holds after its 14-byte
