@@ -117,13 +117,13 @@ fn corrupt(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Corrupt, msg)
 }
 
+/// What [`frame`] finds: the header, the format version, the message's offset and length.
+type Framing = (SpoolHeader, u16, u64, u64);
+
 /// Checks a spool file's framing (magic, version, header, trailer) through `read_at(offset,
 /// buf)`, which fills `buf` from `offset` or fails; returns the header, the format version,
 /// and the message's offset and length.
-fn frame(
-    size: u64,
-    mut read_at: impl FnMut(u64, &mut [u8]) -> Result<()>,
-) -> Result<(SpoolHeader, u16, u64, u64)> {
+fn frame(size: u64, mut read_at: impl FnMut(u64, &mut [u8]) -> Result<()>) -> Result<Framing> {
     let mut prefix = [0u8; PREFIX_LEN as usize];
     if size < PREFIX_LEN + TRAILER_LEN {
         return Err(corrupt(format!("spool file is {size} bytes: too short")));
@@ -207,14 +207,8 @@ impl SpoolFile {
         let read_at = |off: u64, buf: &mut [u8]| {
             std::os::unix::fs::FileExt::read_exact_at(&file, buf, off).map_err(io)
         };
-        let (header, version, body_offset, body_len) = frame(size, read_at)?;
-        Ok(SpoolFile {
-            header,
-            version,
-            body_offset,
-            body_len,
-            file,
-        })
+        let framed = frame(size, read_at)?;
+        Ok(SpoolFile::framed(file, framed))
     }
 
     /// As [`SpoolFile::from_file`], when the caller already read the whole file into `whole`
@@ -233,14 +227,18 @@ impl SpoolFile {
             buf.copy_from_slice(part);
             Ok(())
         };
-        let (header, version, body_offset, body_len) = frame(whole.len() as u64, read_at)?;
-        Ok(SpoolFile {
+        let framed = frame(whole.len() as u64, read_at)?;
+        Ok(SpoolFile::framed(file, framed))
+    }
+
+    fn framed(file: File, (header, version, body_offset, body_len): Framing) -> SpoolFile {
+        SpoolFile {
             header,
             version,
             body_offset,
             body_len,
             file,
-        })
+        }
     }
 
     /// A buffered reader over exactly the message bytes.
