@@ -289,6 +289,17 @@ fn term(c: &mut Child) -> std::process::ExitStatus {
 }
 
 /// Rows per state (`status --queue --json`).
+/// Messages settled as delivered (tombstones), read from the table itself.
+fn delivered(pg: &Pg) -> i64 {
+    pg.client()
+        .query_one(
+            "SELECT count(*) FROM qmail.message WHERE state = 'delivered'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 fn states(pg: &Pg) -> HashMap<String, i64> {
     let out = ok(&cli(&["status", "--json", "--queue", &pg.uri()]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -439,12 +450,15 @@ fn a_sigkilled_dispatchers_connection_slot_is_free_at_once() {
     let cfg_b = config(dir.path(), 2, &sink.url(), 300, limits);
     let names = ["a.log", "b.log"];
     let mut ds = Procs(vec![start_run(&cfg_a, &pg, &dir.path().join("a.log"))]);
+    // Delivered means settled, not only seen by the sink: the relay's 250 comes before the
+    // settle's COMMIT, and a SIGSTOP between the two leaves the message claimed by A (its
+    // lease then expires and B takes it back: the end-of-DATA window, not what this tests).
     wait_logged(
         30,
-        "the first message delivered by A",
+        "the first message delivered and settled by A",
         dir.path(),
         &names,
-        || sink.count() == 1,
+        || sink.count() == 1 && delivered(&pg) == 1,
     );
     assert_eq!(
         sink.rec.open.load(Ordering::SeqCst),
@@ -570,12 +584,15 @@ fn a_stopping_dispatcher_gives_back_what_waits_for_a_slot() {
     let cfg_b = config(dir.path(), 2, &sink.url(), 300, limits);
     let names = ["a.log", "b.log"];
     let mut ds = Procs(vec![start_run(&cfg_a, &pg, &dir.path().join("a.log"))]);
+    // Delivered means settled, not only seen by the sink: the relay's 250 comes before the
+    // settle's COMMIT, and a SIGSTOP between the two leaves the message claimed by A (its
+    // lease then expires and B takes it back: the end-of-DATA window, not what this tests).
     wait_logged(
         30,
-        "the first message delivered by A",
+        "the first message delivered and settled by A",
         dir.path(),
         &names,
-        || sink.count() == 1,
+        || sink.count() == 1 && delivered(&pg) == 1,
     );
     signal(&ds.0[0], "-STOP");
     ds.0.push(start_run(&cfg_b, &pg, &dir.path().join("b.log")));

@@ -23,27 +23,9 @@ if ! command -v ip >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get -qq install -y iproute2 >/dev/null || true
 fi
 export QMAIL_PG_REQUIRED=1
-cargo test -p qmail-dispatch --test postgres
-# TLS to the database: a PostgreSQL with ssl=on; verify-full, an untrusted certificate, another host name
-cargo test -p qmail-dispatch --test pg_tls
-cargo test -p qmail-dispatcher --test forward
-# run --queue and drain --queue: two dispatchers on one queue (each recipient once), a 4xx
-# recipient retried until the lifetime, the drain summary, SIGTERM with transactions in flight,
-# a dispatcher SIGKILLed mid-run, the database crashed mid-run, a DSN (about 20 s)
-cargo test -p qmail-dispatcher --test pg_run
-# the operator's commands with --queue (list, show, cat, summary, hold, release, delete, retry,
-# requeue-failed; human and JSON), hold/release/delete against a running run --queue, SIGHUP
-cargo test -p qmail-dispatcher --test pg_admin  # about 20 s
-# fleet-wide relay limits through run --queue: 3 dispatchers at max_messages_per_second = 50 and
-# max_connections = 2 (≤ 550 arrivals in any 10 s, ≤ 2 sessions at once, each message once), a
-# SIGKILLed dispatcher's connection slot free at once, a stopping one giving back what waits for
-# a slot, the per-process fallback while the database is down (about 25 s)
-cargo test -p qmail-dispatcher --test pg_limits
-# the torture run: four run --queue dispatchers SIGKILLed, SIGSTOPped past the lease and briefly
-# at seeded random moments (QMAIL_TORTURE_SEED=N replays), the forwarder SIGKILLed once; 0 missing,
-# duplicates only from the end-of-DATA window (about 25 s)
-cargo test -p qmail-dispatcher --test pg_torture
-# primary + two synchronous standbys in three network namespaces, two run --queue dispatcher hosts
-# and two forwarding web hosts; the primary SIGKILLed mid-run, then its host vanishing (link down);
-# needs root (skips otherwise; about 60 s)
-cargo test -p qmail-dispatcher --test failover
+# One cargo invocation with the package set of 20-dispatcher.sh: the same features, so
+# nothing is rebuilt (one `-p qmail-dispatcher` alone unifies features differently and
+# relinks the binary); --no-fail-fast runs every binary and reports every failure.
+cargo test --no-fail-fast -p qmail-dispatch -p qmail-dispatcher \
+    --test postgres --test pg_tls --test forward --test pg_run --test pg_admin \
+    --test pg_limits --test pg_torture --test failover

@@ -96,19 +96,23 @@ pub fn per_rcpt(copies: &[Copy]) -> HashMap<String, usize> {
 pub struct Verdict {
     /// Expected recipients the relay never accepted.
     pub missing: Vec<String>,
-    /// Extra copies in all (a recipient accepted twice counts 1).
+    /// Extra copies in all (a recipient accepted twice counts 1, three times 2).
     pub duplicates: usize,
-    /// Recipients accepted more than twice.
+    /// Recipients accepted more than twice (each extra copy is explained on its own: two
+    /// faults, each in the window of the copy before).
     pub over_twice: Vec<(String, usize)>,
     /// Duplicates explained, per event (same order as the events).
     pub per_event: Vec<usize>,
-    /// Duplicates whose first copy is in no fault's window of its sender, with the reason.
+    /// Copies followed by another copy that no fault of their sender explains, with the
+    /// reason.
     pub unexplained: Vec<String>,
 }
 
-/// Applies the rule to `copies`: every `expected` recipient accepted, none more than twice,
-/// and each duplicate's first copy sent by a process that an event hit within
-/// [`BEFORE`]/[`AFTER`] of that copy.
+/// Applies the rule to `copies`: every `expected` recipient accepted, and every copy of a
+/// recipient but its last one sent by a process that an event hit within
+/// [`BEFORE`]/[`AFTER`] of that copy. A later copy exists only because the one before it was
+/// never settled; so with two faults, each in its own window, a message may be accepted three
+/// times, and each of the two extra copies is charged to its own fault.
 pub fn judge(expected: &[String], copies: &[Copy], events: &[Event]) -> Verdict {
     let counts = per_rcpt(copies);
     let mut v = Verdict {
@@ -121,32 +125,33 @@ pub fn judge(expected: &[String], copies: &[Copy], events: &[Event]) -> Verdict 
         .cloned()
         .collect();
     v.missing.sort();
-    for (rcpt, &n) in &counts {
-        if n < 2 {
-            continue;
-        }
+    let mut rcpts: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n >= 2).collect();
+    rcpts.sort();
+    for (rcpt, &n) in rcpts {
         v.duplicates += n - 1;
         if n > 2 {
             v.over_twice.push((rcpt.clone(), n));
         }
         let mut mine: Vec<&Copy> = copies.iter().filter(|c| &c.rcpt == rcpt).collect();
         mine.sort_by(|a, b| a.time.total_cmp(&b.time));
-        let first = mine[0];
-        match events.iter().position(|e| {
-            (e.who == "*" || e.who == first.sender)
-                && first.time <= e.time + AFTER
-                && first.time >= e.time - BEFORE
-        }) {
-            Some(i) => v.per_event[i] += 1,
-            None => v.unexplained.push(format!(
-                "{rcpt}: first copy by {} at {:.3}, then {:?}",
-                first.sender,
-                first.time,
-                mine[1..]
-                    .iter()
-                    .map(|c| format!("{} at {:.3}", c.sender, c.time))
-                    .collect::<Vec<_>>()
-            )),
+        for (k, copy) in mine[..n - 1].iter().enumerate() {
+            match events.iter().position(|e| {
+                (e.who == "*" || e.who == copy.sender)
+                    && copy.time <= e.time + AFTER
+                    && copy.time >= e.time - BEFORE
+            }) {
+                Some(i) => v.per_event[i] += 1,
+                None => v.unexplained.push(format!(
+                    "{rcpt}: copy {} of {n} by {} at {:.3} is in no fault's window of its \
+                     sender; all copies: {:?}",
+                    k + 1,
+                    copy.sender,
+                    copy.time,
+                    mine.iter()
+                        .map(|c| format!("{} at {:.3}", c.sender, c.time))
+                        .collect::<Vec<_>>()
+                )),
+            }
         }
     }
     v
