@@ -27,7 +27,9 @@ fi
 command -v node >/dev/null || { echo "e2e: node is required (the Node initiator)" >&2; exit 1; }
 scripts/setup-python-env
 scripts/setup-postfix
-cargo build -q --release -p qmail-dispatcher
+# the `dist` profile (release, stripped): what 80-deploy.sh packages, so it is built once
+cargo build -q --profile dist -p qmail-dispatcher
+export QMAIL_DISPATCHER=$CARGO_TARGET_DIR/dist/qmail-dispatcher
 scripts/build-c >/dev/null
 if ! .venv/bin/python -c 'import qmail' 2>/dev/null; then
     .venv/bin/python -m pip install -q --disable-pip-version-check ./bindings/python

@@ -50,7 +50,9 @@ from email import policy
 
 ROOT = os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-DISPATCHER = os.path.join(TARGET, "release", "qmail-dispatcher")
+# QMAIL_DISPATCHER: the binary to run (scripts/test.d/60-e2e.sh builds the `dist` profile,
+# which 80-deploy.sh packages, so the suite builds the optimized dispatcher once)
+DISPATCHER = os.environ.get("QMAIL_DISPATCHER") or os.path.join(TARGET, "release", "qmail-dispatcher")
 CDIST = os.path.join(TARGET, "c")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 HOSTS = ("web1", "web2")
