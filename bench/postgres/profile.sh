@@ -115,7 +115,7 @@ stats() { psql -F' ' -c "SELECT (SELECT xact_commit FROM pg_stat_database WHERE 
 if [ -n "${BENCH_NO_FORWARD:-}" ]; then
     "$bin" forward --drain --spool "$work/web" --queue "$url" >/dev/null
 fi
-psql -c 'SELECT pg_stat_statements_reset()' >/dev/null
+psql -c 'SELECT pg_stat_statements_reset(), pg_stat_reset()' >/dev/null
 s0=$(stats)
 snap "$sink" > "$work/cpu0"
 perf_pid=
@@ -133,6 +133,7 @@ fi
 d1=$!; pids+=($d1)
 "$bin" --config "$work/d2.toml" run --queue "$url" >/dev/null &
 d2=$!; pids+=($d2)
+echo "  pids: forwarder ${fwd:-none}, dispatchers $d1 $d2, sink $sink (perf report --pid)" >&2
 read -r fwd_done t1 < <(bench/postgres/wait_e2e.py "$work/e2e.log" "$E2E_N" "${fwd:+$work/web/ready}" ${fwd:+"$fwd"} "$d1" "$d2")
 snap "$sink" ${fwd:+"$fwd"} "$d1" "$d2" > "$work/cpu1"
 s1=$(stats)
@@ -170,3 +171,6 @@ print(f"  per message: {d[0] / n:.3f} commits, {d[1] / n:.1f} WAL records, {d[2]
 PY
 echo "  statements (calls per message, mean ms):"
 psql -F' ' -c "SELECT round(calls::numeric / $E2E_N, 3), round(mean_exec_time::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 110) FROM pg_stat_statements ORDER BY calls DESC LIMIT 18" | sed 's/^/    /'
+echo "  index scans (per message: scans, index entries read, heap tuples fetched):"
+psql -F' ' -c "SELECT indexrelname, round(idx_scan::numeric / $E2E_N, 3), round(idx_tup_read::numeric / $E2E_N, 1), round(idx_tup_fetch::numeric / $E2E_N, 1) FROM pg_stat_user_indexes WHERE schemaname = 'qmail' AND idx_scan > 0 ORDER BY idx_tup_read DESC" | sed 's/^/    /'
+psql -F' ' -c "SELECT 'message: n_dead_tup', n_dead_tup, 'autovacuums', autovacuum_count, 'hot updates', n_tup_hot_upd, 'updates', n_tup_upd FROM pg_stat_user_tables WHERE schemaname = 'qmail' AND relname = 'message'" | sed 's/^/    /'

@@ -10,6 +10,13 @@ use super::{Inner, db_error};
 use crate::queue::{Claim, QueueError, SettleError, Settlement};
 use crate::state::MessageState;
 
+/// The fence of every settle and of `still_mine` (`$1` id, `$2` owner, `$3` claim counter):
+/// the row is still this claim. `owner = $2` implies `state = 'active'` (constraint
+/// `message_owner`), so the state is not repeated: with it the planner may pick the partial
+/// index `message_active` and read every row the owner holds (one per worker) for each
+/// fence, where the primary key reads one.
+const FENCE: &str = "id = $1 AND owner = $2 AND claims = $3";
+
 /// A message claimed from a [`super::PgQueue`]: the row is `active` under this process's
 /// owner name with claim counter [`PgClaim::fence_token`].
 pub struct PgClaim {
@@ -97,7 +104,7 @@ impl PgClaim {
     ) -> Result<(), SettleError> {
         let s = &inner.s;
         let owner = inner.opts.instance.as_str();
-        let guard = "id = $1 AND owner = $2 AND claims = $3 AND state = 'active'";
+        let guard = FENCE;
         let json = |st: &MessageState| {
             serde_json::to_string(st).map_err(|e| {
                 SettleError::Queue(QueueError::Corrupt {
@@ -435,7 +442,7 @@ pub(crate) fn settle_delivered_group(
              AS v(id, claims, dstate)), \
              u AS (UPDATE {s}.message m SET state = 'delivered', owner = NULL, body = NULL, \
              chunked = false, dstate = v.dstate::jsonb, settled_at = now() FROM v \
-             WHERE m.id = v.id AND m.owner = $4 AND m.claims = v.claims AND m.state = 'active' \
+             WHERE m.id = v.id AND m.owner = $4 AND m.claims = v.claims \
              RETURNING m.id), \
              d AS (DELETE FROM {s}.chunk WHERE id IN (SELECT id FROM u)), \
              c AS (UPDATE {s}.message m SET state = 'active', owner = $4, \
@@ -541,10 +548,7 @@ impl Claim for PgClaim {
             return false;
         };
         let Ok(st) = c.stmt("fence", || {
-            format!(
-                "SELECT 1 FROM {s}.message WHERE id = $1 AND owner = $2 AND claims = $3 AND \
-                 state = 'active'"
-            )
+            format!("SELECT 1 FROM {s}.message WHERE {FENCE}")
         }) else {
             return false;
         };

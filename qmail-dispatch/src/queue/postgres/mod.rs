@@ -5,8 +5,8 @@
 //!   streamed in ([`PgQueue::import`]) and out ([`crate::queue::Claim::body`]) one chunk at a time.
 //! - Claims: `UPDATE … FROM (SELECT … ORDER BY rank FOR UPDATE SKIP LOCKED LIMIT n)`, the
 //!   pattern of Oban, GoodJob, River and Solid Queue; each claim bumps the row's `claims`
-//!   counter, the fencing token every settle is guarded by (`WHERE owner = $me AND claims =
-//!   $n AND state = 'active'`): a stale owner changes nothing.
+//!   counter, the fencing token every settle is guarded by (`WHERE id = $id AND owner = $me AND
+//!   claims = $n`; an owner is set only while `active`): a stale owner changes nothing.
 //! - Leases: a `SCHEMA.lease` row per process, renewed in database time (`now()` of the
 //!   server, so no clock of ours needs to agree with another's), plus a session advisory lock
 //!   held by the lease connection, so a process whose connection vanished is noticed at once
