@@ -288,8 +288,10 @@ fn term(c: &mut Child) -> std::process::ExitStatus {
     panic!("dispatcher did not stop on SIGTERM");
 }
 
-/// Rows per state (`status --queue --json`).
-/// Messages settled as delivered (tombstones), read from the table itself.
+/// Messages settled as delivered (tombstones), read from the table itself. A test that waits
+/// for a delivery waits for this too, not only for the sink's copy: the relay's 250 comes
+/// before the settle's COMMIT, and a SIGSTOP between the two leaves the message claimed (its
+/// lease then expires and another dispatcher takes it back: the end-of-DATA window).
 fn delivered(pg: &Pg) -> i64 {
     pg.client()
         .query_one(
@@ -300,6 +302,7 @@ fn delivered(pg: &Pg) -> i64 {
         .get(0)
 }
 
+/// Rows per state (`status --queue --json`).
 fn states(pg: &Pg) -> HashMap<String, i64> {
     let out = ok(&cli(&["status", "--json", "--queue", &pg.uri()]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -450,9 +453,6 @@ fn a_sigkilled_dispatchers_connection_slot_is_free_at_once() {
     let cfg_b = config(dir.path(), 2, &sink.url(), 300, limits);
     let names = ["a.log", "b.log"];
     let mut ds = Procs(vec![start_run(&cfg_a, &pg, &dir.path().join("a.log"))]);
-    // Delivered means settled, not only seen by the sink: the relay's 250 comes before the
-    // settle's COMMIT, and a SIGSTOP between the two leaves the message claimed by A (its
-    // lease then expires and B takes it back: the end-of-DATA window, not what this tests).
     wait_logged(
         30,
         "the first message delivered and settled by A",
@@ -584,9 +584,6 @@ fn a_stopping_dispatcher_gives_back_what_waits_for_a_slot() {
     let cfg_b = config(dir.path(), 2, &sink.url(), 300, limits);
     let names = ["a.log", "b.log"];
     let mut ds = Procs(vec![start_run(&cfg_a, &pg, &dir.path().join("a.log"))]);
-    // Delivered means settled, not only seen by the sink: the relay's 250 comes before the
-    // settle's COMMIT, and a SIGSTOP between the two leaves the message claimed by A (its
-    // lease then expires and B takes it back: the end-of-DATA window, not what this tests).
     wait_logged(
         30,
         "the first message delivered and settled by A",
