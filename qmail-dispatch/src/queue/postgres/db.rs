@@ -31,6 +31,18 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 /// `tcp_user_timeout` when the connection string sets none (TCP_USER_TIMEOUT, RFC 5482).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Set on every connection: plan each execution of a prepared statement with its parameters.
+/// After five executions PostgreSQL may otherwise switch a prepared statement to a generic
+/// plan made from the statistics of that moment, and keep it for as long as the connection
+/// lives (until the next `VACUUM` or `ANALYZE` of the table). A queue's table grows and
+/// shrinks by orders of magnitude between two autovacuums: with statistics taken while it
+/// was small, the generic plan of the grouped settle (`claim.rs`) was a sequential scan of
+/// `message` joined by hash, one scan of the whole table per statement (2.8 ms per
+/// statement at 30,000 rows and growing with the queue, against 0.3 ms by primary key;
+/// `bench/postgres/profile.sh`, docs/benchmarks.md). A custom plan sees the table's current
+/// size in pages and the `LIMIT` of each claim, at the price of planning each execution.
+pub(crate) const PLAN_CACHE_MODE: &str = "SET plan_cache_mode = force_custom_plan";
+
 /// A parsed connection string with its TLS connector; connects as often as asked.
 #[derive(Clone)]
 pub struct Db {
@@ -100,13 +112,23 @@ impl Db {
         })
     }
 
-    /// Opens a new connection (TLS as the string's `sslmode` says, verified).
+    /// Opens a new connection (TLS as the string's `sslmode` says, verified), planning every
+    /// execution of a prepared statement with its parameters (`plan_cache_mode =
+    /// force_custom_plan`, see [`PLAN_CACHE_MODE`]).
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] with the driver's reason (refused, timed out, a
     /// certificate that does not verify, authentication failed).
     pub fn connect(&self) -> Result<Client, QueueError> {
-        self.config.connect(self.tls.clone()).map_err(db_error)
+        let mut client = self.config.connect(self.tls.clone()).map_err(db_error)?;
+        match client.batch_execute(PLAN_CACHE_MODE) {
+            Ok(()) => {}
+            // PostgreSQL before 12 has no plan_cache_mode and always plans with parameters
+            // for the first five executions only: nothing better to ask for there
+            Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_OBJECT) => {}
+            Err(e) => return Err(db_error(e)),
+        }
+        Ok(client)
     }
 
     /// The driver's view of the string.
