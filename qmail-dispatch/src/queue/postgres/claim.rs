@@ -113,7 +113,7 @@ impl PgClaim {
                 })
             })
         };
-        let mut c = inner.conn()?;
+        let mut c = inner.hot()?;
         let count = |u: &str| format!("WITH u AS ({u} RETURNING id) SELECT count(*) FROM u");
         let row = match &outcome {
             Settlement::Delivered(st) => {
@@ -434,7 +434,7 @@ pub(crate) fn settle_delivered_group(
     let claims: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let states: Vec<&str> = rows.iter().map(|r| r.2).collect();
     let limit = claim.min(10_000) as i64;
-    let mut c = inner.conn()?;
+    let mut c = inner.hot()?;
     // columns 0..8 as the claim statement's (`PgClaim::from_row`), then "is a settle"
     let q = c.stmt("settle_claim_group", || {
         format!(
@@ -508,7 +508,7 @@ impl Claim for PgClaim {
         if !self.chunked {
             // inline but larger than what comes with a claim: one query
             let s = &self.inner.s;
-            let mut c = self.inner.conn()?;
+            let mut c = self.inner.hot()?;
             let row = c
                 .client
                 .query_opt(
@@ -544,7 +544,7 @@ impl Claim for PgClaim {
             return false;
         }
         let s = &self.inner.s;
-        let Ok(mut c) = self.inner.conn() else {
+        let Ok(mut c) = self.inner.hot() else {
             return false;
         };
         let Ok(st) = c.stmt("fence", || {
@@ -584,7 +584,7 @@ impl Read for BodyReader {
                 return Ok(0);
             }
             let s = &self.inner.s;
-            let mut c = self.inner.conn().map_err(io::Error::other)?;
+            let mut c = self.inner.hot().map_err(io::Error::other)?;
             let st = c
                 .stmt("chunk_get", || {
                     format!("SELECT data FROM {s}.chunk WHERE id = $1 AND seq = $2")

@@ -31,17 +31,43 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 /// `tcp_user_timeout` when the connection string sets none (TCP_USER_TIMEOUT, RFC 5482).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Set on every connection: plan each execution of a prepared statement with its parameters.
-/// After five executions PostgreSQL may otherwise switch a prepared statement to a generic
-/// plan made from the statistics of that moment, and keep it for as long as the connection
-/// lives (until the next `VACUUM` or `ANALYZE` of the table). A queue's table grows and
-/// shrinks by orders of magnitude between two autovacuums: with statistics taken while it
-/// was small, the generic plan of the grouped settle (`claim.rs`) was a sequential scan of
-/// `message` joined by hash, one scan of the whole table per statement (2.8 ms per
-/// statement at 30,000 rows and growing with the queue, against 0.3 ms by primary key;
-/// `bench/postgres/profile.sh`, docs/benchmarks.md). A custom plan sees the table's current
-/// size in pages and the `LIMIT` of each claim, at the price of planning each execution.
-pub(crate) const PLAN_CACHE_MODE: &str = "SET plan_cache_mode = force_custom_plan";
+/// How a connection plans its prepared statements: set once, when it is opened.
+///
+/// A queue's table grows and shrinks by orders of magnitude between two autovacuums, so its
+/// statistics are stale by nature. After five executions PostgreSQL may switch a prepared
+/// statement to a generic plan made from the statistics and the table size of that moment,
+/// and keep it for as long as the connection lives (until the next `VACUUM` or `ANALYZE` of
+/// the table). Made while the table was small, the generic plan of the grouped settle
+/// (`claim.rs`) was a sequential scan of `message` joined by hash: one scan of the whole
+/// table per statement, 2.8 ms at 30,000 rows and growing with the queue, against 0.3 ms by
+/// primary key (`bench/postgres/profile.sh`, docs/benchmarks.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plans {
+    /// Every execution planned with its parameters (`plan_cache_mode = force_custom_plan`):
+    /// right whatever the statistics say, at the price of planning each time. For every
+    /// statement but the few a dispatcher runs per message.
+    Custom,
+    /// The per-message statements (claim, fence, settle, import, chunk reads): planned once
+    /// per connection (`force_generic_plan`; planning was 44 % of the backends' CPU), with
+    /// the methods a stale plan could turn into a pass over the whole table made a last resort
+    /// (`enable_seqscan`, `enable_bitmapscan`, `enable_sort`, `enable_hashjoin` off). Each of
+    /// these statements reads by the primary key or walks a partial index in its order
+    /// (`message_ready`, `message_due`), so that plan is the right one at any size. Never for
+    /// an operator's query, which may need a scan.
+    PerMessage,
+}
+
+impl Plans {
+    fn setup(self) -> &'static str {
+        match self {
+            Plans::Custom => "SET plan_cache_mode = force_custom_plan",
+            Plans::PerMessage => {
+                "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; \
+                 SET enable_bitmapscan = off; SET enable_sort = off; SET enable_hashjoin = off"
+            }
+        }
+    }
+}
 
 /// A parsed connection string with its TLS connector; connects as often as asked.
 #[derive(Clone)]
@@ -112,19 +138,25 @@ impl Db {
         })
     }
 
-    /// Opens a new connection (TLS as the string's `sslmode` says, verified), planning every
-    /// execution of a prepared statement with its parameters (`plan_cache_mode =
-    /// force_custom_plan`, see [`PLAN_CACHE_MODE`]).
+    /// Opens a new connection (TLS as the string's `sslmode` says, verified) that plans every
+    /// execution of a prepared statement with its parameters ([`Plans::Custom`]).
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] with the driver's reason (refused, timed out, a
     /// certificate that does not verify, authentication failed).
     pub fn connect(&self) -> Result<Client, QueueError> {
+        self.connect_planning(Plans::Custom)
+    }
+
+    /// [`Db::connect`], planning as `plans` says.
+    ///
+    /// # Errors
+    /// As [`Db::connect`].
+    pub(crate) fn connect_planning(&self, plans: Plans) -> Result<Client, QueueError> {
         let mut client = self.config.connect(self.tls.clone()).map_err(db_error)?;
-        match client.batch_execute(PLAN_CACHE_MODE) {
+        match client.batch_execute(plans.setup()) {
             Ok(()) => {}
-            // PostgreSQL before 12 has no plan_cache_mode and always plans with parameters
-            // for the first five executions only: nothing better to ask for there
+            // PostgreSQL before 12 has no plan_cache_mode: its own choice there
             Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_OBJECT) => {}
             Err(e) => return Err(db_error(e)),
         }

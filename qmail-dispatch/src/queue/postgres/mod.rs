@@ -39,6 +39,7 @@ use serde::Serialize;
 
 pub use claim::{BodyReader, GroupSettler, PgClaim};
 pub use db::Db;
+use db::Plans;
 pub use limits::{ConnectionSlot, RateDecision};
 
 use super::{LeaseHealth, Queue, QueueError};
@@ -228,6 +229,7 @@ impl Conn {
 pub(crate) struct Pooled<'a> {
     conn: Option<Conn>,
     pool: &'a Inner,
+    plans: Plans,
 }
 
 impl std::ops::Deref for Pooled<'_> {
@@ -248,14 +250,23 @@ impl std::ops::DerefMut for Pooled<'_> {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            let mut idle = lock(&self.pool.idle);
+            let mut idle = lock(self.pool.idle_of(self.plans));
             if c.client.is_closed() {
                 // the server went away (restart, failover): the idle ones are as dead
                 idle.clear();
+                drop(idle);
+                lock(self.pool.idle_of(other(self.plans))).clear();
             } else if idle.len() < 32 {
                 idle.push(c);
             }
         }
+    }
+}
+
+fn other(p: Plans) -> Plans {
+    match p {
+        Plans::Custom => Plans::PerMessage,
+        Plans::PerMessage => Plans::Custom,
     }
 }
 
@@ -294,7 +305,10 @@ pub(crate) struct Inner {
     pub(crate) opts: PgOptions,
     /// `SCHEMA` (validated), used as the prefix of every table.
     pub(crate) s: String,
+    /// Idle connections for [`Inner::conn`] ([`Plans::Custom`]).
     idle: Mutex<Vec<Conn>>,
+    /// Idle connections for [`Inner::hot`] ([`Plans::PerMessage`]).
+    hot_idle: Mutex<Vec<Conn>>,
     lease: Mutex<Option<LeaseConn>>,
     /// When the lease was last renewed (this process's monotonic clock).
     renewed: Mutex<Option<Instant>>,
@@ -308,19 +322,39 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// A connection for any statement ([`Plans::Custom`]).
     pub(crate) fn conn(&self) -> Result<Pooled<'_>, QueueError> {
-        let c = lock(&self.idle).pop();
+        self.pooled(Plans::Custom)
+    }
+
+    /// A connection for the statements a dispatcher or forwarder runs per message (claim,
+    /// fence, settle, import, chunk reads), planned once ([`Plans::PerMessage`]): only for
+    /// statements that read by primary key or walk a partial index in its order.
+    pub(crate) fn hot(&self) -> Result<Pooled<'_>, QueueError> {
+        self.pooled(Plans::PerMessage)
+    }
+
+    fn pooled(&self, plans: Plans) -> Result<Pooled<'_>, QueueError> {
+        let c = lock(self.idle_of(plans)).pop();
         let c = match c {
             Some(c) => c,
             None => Conn {
-                client: self.db.connect()?,
+                client: self.db.connect_planning(plans)?,
                 stmts: Default::default(),
             },
         };
         Ok(Pooled {
             conn: Some(c),
             pool: self,
+            plans,
         })
+    }
+
+    fn idle_of(&self, plans: Plans) -> &Mutex<Vec<Conn>> {
+        match plans {
+            Plans::Custom => &self.idle,
+            Plans::PerMessage => &self.hot_idle,
+        }
     }
 
     pub(crate) fn lease_fresh(&self) -> bool {
@@ -373,6 +407,7 @@ impl PgQueue {
                 s: s.clone(),
                 opts,
                 idle: Mutex::new(Vec::new()),
+                hot_idle: Mutex::new(Vec::new()),
                 lease: Mutex::new(None),
                 renewed: Mutex::new(None),
                 promoted: Mutex::new(None),
@@ -516,7 +551,7 @@ impl PgQueue {
     /// As [`PgQueue::import`]; an error in any item fails the whole batch.
     pub fn import_batch(&self, items: &mut [ImportItem<'_>]) -> Result<Vec<Imported>, QueueError> {
         let s = &self.inner.s;
-        let mut c = self.inner.conn()?;
+        let mut c = self.inner.hot()?;
         let ins = c.stmt("import", || {
             format!(
                 "INSERT INTO {s}.message (id, state, rank, priority, created, due, header, \
@@ -738,7 +773,7 @@ impl PgQueue {
 
     fn try_claim(&self, max: usize) -> Result<Vec<PgClaim>, QueueError> {
         let s = &self.inner.s;
-        let mut c = self.inner.conn()?;
+        let mut c = self.inner.hot()?;
         let promote = c.stmt("promote", || {
             format!(
                 "UPDATE {s}.message SET state = 'ready' WHERE id IN (SELECT id FROM {s}.message \
