@@ -2,6 +2,8 @@
 //! processes on one spool, SIGKILL and restart (Q-12 c), the idle wake-up latency, signals,
 //! metrics.
 
+#[path = "../../qmail-dispatch/tests/child_guard/mod.rs"]
+mod child_guard;
 #[path = "../../qmail-dispatch/tests/dispatch_common/mod.rs"]
 mod dispatch_common;
 
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use child_guard::Guarded;
 use dispatch_common::*;
 use qmail_core::{Message, QueueId, Spool, SpoolOptions};
 
@@ -68,15 +71,17 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn start_run(config: &Path) -> Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("QMAIL_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
+fn start_run(config: &Path) -> Guarded {
+    Guarded(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("QMAIL_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -243,12 +248,14 @@ fn outbox_default_when_no_relay() {
     let d = tempfile::tempdir().unwrap();
     let spool = spool_at(d.path());
     let ids = submit_n(&spool, 0, 2);
-    let mut child = Command::new(BIN)
-        .args(["--spool", spool.path().to_str().unwrap(), "run"])
-        .env("QMAIL_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Guarded(
+        Command::new(BIN)
+            .args(["--spool", spool.path().to_str().unwrap(), "run"])
+            .env("QMAIL_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let t0 = Instant::now();
     while files(spool.path(), "outbox").len() < 2 {
         assert!(t0.elapsed() < Duration::from_secs(10));
@@ -480,17 +487,19 @@ fn metrics_endpoint_serves_prometheus_text() {
         .unwrap()
         .port();
     let cfg = write_config(d.path(), "m", spool.path(), &[srv.url("tls=none")], "");
-    let mut p = Command::new(BIN)
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--metrics",
-            &format!("127.0.0.1:{port}"),
-            "run",
-        ])
-        .env("QMAIL_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut p = Guarded(
+        Command::new(BIN)
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "--metrics",
+                &format!("127.0.0.1:{port}"),
+                "run",
+            ])
+            .env("QMAIL_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
     submit_n(&spool, 0, 3);
     srv.wait_delivered(3, Duration::from_secs(10));
     let mut body = String::new();

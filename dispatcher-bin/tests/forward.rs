@@ -2,6 +2,8 @@
 //! every local message lands in the queue exactly once, through SIGKILL between COMMIT and
 //! unlink, through the database going down mid-run, and a 1 GiB message in bounded memory.
 
+#[path = "../../qmail-dispatch/tests/child_guard/mod.rs"]
+mod child_guard;
 #[path = "../../qmail-dispatch/tests/pg_common/mod.rs"]
 mod pg_common;
 
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use child_guard::Guarded;
 use pg_common::{Pg, rss_anon_kib, wait_for};
 use qmail_core::{Message, QueueId, Spool, SpoolOptions};
 use qmail_dispatch::queue::postgres::{PgOptions, PgQueue};
@@ -62,15 +65,17 @@ fn cli(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn start_forward(cfg: &Path) -> Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .arg("forward")
-        .env("QMAIL_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
+fn start_forward(cfg: &Path) -> Guarded {
+    Guarded(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(cfg)
+            .arg("forward")
+            .env("QMAIL_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn rows(pg: &Pg) -> i64 {
@@ -166,15 +171,17 @@ fn a_forwarder_killed_between_commit_and_unlink_forwards_once() {
     let mut ids: Vec<String> = (1..=3).map(|i| submit(&spool, i).to_string()).collect();
     ids.sort();
     let cfg = config(dir.path(), &pg, 300);
-    let mut ch = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("forward")
-        .env("QMAIL_LOG", "warn")
-        .env("QMAIL_FORWARD_TEST_HOLD_AFTER_COMMIT", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut ch = Guarded(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("forward")
+            .env("QMAIL_LOG", "warn")
+            .env("QMAIL_FORWARD_TEST_HOLD_AFTER_COMMIT", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut err = BufReader::new(ch.stderr.take().unwrap());
     let mut committed = Vec::new();
     let mut l = String::new();
@@ -330,14 +337,16 @@ fn a_1_gib_message_is_forwarded_in_bounded_memory() {
         std::fs::rename(&tmp, dir.path().join("spool/ready").join(id.as_str())).unwrap();
     }
     let cfg = config(dir.path(), &pg, 300);
-    let mut ch = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["forward", "--drain"])
-        .env("QMAIL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut ch = Guarded(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["forward", "--drain"])
+            .env("QMAIL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut peak = 0;
     let t = Instant::now();
     while ch.try_wait().unwrap().is_none() {

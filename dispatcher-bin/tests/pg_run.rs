@@ -3,6 +3,8 @@
 //! queue, then dispatcher processes serving it. Every count comes from the relay's record and
 //! the queue's `status --queue --json`.
 
+#[path = "../../qmail-dispatch/tests/child_guard/mod.rs"]
+mod child_guard;
 #[path = "../../qmail-dispatch/tests/pg_common/mod.rs"]
 mod pg_common;
 
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use child_guard::Guarded;
 use dispatch_common::SmtpServer;
 use pg_common::{Pg, wait_for};
 use qmail_core::{Message, Spool, SpoolOptions};
@@ -90,16 +93,18 @@ fn config(dir: &Path, relay: &str, extra: &str) -> PathBuf {
     p
 }
 
-fn start_run(cfg: &Path, pg: &Pg, log: &Path) -> Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .args(["--queue", &pg.uri(), "run"])
-        .env("QMAIL_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+fn start_run(cfg: &Path, pg: &Pg, log: &Path) -> Guarded {
+    Guarded(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(cfg)
+            .args(["--queue", &pg.uri(), "run"])
+            .env("QMAIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn term(c: &mut Child) -> std::process::ExitStatus {
