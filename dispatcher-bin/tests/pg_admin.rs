@@ -6,6 +6,8 @@
 //! requeued is delivered, and SIGHUP reloads the configuration (a new relay) or, when the
 //! new one is invalid, serves on with the old.
 
+#[path = "../../qmail-dispatch/tests/child_guard/mod.rs"]
+mod child_guard;
 #[path = "../../qmail-dispatch/tests/pg_common/mod.rs"]
 mod pg_common;
 
@@ -14,9 +16,10 @@ mod dispatch_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
+use child_guard::{Guarded, run_queue};
 use dispatch_common::SmtpServer;
 use pg_common::{Pg, wait_for};
 use qmail_core::spool::SpoolFile;
@@ -434,16 +437,8 @@ fn write_config(p: &Path, relay: &str, log: &Path) {
     .unwrap();
 }
 
-fn start_run(cfg: &Path, pg: &Pg, log: &Path) -> Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .args(["--queue", &pg.uri(), "run"])
-        .env("QMAIL_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+fn start_run(cfg: &Path, pg: &Pg, log: &Path) -> Guarded {
+    run_queue(BIN, cfg, &pg.uri(), log)
 }
 
 fn signal(c: &Child, sig: &str) {

@@ -14,6 +14,8 @@
 //!   untouched at once.
 //! - the per-process fallback while the database is down, and the limits back after it.
 
+#[path = "../../qmail-dispatch/tests/child_guard/mod.rs"]
+mod child_guard;
 #[path = "../../qmail-dispatch/tests/pg_common/mod.rs"]
 mod pg_common;
 
@@ -21,11 +23,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use child_guard::{Guarded, run_queue};
 use pg_common::Pg;
 use qmail_core::{Message, Spool, SpoolOptions};
 
@@ -254,16 +257,8 @@ fn config(dir: &Path, workers: usize, relay: &str, idle_close_ms: u64, limits: &
     p
 }
 
-fn start_run(cfg: &Path, pg: &Pg, log: &Path) -> Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(cfg)
-        .args(["--queue", &pg.uri(), "run"])
-        .env("QMAIL_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+fn start_run(cfg: &Path, pg: &Pg, log: &Path) -> Guarded {
+    run_queue(BIN, cfg, &pg.uri(), log)
 }
 
 fn signal(c: &Child, sig: &str) {
@@ -325,17 +320,8 @@ fn settled(st: &HashMap<String, i64>) -> bool {
         .all(|s| st.get(*s).copied().unwrap_or(0) == 0)
 }
 
-/// Dispatcher processes, SIGKILLed when dropped (a failed test leaves none behind).
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+/// Dispatcher processes, each SIGKILLed when dropped (a failed test leaves none behind).
+struct Procs(Vec<Guarded>);
 
 /// Polls `f` until it is true; after `secs`, fails with the dispatchers' logs.
 fn wait_logged(secs: u64, what: &str, dir: &Path, names: &[&str], mut f: impl FnMut() -> bool) {

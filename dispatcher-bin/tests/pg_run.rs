@@ -13,10 +13,10 @@ mod dispatch_common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use child_guard::Guarded;
+use child_guard::{Guarded, run_queue};
 use dispatch_common::SmtpServer;
 use pg_common::{Pg, wait_for};
 use qmail_core::{Message, Spool, SpoolOptions};
@@ -94,17 +94,7 @@ fn config(dir: &Path, relay: &str, extra: &str) -> PathBuf {
 }
 
 fn start_run(cfg: &Path, pg: &Pg, log: &Path) -> Guarded {
-    Guarded(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(cfg)
-            .args(["--queue", &pg.uri(), "run"])
-            .env("QMAIL_LOG", "info")
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
+    run_queue(BIN, cfg, &pg.uri(), log)
 }
 
 fn term(c: &mut Child) -> std::process::ExitStatus {

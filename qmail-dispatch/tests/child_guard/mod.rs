@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::ops::{Deref, DerefMut};
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 /// A [`Child`] killed and reaped on drop; derefs to the child for `id`, `wait`, `try_wait`
 /// and its pipes. Killing one that has already exited is harmless (`wait` then returns its
@@ -30,4 +31,20 @@ impl Drop for Guarded {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `BIN --config CFG --queue QUEUE_URI run` (a dispatcher serving a PostgreSQL queue), at
+/// log level `info`, its stderr written to `log`, stdin closed; killed when dropped.
+pub fn run_queue(bin: &str, cfg: &Path, queue_uri: &str, log: &Path) -> Guarded {
+    Guarded(
+        Command::new(bin)
+            .arg("--config")
+            .arg(cfg)
+            .args(["--queue", queue_uri, "run"])
+            .env("QMAIL_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
