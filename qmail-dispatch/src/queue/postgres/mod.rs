@@ -250,18 +250,23 @@ impl std::ops::DerefMut for Pooled<'_> {
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            if c.client.is_closed() {
-                // the server went away (restart, failover): the idle ones of both pools are
-                // as dead
-                lock(&self.pool.idle).clear();
-                lock(&self.pool.hot_idle).clear();
-                return;
-            }
             let mut idle = lock(self.pool.idle_of(self.plans));
-            if idle.len() < 32 {
+            if c.client.is_closed() {
+                // the server went away (restart, failover): the idle ones are as dead
+                idle.clear();
+                drop(idle);
+                lock(self.pool.idle_of(other(self.plans))).clear();
+            } else if idle.len() < 32 {
                 idle.push(c);
             }
         }
+    }
+}
+
+fn other(p: Plans) -> Plans {
+    match p {
+        Plans::Custom => Plans::PerMessage,
+        Plans::PerMessage => Plans::Custom,
     }
 }
 
