@@ -37,6 +37,11 @@ pub struct QueueSettings {
     /// How long delivered messages keep their tombstone, seconds. Default 7 days.
     #[serde(default = "default_tombstone")]
     pub tombstone_secs: u64,
+    /// How long after a lease renewal the fence before end-of-data is answered from the
+    /// lease instead of a statement, milliseconds (`PgOptions::local_fence`; at most a quarter
+    /// lease; 0: always ask the database). Default 1000.
+    #[serde(default = "default_local_fence")]
+    pub local_fence_ms: u64,
 }
 
 fn default_schema() -> String {
@@ -44,6 +49,9 @@ fn default_schema() -> String {
 }
 fn default_tombstone() -> u64 {
     7 * 86_400
+}
+pub(crate) fn default_local_fence() -> u64 {
+    1000
 }
 
 /// What the forwarder needs from the settings.

@@ -23,6 +23,7 @@ pub(crate) fn pg_options(q: &QueueSettings, s: &Settings) -> PgOptions {
         lease: Duration::from_secs(s.dispatch.lease_secs.max(2)),
         priority_step_secs: s.dispatch.priority_step_secs,
         tombstone_horizon: Duration::from_secs(q.tombstone_secs),
+        local_fence: Duration::from_millis(q.local_fence_ms),
         ..PgOptions::default()
     }
 }

@@ -75,7 +75,8 @@ struct BinSection {
     /// The old name of `[http] listen`.
     metrics: Option<String>,
     http: Option<HttpSection>,
-    /// `[queue]`: the PostgreSQL queue (`url = "postgres://..."`, `schema`, `tombstone_secs`).
+    /// `[queue]`: the PostgreSQL queue (`url = "postgres://..."`, `schema`, `tombstone_secs`,
+    /// `local_fence_ms`).
     queue: Option<crate::forward::QueueSettings>,
 }
 
@@ -296,6 +297,7 @@ pub fn load(o: &Overrides) -> Result<Settings> {
                     url: url.clone(),
                     schema: "qmail".into(),
                     tombstone_secs: 7 * 86_400,
+                    local_fence_ms: crate::forward::default_local_fence(),
                 })
             }
         }

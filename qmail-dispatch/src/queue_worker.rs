@@ -339,12 +339,17 @@ impl QueueDispatcher {
         }
     }
 
-    /// The lease renewal thread: every sixth of a lease, until the dispatcher stops and no
-    /// worker holds a claim.
+    /// The lease renewal thread: every sixth of a lease, and at least twice per window of the
+    /// local fence (`PgOptions::local_fence`, so the fences of a healthy process are answered
+    /// from the lease), until the dispatcher stops and no worker holds a claim.
     fn spawn_heartbeat(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
         let me = Arc::clone(self);
-        let every =
-            (Duration::from_secs(me.shared.cfg.lease_secs) / 6).max(Duration::from_millis(100));
+        let mut every = Duration::from_secs(me.shared.cfg.lease_secs) / 6;
+        let window = me.queue.inner.opts.local_fence_window();
+        if !window.is_zero() {
+            every = every.min(window / 2);
+        }
+        let every = every.max(Duration::from_millis(100));
         std::thread::Builder::new()
             .name("qmail-pg-lease".into())
             .spawn(move || {

@@ -4,7 +4,6 @@
 //! cleartext only when asked for, and the queue itself (schema, lease) served over TLS.
 
 #[path = "dispatch_common/mod.rs"]
-#[allow(dead_code)]
 mod dispatch_common;
 mod pg_common;
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use pg_common::{Pg, rss_anon_kib, wait_for};
 use qmail_core::{Envelope, QueueId, SpoolHeader};
-use qmail_dispatch::queue::postgres::{Imported, PgClaim, PgOptions, PgQueue, RateDecision};
+use qmail_dispatch::queue::postgres::{
+    FenceCounts, Imported, PgClaim, PgOptions, PgQueue, RateDecision,
+};
 use qmail_dispatch::queue::{Claim, LeaseHealth, Queue, QueueError, SettleError, Settlement};
 use qmail_dispatch::state::MessageState;
 
@@ -77,7 +79,7 @@ fn read_all(c: &impl Claim) -> Vec<u8> {
 #[test]
 fn init_is_idempotent_and_import_is_idempotent_with_tombstones() {
     let Some(pg) = Pg::start() else { return };
-    assert_eq!(PgQueue::init(&pg.url(), "qmail").unwrap(), vec![1]);
+    assert_eq!(PgQueue::init(&pg.url(), "qmail").unwrap(), vec![1, 2]);
     assert!(PgQueue::init(&pg.url(), "qmail").unwrap().is_empty());
     // several hosts, the first one dead: target_session_attrs=read-write finds the live one
     let multi = format!(
@@ -510,15 +512,46 @@ fn a_killed_owner_is_noticed_at_once_by_its_advisory_lock() {
         0,
         "a live owner keeps its claims"
     );
+    let grace: i32 = pg
+        .client()
+        .query_one("SELECT fence_grace_ms FROM killed.lease", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(grace, 3000, "three windows of the default 1 s local fence");
     ch.kill().unwrap(); // SIGKILL
     ch.wait().unwrap();
+    // its advisory lock is gone at once; its claims wait out the grace its row carries (its
+    // fence may have answered from the lease for a window after its last renewal)
     let t = Instant::now();
-    let mut back = 0;
+    let (mut back, mut young_refused, mut age_at_takeback) = (0, false, None);
     wait_for(10, "claims of the killed owner taken back", || {
-        back += q.reclaim_expired().unwrap();
+        let age: Option<f64> = pg
+            .client()
+            .query_opt(
+                "SELECT extract(epoch FROM now() - renewed)::float8 FROM killed.lease",
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get(0));
+        let n = q.reclaim_expired().unwrap();
+        match age {
+            Some(a) if n == 0 && a < 2.0 => young_refused = true,
+            Some(a) if n > 0 => age_at_takeback = Some(a),
+            _ => {}
+        }
+        back += n;
         back == 5
     });
     assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(
+        young_refused,
+        "not taken back while its last renewal was young"
+    );
+    let a = age_at_takeback.unwrap();
+    assert!(
+        a >= 2.5,
+        "taken back {a:.2} s after the last renewal: before the 3 s grace"
+    );
     assert_eq!(q.claim(10, Duration::from_secs(1)).unwrap().len(), 5);
 }
 
@@ -944,5 +977,151 @@ fn settles_and_claims_read_by_key_however_stale_the_statistics() {
     assert!(
         entries < rows,
         "each claim reads the head of message_ready: {entries} entries read for 51 claims"
+    );
+}
+
+#[test]
+fn the_fence_answers_from_a_fresh_lease_of_the_claims_own_registration() {
+    let Some(pg) = Pg::start() else { return };
+    let q = queue(&pg, "lfence");
+    for _ in 0..2 {
+        import(&q, &header(now(), 3, None), b"f\r\n");
+    }
+    // the claim registers the lease first: the fence is answered from it, no statement
+    let c = q.claim(1, Duration::from_secs(2)).unwrap().pop().unwrap();
+    assert!(c.still_mine());
+    assert_eq!(
+        q.fences(),
+        FenceCounts {
+            by_lease: 1,
+            by_database: 0
+        }
+    );
+    // no renewal for a window (1 s): the database answers
+    wait_for(5, "the fence asked the database", || {
+        assert!(c.still_mine());
+        q.fences().by_database == 1
+    });
+    // a renewal: from the lease again
+    assert_eq!(q.heartbeat().unwrap(), LeaseHealth::Fresh);
+    let before = q.fences();
+    assert!(c.still_mine());
+    assert_eq!(q.fences().by_lease, before.by_lease + 1);
+    // the lease connection dies: the next heartbeat registers the lease anew, and a claim of
+    // the old registration is asked of the database (a takeback may lie between the two)
+    let killed: bool = pg
+        .client()
+        .query_one(
+            "SELECT pg_terminate_backend(backend_pid) FROM lfence.lease WHERE owner = $1",
+            &[&q.instance()],
+        )
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    wait_for(5, "the lease registered anew", || {
+        q.heartbeat().is_ok_and(|h| h == LeaseHealth::Fresh)
+            && pg
+                .client()
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity a JOIN lfence.lease l ON \
+                     a.pid = l.backend_pid WHERE l.owner = $1",
+                    &[&q.instance()],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+    });
+    let before = q.fences();
+    assert!(
+        c.still_mine(),
+        "nobody took it back: the database says it is still ours"
+    );
+    assert_eq!(q.fences().by_database, before.by_database + 1);
+    let c2 = q.claim(1, Duration::from_secs(2)).unwrap().pop().unwrap();
+    let before = q.fences();
+    assert!(c2.still_mine());
+    assert_eq!(
+        q.fences().by_lease,
+        before.by_lease + 1,
+        "a claim of the new registration"
+    );
+    // taken back behind its back (as another dispatcher would after the grace): the database
+    // fence of the old claim says no
+    pg.client()
+        .execute(
+            "UPDATE lfence.message SET state = 'ready', owner = NULL WHERE id = $1",
+            &[&c.id()],
+        )
+        .unwrap();
+    assert!(!c.still_mine());
+    c2.settle(Settlement::Delivered(MessageState::default()))
+        .unwrap();
+    // a window of zero: always the database
+    let z = PgQueue::connect(
+        &pg.url(),
+        PgOptions {
+            local_fence: Duration::ZERO,
+            ..opts("lfence", Duration::from_secs(30))
+        },
+    )
+    .unwrap();
+    let cz = z.claim(1, Duration::from_secs(2)).unwrap().pop().unwrap();
+    assert!(cz.still_mine());
+    assert_eq!(
+        z.fences(),
+        FenceCounts {
+            by_lease: 0,
+            by_database: 1
+        }
+    );
+    let grace: i32 = pg
+        .client()
+        .query_one(
+            "SELECT fence_grace_ms FROM lfence.lease WHERE owner = $1",
+            &[&z.instance()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        grace, 0,
+        "nothing to wait for: its fence never answers from the lease"
+    );
+}
+
+#[test]
+fn a_version_1_schema_is_migrated_with_its_live_leases() {
+    let Some(pg) = Pg::start() else { return };
+    let q = queue(&pg, "mig");
+    assert_eq!(q.heartbeat().unwrap(), LeaseHealth::Fresh);
+    // back to what version 1 was, a lease row included
+    pg.client()
+        .batch_execute(
+            "ALTER TABLE mig.lease DROP COLUMN fence_grace_ms; \
+             DELETE FROM mig.schema_version WHERE version = 2;",
+        )
+        .unwrap();
+    assert!(matches!(
+        PgQueue::connect(&pg.url(), opts("mig", Duration::from_secs(30))),
+        Err(QueueError::Corrupt { .. })
+    ));
+    assert_eq!(PgQueue::init(&pg.url(), "mig").unwrap(), vec![2]);
+    assert!(PgQueue::init(&pg.url(), "mig").unwrap().is_empty());
+    let grace: i32 = pg
+        .client()
+        .query_one(
+            "SELECT fence_grace_ms FROM mig.lease WHERE owner = $1",
+            &[&q.instance()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        grace, 0,
+        "a version-1 dispatcher's lease: no grace (its fence asks the database)"
+    );
+    assert!(
+        pg.client()
+            .execute("UPDATE mig.lease SET fence_grace_ms = -1", &[])
+            .is_err(),
+        "the grace is never negative"
     );
 }

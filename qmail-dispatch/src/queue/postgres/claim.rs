@@ -6,6 +6,7 @@ use std::sync::{Arc, mpsc};
 
 use qmail_core::SpoolHeader;
 
+use super::fence::ClaimedUnder;
 use super::{Inner, db_error};
 use crate::queue::{Claim, QueueError, SettleError, Settlement};
 use crate::state::MessageState;
@@ -29,6 +30,9 @@ pub struct PgClaim {
     chunked: bool,
     /// The body when it came with the claim (small messages).
     body: Option<Vec<u8>>,
+    /// When and under which lease registration the claim statement was sent (the local
+    /// fence, `fence.rs`).
+    under: ClaimedUnder,
 }
 
 impl std::fmt::Debug for PgClaim {
@@ -42,7 +46,11 @@ impl std::fmt::Debug for PgClaim {
 }
 
 impl PgClaim {
-    pub(crate) fn from_row(inner: Arc<Inner>, r: &postgres::Row) -> Result<PgClaim, String> {
+    pub(crate) fn from_row(
+        inner: Arc<Inner>,
+        r: &postgres::Row,
+        under: ClaimedUnder,
+    ) -> Result<PgClaim, String> {
         let id: String = r.get(0);
         let claims: i64 = r.get(2);
         let hbytes: Vec<u8> = r.get(3);
@@ -74,6 +82,7 @@ impl PgClaim {
             body_len: body_len.max(0) as u64,
             chunked,
             body,
+            under,
         })
     }
 
@@ -434,6 +443,7 @@ pub(crate) fn settle_delivered_group(
     let claims: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let states: Vec<&str> = rows.iter().map(|r| r.2).collect();
     let limit = claim.min(10_000) as i64;
+    let under = inner.claimed_under();
     let mut c = inner.hot()?;
     // columns 0..8 as the claim statement's (`PgClaim::from_row`), then "is a settle"
     let q = c.stmt("settle_claim_group", || {
@@ -469,7 +479,7 @@ pub(crate) fn settle_delivered_group(
             done.insert(r.get::<_, String>(0));
             continue;
         }
-        match PgClaim::from_row(Arc::clone(inner), r) {
+        match PgClaim::from_row(Arc::clone(inner), r, under) {
             Ok(c) => next.push((r.get::<_, i64>(1), c)),
             Err(reason) => {
                 let id: String = r.get(0);
@@ -539,9 +549,13 @@ impl Claim for PgClaim {
             len: self.body_len,
         }))
     }
+    /// From the lease while it is fresh enough (`fence.rs`), else from the database.
     fn still_mine(&self) -> bool {
         if !self.inner.lease_fresh() {
             return false;
+        }
+        if self.inner.fenced_by_lease(self.under) {
+            return true;
         }
         let s = &self.inner.s;
         let Ok(mut c) = self.inner.hot() else {

@@ -24,6 +24,7 @@
 pub mod admin;
 mod claim;
 mod db;
+mod fence;
 mod limits;
 pub mod schema;
 
@@ -40,6 +41,8 @@ use serde::Serialize;
 pub use claim::{BodyReader, GroupSettler, PgClaim};
 pub use db::Db;
 use db::Plans;
+pub use fence::FenceCounts;
+use fence::{BootTime, ClaimedUnder, FenceCounters, LocalLease};
 pub use limits::{ConnectionSlot, RateDecision};
 
 use super::{LeaseHealth, Queue, QueueError};
@@ -76,6 +79,25 @@ pub struct PgOptions {
     pub tombstone_horizon: Duration,
     /// Connect timeout when the URL sets none. Default 5 s.
     pub connect_timeout: Duration,
+    /// How long after a lease renewal was sent the fence may be answered from the lease,
+    /// without a statement (`fence.rs`; at most a quarter lease; zero: always ask the
+    /// database). Other dispatchers then wait three of these after this process's last
+    /// renewal before they take back its claims when its advisory lock is gone. Default 1 s.
+    pub local_fence: Duration,
+}
+
+impl PgOptions {
+    /// The window of the local fence: [`PgOptions::local_fence`], at most a quarter lease.
+    pub fn local_fence_window(&self) -> Duration {
+        self.local_fence.min(self.lease / 4)
+    }
+
+    /// How long after this process's last renewal (database time) other dispatchers wait
+    /// before they take back its claims once its advisory lock is gone: three windows
+    /// (`SCHEMA.lease.fence_grace_ms`).
+    pub fn lockless_grace(&self) -> Duration {
+        self.local_fence_window() * 3
+    }
 }
 
 impl Default for PgOptions {
@@ -88,6 +110,7 @@ impl Default for PgOptions {
             priority_step_secs: 600,
             tombstone_horizon: Duration::from_secs(7 * 86_400),
             connect_timeout: Duration::from_secs(5),
+            local_fence: Duration::from_secs(1),
         }
     }
 }
@@ -312,6 +335,10 @@ pub(crate) struct Inner {
     lease: Mutex<Option<LeaseConn>>,
     /// When the lease was last renewed (this process's monotonic clock).
     renewed: Mutex<Option<Instant>>,
+    /// The registration and last renewal of the lease, for the local fence (`fence.rs`).
+    local: Mutex<LocalLease>,
+    /// How fences were answered.
+    fences: FenceCounters,
     /// When due scheduled/deferred rows were last made ready by a claim.
     promoted: Mutex<Option<Instant>>,
     /// The connection holding this process's connection-slot advisory locks.
@@ -359,6 +386,27 @@ impl Inner {
 
     pub(crate) fn lease_fresh(&self) -> bool {
         matches!(*lock(&self.renewed), Some(t) if t.elapsed() < self.opts.lease / 2)
+    }
+
+    /// The registration a claim statement sent now is made under (read before it leaves).
+    pub(crate) fn claimed_under(&self) -> ClaimedUnder {
+        ClaimedUnder {
+            epoch: lock(&self.local).epoch,
+            sent: BootTime::now(),
+        }
+    }
+
+    /// Whether the fence of a claim made under `claimed` may be answered from the lease
+    /// (`fence.rs`); counts the answer either way.
+    pub(crate) fn fenced_by_lease(&self, claimed: ClaimedUnder) -> bool {
+        let yes = fence::locally_fenced(
+            &lock(&self.local),
+            claimed,
+            self.opts.local_fence_window(),
+            self.opts.lease,
+        );
+        self.fences.count(yes);
+        yes
     }
 }
 
@@ -410,6 +458,8 @@ impl PgQueue {
                 hot_idle: Mutex::new(Vec::new()),
                 lease: Mutex::new(None),
                 renewed: Mutex::new(None),
+                local: Mutex::new(LocalLease::default()),
+                fences: FenceCounters::default(),
                 promoted: Mutex::new(None),
                 limits: Mutex::new(None),
                 held_slots: Mutex::new(HashSet::new()),
@@ -454,6 +504,12 @@ impl PgQueue {
     /// This process's owner name.
     pub fn instance(&self) -> &str {
         &self.inner.opts.instance
+    }
+
+    /// How the fences of this process's claims were answered so far: from the lease, or by
+    /// the database (`fence.rs`).
+    pub fn fences(&self) -> FenceCounts {
+        self.inner.fences.get()
     }
 
     /// The schema.
@@ -799,6 +855,7 @@ impl PgQueue {
         }
         let limit = max.min(10_000) as i64;
         let owner = self.inner.opts.instance.as_str();
+        let under = self.inner.claimed_under();
         let mut rows = c.client.query(&take, &[&owner, &limit]).map_err(db_error)?;
         if !promote_due && (rows.len() as i64) < limit {
             let n = c.client.execute(&promote, &[]).map_err(db_error)?;
@@ -814,7 +871,7 @@ impl PgQueue {
         for r in rows {
             let id: String = r.get(0);
             let rank: i64 = r.get(1);
-            match PgClaim::from_row(Arc::clone(&self.inner), &r) {
+            match PgClaim::from_row(Arc::clone(&self.inner), &r, under) {
                 Ok(c) => out.push((rank, c)),
                 Err(reason) => bad.push((id, r.get::<_, i64>(2), reason)),
             }
@@ -1005,16 +1062,37 @@ impl PgQueue {
         }
         let host = crate::claim::my_host();
         let pid = std::process::id() as i32;
+        let grace_ms = self
+            .inner
+            .opts
+            .lockless_grace()
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        // a new registration: claims of the old one are fenced by the database from now on
+        let sent = BootTime::now();
         client
             .execute(
                 &format!(
-                    "INSERT INTO {s}.lease (owner, lock_key, host, pid, backend_pid) VALUES ($1, \
-                     $2, $3, $4, pg_backend_pid()) ON CONFLICT (owner) DO UPDATE SET lock_key = \
-                     EXCLUDED.lock_key, backend_pid = EXCLUDED.backend_pid, renewed = now()"
+                    "INSERT INTO {s}.lease (owner, lock_key, host, pid, backend_pid, \
+                     fence_grace_ms) VALUES ($1, $2, $3, $4, pg_backend_pid(), $5) ON CONFLICT \
+                     (owner) DO UPDATE SET lock_key = EXCLUDED.lock_key, backend_pid = \
+                     EXCLUDED.backend_pid, fence_grace_ms = EXCLUDED.fence_grace_ms, \
+                     renewed = now()"
                 ),
-                &[&self.inner.opts.instance.as_str(), &key, &host, &pid],
+                &[
+                    &self.inner.opts.instance.as_str(),
+                    &key,
+                    &host,
+                    &pid,
+                    &grace_ms,
+                ],
             )
             .map_err(db_error)?;
+        {
+            let mut l = lock(&self.inner.local);
+            l.epoch += 1;
+            l.renewal_sent = Some(sent);
+        }
         *slot = Some(LeaseConn {
             client,
             lock_key: key,
@@ -1044,6 +1122,7 @@ impl PgQueue {
             );
         }
         *lock(&self.inner.renewed) = None;
+        lock(&self.inner.local).renewal_sent = None;
     }
 }
 
@@ -1082,6 +1161,7 @@ impl Queue for PgQueue {
             let mut renewed = false;
             if let Some(l) = slot.as_mut().filter(|l| !l.client.is_closed()) {
                 let ns = advisory_key(s, "lease");
+                let sent = BootTime::now();
                 match l.client.query_opt(
                     &format!(
                         "UPDATE {s}.lease SET renewed = now() WHERE owner = $1 AND lock_key = $2 \
@@ -1091,8 +1171,12 @@ impl Queue for PgQueue {
                     ),
                     &[&self.inner.opts.instance.as_str(), &l.lock_key, &ns],
                 ) {
-                    Ok(Some(r)) if r.get::<_, i64>(0) > 0 => renewed = true,
+                    Ok(Some(r)) if r.get::<_, i64>(0) > 0 => {
+                        renewed = true;
+                        lock(&self.inner.local).renewal_sent = Some(sent);
+                    }
                     Ok(_) => {
+                        lock(&self.inner.local).renewal_sent = None;
                         tracing::warn!(
                             instance = %self.inner.opts.instance,
                             "the lease row was taken back (this process was stopped or cut off \
@@ -1103,6 +1187,7 @@ impl Queue for PgQueue {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "lease renewal failed");
+                        lock(&self.inner.local).renewal_sent = None;
                         *slot = None;
                     }
                 }
@@ -1133,10 +1218,11 @@ impl Queue for PgQueue {
             .query(
                 &format!(
                     "DELETE FROM {s}.lease l WHERE l.owner <> $1 AND (l.renewed < now() - \
-                     make_interval(secs => $2) OR NOT EXISTS (SELECT 1 FROM pg_locks p WHERE \
+                     make_interval(secs => $2) OR (l.renewed < now() - l.fence_grace_ms * \
+                     interval '1 millisecond' AND NOT EXISTS (SELECT 1 FROM pg_locks p WHERE \
                      p.locktype = 'advisory' AND p.granted AND p.database = (SELECT oid FROM \
                      pg_database WHERE datname = current_database()) AND p.classid = \
-                     $3::integer::oid AND p.objid = l.lock_key::oid AND p.objsubid = 2)) \
+                     $3::integer::oid AND p.objid = l.lock_key::oid AND p.objsubid = 2))) \
                      RETURNING l.owner"
                 ),
                 &[&self.inner.opts.instance.as_str(), &lease, &ns],

@@ -11,7 +11,7 @@ use super::{advisory_key, db_error};
 use crate::queue::QueueError;
 
 /// The newest schema version this build knows (and requires).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `version` for schema `s` (a validated identifier).
 fn migration(version: i32, s: &str) -> Option<String> {
@@ -74,6 +74,12 @@ CREATE TABLE {s}.rate (
     updated timestamptz NOT NULL
 );
 "#
+        )),
+        // the grace other dispatchers give a lease whose advisory lock is gone, chosen by its
+        // owner (`PgOptions::lockless_grace`); 0 (rows of version-1 dispatchers): none
+        2 => Some(format!(
+            "ALTER TABLE {s}.lease ADD COLUMN fence_grace_ms integer NOT NULL DEFAULT 0 \
+             CONSTRAINT lease_fence_grace CHECK (fence_grace_ms >= 0);"
         )),
         _ => None,
     }
