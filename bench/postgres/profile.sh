@@ -11,7 +11,7 @@
 # Wrap it in the CPU lock: `flock /work/wt/cpu.lock bench/postgres/profile.sh`.
 #
 #   BENCH_E2E_N (10000)   messages of 2 KiB
-#   BENCH_PG_WORKERS (4)  workers per dispatcher
+#   BENCH_PG_WORKERS (16) workers per dispatcher (as run.sh)
 #   BENCH_PG_SETTINGS     extra `-c name=value` words for the server (e.g. "-c commit_delay=200")
 #   BENCH_PERF=1         also `perf record -a -g` the run into bench/out/pg-profile.perf
 #   BENCH_NO_FORWARD=1    import the spool first (forward --drain), then time only the
@@ -22,7 +22,7 @@ root=$PWD
 export QMAIL_LOG=${QMAIL_LOG:-warn}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 E2E_N=${BENCH_E2E_N:-10000}
-PG_WORKERS=${BENCH_PG_WORKERS:-4}
+PG_WORKERS=${BENCH_PG_WORKERS:-16}
 scripts/setup-postgres
 scripts/setup-postfix
 mkdir -p bench/out

@@ -21,11 +21,14 @@
 # End-to-end (issue 12's "How fast"), BENCH_E2E_N messages of 2 KiB (default 30000: a run of about 10 s; 10,000 took 3–4 s and varied by 25 %), durable,
 # relayed to one Postfix smtp-sink on loopback (installed by scripts/setup-postfix):
 #   e2e dir    `qmail-dispatcher drain` of a directory spool to the sink (BENCH_WORKERS workers,
-#              default 8)
+#              default 16: its fastest here, 4: 11.4k, 8: 13.0-13.7k, 16: 14.2-14.6k,
+#              32: 11.4-13.5k msg/s)
 #   e2e pg     the steady-state services started together on a filled local spool: one
 #              `forward` (not --drain) and 2 `run --queue` dispatchers to the same kind of sink,
-#              BENCH_PG_WORKERS workers each (default BENCH_WORKERS / 2: the same sessions
-#              toward the relay as the directory run); timed from their start until the
+#              BENCH_PG_WORKERS workers each (default 16: its fastest here, 4: 3.2-3.5k,
+#              8: 3.8-5.2k, 16: 4.2-6.4k, 32: 4.2-5.4k msg/s; a queue worker also waits for
+#              its settle's commit, so it needs more of them than a directory's); each side at
+#              its own best, as an operator would run it; timed from their start until the
 #              dispatchers' delivery log (written after the sink's 250) has N lines; ratio pg/dir
 #   latency    idle submit → 250 through forwarder and queue: bench_tool latency (as in
 #              bench/dispatcher/run.sh), 101 samples, p50/p90/max
@@ -39,8 +42,8 @@ N=${BENCH_N:-20000}
 DEEP=${BENCH_DEEP:-1000000}
 THREADS=${BENCH_THREADS:-16}
 E2E_N=${BENCH_E2E_N:-30000}
-WORKERS=${BENCH_WORKERS:-8}
-PG_WORKERS=${BENCH_PG_WORKERS:-$(( (WORKERS + 1) / 2 ))}
+WORKERS=${BENCH_WORKERS:-16}
+PG_WORKERS=${BENCH_PG_WORKERS:-16}
 BATCH=${BENCH_BATCH:-50}
 out=$root/bench/out
 mkdir -p "$out"

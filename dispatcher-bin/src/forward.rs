@@ -607,7 +607,28 @@ mod tests {
         let q = s.queue.unwrap();
         assert_eq!(q.schema, "mail_a");
         assert_eq!(q.tombstone_secs, 7 * 86_400);
+        assert_eq!(q.local_fence_ms, 1000);
         assert!(q.url.starts_with("postgres://q@db1,db2/"));
+        std::fs::write(
+            &f,
+            "spools = [\"/tmp/a\"]\nlease_secs = 8\n[queue]\nurl = \"x\"\nlocal_fence_ms = 5000\n",
+        )
+        .unwrap();
+        let s5 = crate::settings::load(&o).unwrap();
+        let po = crate::pg_run::pg_options(s5.queue.as_ref().unwrap(), &s5);
+        use std::time::Duration;
+        assert_eq!(po.local_fence, Duration::from_secs(5));
+        assert_eq!(
+            po.local_fence_window(),
+            Duration::from_secs(2),
+            "at most a quarter lease"
+        );
+        assert_eq!(po.lockless_grace(), Duration::from_secs(6));
+        std::fs::write(
+            &f,
+            "spools = [\"/tmp/a\"]\n[queue]\nurl = \"postgres://q@db1,db2/mail?target_session_attrs=read-write\"\nschema = \"mail_a\"\n",
+        )
+        .unwrap();
         let s = crate::settings::load(&crate::settings::Overrides {
             queue: Some("postgres://other/db".into()),
             ..o.clone()
