@@ -59,6 +59,15 @@ fn import(q: &PgQueue, h: &SpoolHeader, body: &[u8]) -> QueueId {
     id
 }
 
+/// One value of the first row of `sql`.
+fn scalar<T: for<'a> postgres::types::FromSql<'a>>(
+    pg: &Pg,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> T {
+    pg.client().query_one(sql, params).unwrap().get(0)
+}
+
 fn state_of(pg: &Pg, schema: &str, id: &str) -> (String, Option<String>, i64) {
     let r = pg
         .client()
@@ -512,11 +521,7 @@ fn a_killed_owner_is_noticed_at_once_by_its_advisory_lock() {
         0,
         "a live owner keeps its claims"
     );
-    let grace: i32 = pg
-        .client()
-        .query_one("SELECT fence_grace_ms FROM killed.lease", &[])
-        .unwrap()
-        .get(0);
+    let grace: i32 = scalar(&pg, "SELECT fence_grace_ms FROM killed.lease", &[]);
     assert_eq!(grace, 3000, "three windows of the default 1 s local fence");
     ch.kill().unwrap(); // SIGKILL
     ch.wait().unwrap();
@@ -1009,27 +1014,20 @@ fn the_fence_answers_from_a_fresh_lease_of_the_claims_own_registration() {
     assert_eq!(q.fences().by_lease, before.by_lease + 1);
     // the lease connection dies: the next heartbeat registers the lease anew, and a claim of
     // the old registration is asked of the database (a takeback may lie between the two)
-    let killed: bool = pg
-        .client()
-        .query_one(
-            "SELECT pg_terminate_backend(backend_pid) FROM lfence.lease WHERE owner = $1",
-            &[&q.instance()],
-        )
-        .unwrap()
-        .get(0);
+    let killed: bool = scalar(
+        &pg,
+        "SELECT pg_terminate_backend(backend_pid) FROM lfence.lease WHERE owner = $1",
+        &[&q.instance()],
+    );
     assert!(killed);
     wait_for(5, "the lease registered anew", || {
         q.heartbeat().is_ok_and(|h| h == LeaseHealth::Fresh)
-            && pg
-                .client()
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity a JOIN lfence.lease l ON \
+            && scalar::<i64>(
+                &pg,
+                "SELECT count(*) FROM pg_stat_activity a JOIN lfence.lease l ON \
                      a.pid = l.backend_pid WHERE l.owner = $1",
-                    &[&q.instance()],
-                )
-                .unwrap()
-                .get::<_, i64>(0)
-                == 1
+                &[&q.instance()],
+            ) == 1
     });
     let before = q.fences();
     assert!(
@@ -1074,14 +1072,11 @@ fn the_fence_answers_from_a_fresh_lease_of_the_claims_own_registration() {
             by_database: 1
         }
     );
-    let grace: i32 = pg
-        .client()
-        .query_one(
-            "SELECT fence_grace_ms FROM lfence.lease WHERE owner = $1",
-            &[&z.instance()],
-        )
-        .unwrap()
-        .get(0);
+    let grace: i32 = scalar(
+        &pg,
+        "SELECT fence_grace_ms FROM lfence.lease WHERE owner = $1",
+        &[&z.instance()],
+    );
     assert_eq!(
         grace, 0,
         "nothing to wait for: its fence never answers from the lease"
@@ -1106,14 +1101,11 @@ fn a_version_1_schema_is_migrated_with_its_live_leases() {
     ));
     assert_eq!(PgQueue::init(&pg.url(), "mig").unwrap(), vec![2]);
     assert!(PgQueue::init(&pg.url(), "mig").unwrap().is_empty());
-    let grace: i32 = pg
-        .client()
-        .query_one(
-            "SELECT fence_grace_ms FROM mig.lease WHERE owner = $1",
-            &[&q.instance()],
-        )
-        .unwrap()
-        .get(0);
+    let grace: i32 = scalar(
+        &pg,
+        "SELECT fence_grace_ms FROM mig.lease WHERE owner = $1",
+        &[&q.instance()],
+    );
     assert_eq!(
         grace, 0,
         "a version-1 dispatcher's lease: no grace (its fence asks the database)"
