@@ -70,7 +70,33 @@ pub struct QueueDispatcher {
     /// Ids deferred during a drain (not retried in it).
     deferred_in_drain: Mutex<HashSet<String>>,
     /// Ids of the claims the workers hold (from the claim's return to its settle).
-    held: Mutex<HashSet<String>>,
+    held: Held,
+}
+
+/// The ids of the claims the workers hold, counted: a row one worker settled (released,
+/// deferred to now) may be claimed again by another before the first lets go of its id, and
+/// the second's claim must stay held.
+#[derive(Debug, Default)]
+struct Held(Mutex<HashMap<String, usize>>);
+
+impl Held {
+    fn hold(&self, id: &str) {
+        *lock(&self.0).entry(id.to_owned()).or_insert(0) += 1;
+    }
+
+    fn let_go(&self, id: &str) {
+        let mut m = lock(&self.0);
+        if let Some(n) = m.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(id);
+            }
+        }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        lock(&self.0).keys().cloned().collect()
+    }
 }
 
 impl std::fmt::Debug for QueueDispatcher {
@@ -174,7 +200,7 @@ impl QueueDispatcher {
             feed: ClaimFeed::default(),
             queue,
             deferred_in_drain: Mutex::new(HashSet::new()),
-            held: Mutex::new(HashSet::new()),
+            held: Held::default(),
         })
     }
 
@@ -309,8 +335,10 @@ impl QueueDispatcher {
     /// still used would be safe anyway, its fence and settle being guarded by the claim counter.
     fn release_orphans(&self) {
         let q = &self.queue.inner;
-        let held: Vec<String> = lock(&self.held).iter().cloned().collect();
-        let secs = self.shared.cfg.lease_secs as f64;
+        let held: Vec<String> = self.held.ids();
+        // the queue's own lease: the local fence (`queue/postgres/fence.rs`) trusts claims
+        // younger than half of it not to be touched here
+        let secs = q.opts.lease.as_secs_f64();
         let sql = format!(
             "WITH u AS (UPDATE {s}.message SET state = 'ready', owner = NULL WHERE state = \
              'active' AND owner = $1 AND NOT (id = ANY($2)) AND claimed_at < now() - \
@@ -439,11 +467,11 @@ impl QueueDispatcher {
                     let id = c.id().to_owned();
                     if self.stopping() {
                         self.settle(&c, Settlement::Release, "release");
-                        lock(&self.held).remove(&id);
+                        self.held.let_go(&id);
                         continue;
                     }
                     let go_on = self.process(&mut w, c, &mut expecting, &mut next);
-                    lock(&self.held).remove(&id);
+                    self.held.let_go(&id);
                     if !go_on {
                         break;
                     }
@@ -466,14 +494,14 @@ impl QueueDispatcher {
         if let Some(c) = next.take() {
             // claimed with the last settle, not attempted (stopping): back to ready
             self.settle(&c, Settlement::Release, "release");
-            lock(&self.held).remove(c.id());
+            self.held.let_go(c.id());
         }
         if expecting {
             // counted for a row it will not take: rows claimed beyond the workers still
             // coming go back
             for c in self.feed.unexpect() {
                 self.settle(&c, Settlement::Release, "release");
-                lock(&self.held).remove(c.id());
+                self.held.let_go(c.id());
             }
         }
         let open: Vec<usize> = w.sessions.keys().copied().collect();
@@ -529,7 +557,7 @@ impl QueueDispatcher {
             // the settle's statement claims this worker's next row too (one commit for both)
             let (_, got) = self.settle_next(&claim, out.settlement, kind, !self.stopping());
             if let Some(c) = got {
-                lock(&self.held).insert(c.id().to_owned());
+                self.held.hold(c.id());
                 *next = Some(c);
             }
             return true;
@@ -715,7 +743,7 @@ impl ClaimFeed {
     fn next(
         &self,
         queue: &PgQueue,
-        held: &Mutex<HashSet<String>>,
+        held: &Held,
         wait: Duration,
         expected: bool,
     ) -> std::result::Result<Option<PgClaim>, QueueError> {
@@ -746,7 +774,9 @@ impl ClaimFeed {
                     Ok(v) => {
                         // held from the claim's return on (not only once a worker takes
                         // the row): `release_orphans` must never see these as lost
-                        lock(held).extend(v.iter().map(|c| c.id().to_owned()));
+                        for c in &v {
+                            held.hold(c.id());
+                        }
                         g.rows.extend(v)
                     }
                     Err(e) => break Err(e),

@@ -506,7 +506,7 @@ fn line_with(r: &mut impl BufRead, prefix: &str) -> String {
 }
 
 #[test]
-fn a_killed_owner_is_noticed_at_once_by_its_advisory_lock() {
+fn a_killed_owner_is_noticed_by_its_advisory_lock_and_taken_back_after_its_grace() {
     let Some(pg) = Pg::start() else { return };
     let q = queue(&pg, "killed");
     for _ in 0..5 {
@@ -1020,6 +1020,12 @@ fn the_fence_answers_from_a_fresh_lease_of_the_claims_own_registration() {
         &[&q.instance()],
     );
     assert!(killed);
+    let peer = PgQueue::connect(&pg.url(), opts("lfence", Duration::from_secs(30))).unwrap();
+    assert_eq!(
+        peer.reclaim_expired().unwrap(),
+        0,
+        "its lock is gone, but its last renewal is within the grace"
+    );
     wait_for(5, "the lease registered anew", || {
         q.heartbeat().is_ok_and(|h| h == LeaseHealth::Fresh)
             && scalar::<i64>(
@@ -1084,15 +1090,17 @@ fn the_fence_answers_from_a_fresh_lease_of_the_claims_own_registration() {
 }
 
 #[test]
-fn a_version_1_schema_is_migrated_with_its_live_leases() {
+fn a_version_1_schema_is_migrated_and_version_1_dispatchers_turn_the_local_fence_off() {
     let Some(pg) = Pg::start() else { return };
     let q = queue(&pg, "mig");
-    assert_eq!(q.heartbeat().unwrap(), LeaseHealth::Fresh);
+    import(&q, &header(now(), 3, None), b"m\r\n");
     // back to what version 1 was, a lease row included
     pg.client()
         .batch_execute(
             "ALTER TABLE mig.lease DROP COLUMN fence_grace_ms; \
-             DELETE FROM mig.schema_version WHERE version = 2;",
+             DELETE FROM mig.schema_version WHERE version = 2; \
+             INSERT INTO mig.lease (owner, lock_key, host, pid, backend_pid) \
+             VALUES ('old-1', 999, 'old', 1, 1);",
         )
         .unwrap();
     assert!(matches!(
@@ -1101,14 +1109,36 @@ fn a_version_1_schema_is_migrated_with_its_live_leases() {
     ));
     assert_eq!(PgQueue::init(&pg.url(), "mig").unwrap(), vec![2]);
     assert!(PgQueue::init(&pg.url(), "mig").unwrap().is_empty());
-    let grace: i32 = scalar(
+    let grace: Option<i32> = scalar(&pg, "SELECT fence_grace_ms FROM mig.lease", &[]);
+    assert_eq!(
+        grace, None,
+        "a version-1 dispatcher's row: no grace of its own"
+    );
+    // a version-1 dispatcher (modelled by its row: what a v1 binary inserts) takes lock-less
+    // leases back at once, so while its row is there nobody fences from the lease
+    let c = q.claim(1, Duration::from_secs(2)).unwrap().pop().unwrap();
+    assert!(c.still_mine());
+    assert_eq!(q.fences().by_lease, 0);
+    assert_eq!(q.fences().by_database, 1);
+    let mine: Option<i32> = scalar(
         &pg,
         "SELECT fence_grace_ms FROM mig.lease WHERE owner = $1",
         &[&q.instance()],
     );
     assert_eq!(
-        grace, 0,
-        "a version-1 dispatcher's lease: no grace (its fence asks the database)"
+        mine,
+        Some(3000),
+        "the owner writes its grace at every renewal"
+    );
+    pg.client()
+        .execute("DELETE FROM mig.lease WHERE owner = 'old-1'", &[])
+        .unwrap();
+    assert_eq!(q.heartbeat().unwrap(), LeaseHealth::Fresh);
+    assert!(c.still_mine());
+    assert_eq!(
+        q.fences().by_lease,
+        1,
+        "the last version-1 dispatcher is gone"
     );
     assert!(
         pg.client()
@@ -1116,4 +1146,38 @@ fn a_version_1_schema_is_migrated_with_its_live_leases() {
             .is_err(),
         "the grace is never negative"
     );
+}
+
+#[test]
+fn a_peer_with_a_shorter_lease_waits_for_the_owners_grace() {
+    let Some(pg) = Pg::start() else { return };
+    PgQueue::init(&pg.url(), "short").unwrap();
+    // the owner: a 60 s lease, a 5 s window, so a 15 s grace; the peer: a 2 s lease
+    let owner = PgQueue::connect(
+        &pg.url(),
+        PgOptions {
+            local_fence: Duration::from_secs(5),
+            ..opts("short", Duration::from_secs(60))
+        },
+    )
+    .unwrap();
+    let peer = PgQueue::connect(&pg.url(), opts("short", Duration::from_secs(2))).unwrap();
+    import(&owner, &header(now(), 3, None), b"s\r\n");
+    let c = owner
+        .claim(1, Duration::from_secs(2))
+        .unwrap()
+        .pop()
+        .unwrap();
+    let grace: i32 = scalar(&pg, "SELECT fence_grace_ms FROM short.lease", &[]);
+    assert_eq!(grace, 15_000);
+    // past the peer's own lease (and with no renewal since the claim), the owner's row is
+    // still within its grace: the peer takes nothing back while the owner fences locally
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        assert_eq!(peer.reclaim_expired().unwrap(), 0);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.still_mine());
+    assert_eq!(owner.fences().by_lease, 1);
+    assert_eq!(state_of(&pg, "short", c.id()).0, "active");
 }

@@ -443,8 +443,8 @@ pub(crate) fn settle_delivered_group(
     let claims: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let states: Vec<&str> = rows.iter().map(|r| r.2).collect();
     let limit = claim.min(10_000) as i64;
-    let under = inner.claimed_under();
     let mut c = inner.hot()?;
+    let under = inner.claimed_under(c.server);
     // columns 0..8 as the claim statement's (`PgClaim::from_row`), then "is a settle"
     let q = c.stmt("settle_claim_group", || {
         format!(

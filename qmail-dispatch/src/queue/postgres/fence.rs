@@ -2,7 +2,7 @@
 //!
 //! [`crate::queue::Claim::still_mine`] is asked right before the end-of-data of every message.
 //! Asking the database costs a round trip per message (about a tenth of the end-to-end CPU).
-//! It can be answered here instead, from the lease alone, while three things hold:
+//! It can be answered here instead, from the lease alone, while five things hold:
 //!
 //! 1. **The claim was made under the current lease registration** ([`LeaseEpoch`]). A lease
 //!    re-registered after its connection broke may follow a takeback of the old one.
@@ -11,15 +11,22 @@
 //!    (SIGSTOP) and while the machine is suspended, which `Instant` does not.
 //! 3. **The claim is younger than half a lease**, so this process's own orphan release
 //!    (rows claimed more than a lease ago that no worker holds) cannot have touched it.
+//! 4. **The claim and the renewal were made on the same server** ([`ServerId`]: its start
+//!    time, address and port), so a lease renewed on an old primary that is still writable
+//!    (split brain) cannot vouch for a claim made on the promoted standby.
+//! 5. **No dispatcher of schema version 1 holds a lease** (a row with a NULL grace): those
+//!    take lock-less leases back at once. The renewal answers that, and writes this owner's
+//!    grace again.
 //!
 //! Why that is safe: a claim is taken back only when its owner's lease row is gone, and
 //! `reclaim_expired` deletes a row only when its `renewed` (database time, written at or after
 //! the renewal was sent) is older than the lease, or, when its advisory lock is gone too, older
 //! than the `fence_grace_ms` the row itself carries: three windows. Every dispatcher reads the
-//! grace from the row, so one whose settings differ cannot shorten another's. Between the
-//! window and the grace lie two windows of margin for clock rates and, across a failover, for
-//! the clocks of the old and the new primary. Outside these three conditions the database is
-//! asked, as before.
+//! grace from the row, and the expiry of a row whose lock is held waits for it too (a peer
+//! with a shorter lease cannot shorten it). Between the window and the grace lie two windows
+//! of margin for clock rates, for a forward step of the database server's clock, and, across
+//! a failover, for the clocks of the old and the new primary. Outside these conditions the
+//! database is asked, as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,14 +60,34 @@ impl BootTime {
 /// lease row is registered anew (the first heartbeat, and after its connection broke).
 pub(crate) type LeaseEpoch = u64;
 
+/// Which database server a connection reached: a hash of [`SERVER_IDENTITY`]'s text.
+pub(crate) type ServerId = u64;
+
+/// An SQL expression naming the server a connection reached: its start time, address and
+/// port (a promoted standby differs from the old primary in all three; no privilege needed).
+pub(crate) const SERVER_IDENTITY: &str = "pg_postmaster_start_time()::text || ' ' || \
+     coalesce(host(inet_server_addr()), 'socket') || ':' || \
+     coalesce(inet_server_port(), 0)::text";
+
+/// The [`ServerId`] of [`SERVER_IDENTITY`]'s text.
+pub(crate) fn server_id(identity: &str) -> ServerId {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    identity.hash(&mut h);
+    h.finish()
+}
+
 /// What this process knows of its own lease, for the local fence.
 #[derive(Debug, Default)]
 pub(crate) struct LocalLease {
     /// The current registration.
     pub(crate) epoch: LeaseEpoch,
     /// When the last renewal that succeeded under `epoch` was sent (read before the
-    /// statement left); `None` after a failed one.
+    /// statement left); `None` after a failed one, or while a version-1 dispatcher holds a
+    /// lease.
     pub(crate) renewal_sent: Option<BootTime>,
+    /// The server the lease connection reached.
+    pub(crate) server: Option<ServerId>,
 }
 
 /// When and under which registration a claim statement was sent: read before it left.
@@ -68,6 +95,8 @@ pub(crate) struct LocalLease {
 pub(crate) struct ClaimedUnder {
     pub(crate) epoch: LeaseEpoch,
     pub(crate) sent: BootTime,
+    /// The server the claim's connection reached.
+    pub(crate) server: ServerId,
 }
 
 /// How the fences of a [`super::PgQueue`] were answered so far ([`super::PgQueue::fences`]).
@@ -111,7 +140,7 @@ pub(crate) fn locally_fenced(
     window: Duration,
     lease: Duration,
 ) -> bool {
-    if window.is_zero() || claimed.epoch != local.epoch {
+    if window.is_zero() || claimed.epoch != local.epoch || local.server != Some(claimed.server) {
         return false;
     }
     let Some(sent) = local.renewal_sent else {
@@ -128,6 +157,7 @@ mod tests {
         ClaimedUnder {
             epoch,
             sent: BootTime::now(),
+            server: 7,
         }
     }
 
@@ -138,8 +168,17 @@ mod tests {
         let fresh = LocalLease {
             epoch: 3,
             renewal_sent: Some(BootTime::now()),
+            server: Some(7),
         };
         assert!(locally_fenced(&fresh, under(3), w, lease));
+        let elsewhere = LocalLease {
+            server: Some(8),
+            ..fresh
+        };
+        assert!(
+            !locally_fenced(&elsewhere, under(3), w, lease),
+            "renewed on another server than the claim's"
+        );
         assert!(
             !locally_fenced(&fresh, under(2), w, lease),
             "claimed under an older registration"
@@ -151,16 +190,19 @@ mod tests {
         let failed = LocalLease {
             epoch: 3,
             renewal_sent: None,
+            server: Some(7),
         };
         assert!(!locally_fenced(&failed, under(3), w, lease));
         let old = LocalLease {
             epoch: 3,
             renewal_sent: Some(BootTime(BootTime::now().0.saturating_sub(w))),
+            server: Some(7),
         };
         assert!(!locally_fenced(&old, under(3), w, lease), "renewal too old");
         let long_ago = ClaimedUnder {
             epoch: 3,
             sent: BootTime(BootTime::now().0.saturating_sub(lease / 2)),
+            server: 7,
         };
         assert!(
             !locally_fenced(&fresh, long_ago, w, lease),

@@ -42,7 +42,7 @@ pub use claim::{BodyReader, GroupSettler, PgClaim};
 pub use db::Db;
 use db::Plans;
 pub use fence::FenceCounts;
-use fence::{BootTime, ClaimedUnder, FenceCounters, LocalLease};
+use fence::{BootTime, ClaimedUnder, FenceCounters, LocalLease, ServerId};
 pub use limits::{ConnectionSlot, RateDecision};
 
 use super::{LeaseHealth, Queue, QueueError};
@@ -87,9 +87,12 @@ pub struct PgOptions {
 }
 
 impl PgOptions {
-    /// The window of the local fence: [`PgOptions::local_fence`], at most a quarter lease.
+    /// The window of the local fence: [`PgOptions::local_fence`], at most a quarter lease and
+    /// at most a minute.
     pub fn local_fence_window(&self) -> Duration {
-        self.local_fence.min(self.lease / 4)
+        self.local_fence
+            .min(self.lease / 4)
+            .min(Duration::from_secs(60))
     }
 
     /// How long after this process's last renewal (database time) other dispatchers wait
@@ -230,6 +233,8 @@ pub fn parse_url(url: &str, connect_timeout: Duration) -> Result<Db, QueueError>
 pub(crate) struct Conn {
     pub(crate) client: Client,
     stmts: std::collections::HashMap<&'static str, postgres::Statement>,
+    /// The server it reached (the local fence, `fence.rs`).
+    pub(crate) server: ServerId,
 }
 
 impl Conn {
@@ -365,10 +370,18 @@ impl Inner {
         let c = lock(self.idle_of(plans)).pop();
         let c = match c {
             Some(c) => c,
-            None => Conn {
-                client: self.db.connect_planning(plans)?,
-                stmts: Default::default(),
-            },
+            None => {
+                let mut client = self.db.connect_planning(plans)?;
+                let identity: String = client
+                    .query_one(&format!("SELECT {}", fence::SERVER_IDENTITY), &[])
+                    .map_err(db_error)?
+                    .get(0);
+                Conn {
+                    client,
+                    stmts: Default::default(),
+                    server: fence::server_id(&identity),
+                }
+            }
         };
         Ok(Pooled {
             conn: Some(c),
@@ -388,11 +401,13 @@ impl Inner {
         matches!(*lock(&self.renewed), Some(t) if t.elapsed() < self.opts.lease / 2)
     }
 
-    /// The registration a claim statement sent now is made under (read before it leaves).
-    pub(crate) fn claimed_under(&self) -> ClaimedUnder {
+    /// The registration a claim statement sent now on a connection to `server` is made under
+    /// (read before it leaves).
+    pub(crate) fn claimed_under(&self, server: ServerId) -> ClaimedUnder {
         ClaimedUnder {
             epoch: lock(&self.local).epoch,
             sent: BootTime::now(),
+            server,
         }
     }
 
@@ -855,7 +870,7 @@ impl PgQueue {
         }
         let limit = max.min(10_000) as i64;
         let owner = self.inner.opts.instance.as_str();
-        let under = self.inner.claimed_under();
+        let under = self.inner.claimed_under(c.server);
         let mut rows = c.client.query(&take, &[&owner, &limit]).map_err(db_error)?;
         if !promote_due && (rows.len() as i64) < limit {
             let n = c.client.execute(&promote, &[]).map_err(db_error)?;
@@ -1062,22 +1077,19 @@ impl PgQueue {
         }
         let host = crate::claim::my_host();
         let pid = std::process::id() as i32;
-        let grace_ms = self
-            .inner
-            .opts
-            .lockless_grace()
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
+        let grace_ms = self.grace_ms();
         // a new registration: claims of the old one are fenced by the database from now on
         let sent = BootTime::now();
-        client
-            .execute(
+        let row = client
+            .query_one(
                 &format!(
                     "INSERT INTO {s}.lease (owner, lock_key, host, pid, backend_pid, \
                      fence_grace_ms) VALUES ($1, $2, $3, $4, pg_backend_pid(), $5) ON CONFLICT \
                      (owner) DO UPDATE SET lock_key = EXCLUDED.lock_key, backend_pid = \
                      EXCLUDED.backend_pid, fence_grace_ms = EXCLUDED.fence_grace_ms, \
-                     renewed = now()"
+                     renewed = now() RETURNING {identity}, (SELECT count(*) FROM {s}.lease o \
+                     WHERE o.fence_grace_ms IS NULL AND o.owner <> $1)",
+                    identity = fence::SERVER_IDENTITY
                 ),
                 &[
                     &self.inner.opts.instance.as_str(),
@@ -1088,16 +1100,29 @@ impl PgQueue {
                 ],
             )
             .map_err(db_error)?;
+        let identity: String = row.get(0);
+        let old_dispatchers: i64 = row.get(1);
         {
             let mut l = lock(&self.inner.local);
             l.epoch += 1;
-            l.renewal_sent = Some(sent);
+            l.renewal_sent = (old_dispatchers == 0).then_some(sent);
+            l.server = Some(fence::server_id(&identity));
         }
         *slot = Some(LeaseConn {
             client,
             lock_key: key,
         });
         Ok(())
+    }
+
+    /// This owner's `lease.fence_grace_ms`: [`PgOptions::lockless_grace`] (at most three
+    /// minutes, the window being at most one).
+    fn grace_ms(&self) -> i32 {
+        self.inner
+            .opts
+            .lockless_grace()
+            .as_millis()
+            .min(i32::MAX as u128) as i32
     }
 
     fn renew_if_due(&self) -> Result<(), QueueError> {
@@ -1164,16 +1189,26 @@ impl Queue for PgQueue {
                 let sent = BootTime::now();
                 match l.client.query_opt(
                     &format!(
-                        "UPDATE {s}.lease SET renewed = now() WHERE owner = $1 AND lock_key = $2 \
-                         RETURNING (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
-                         AND granted AND pid = pg_backend_pid() AND classid = $3::integer::oid \
-                         AND objid = $2::integer::oid AND objsubid = 2)"
+                        "UPDATE {s}.lease SET renewed = now(), fence_grace_ms = $4 WHERE owner = \
+                         $1 AND lock_key = $2 RETURNING (SELECT count(*) FROM pg_locks WHERE \
+                         locktype = 'advisory' AND granted AND pid = pg_backend_pid() AND \
+                         classid = $3::integer::oid AND objid = $2::integer::oid AND objsubid = \
+                         2), (SELECT count(*) FROM {s}.lease o WHERE o.fence_grace_ms IS NULL \
+                         AND o.owner <> $1)"
                     ),
-                    &[&self.inner.opts.instance.as_str(), &l.lock_key, &ns],
+                    &[
+                        &self.inner.opts.instance.as_str(),
+                        &l.lock_key,
+                        &ns,
+                        &self.grace_ms(),
+                    ],
                 ) {
                     Ok(Some(r)) if r.get::<_, i64>(0) > 0 => {
                         renewed = true;
-                        lock(&self.inner.local).renewal_sent = Some(sent);
+                        // a version-1 dispatcher takes lock-less leases back at once
+                        let old_dispatchers: i64 = r.get(1);
+                        lock(&self.inner.local).renewal_sent =
+                            (old_dispatchers == 0).then_some(sent);
                     }
                     Ok(_) => {
                         lock(&self.inner.local).renewal_sent = None;
@@ -1218,9 +1253,10 @@ impl Queue for PgQueue {
             .query(
                 &format!(
                     "DELETE FROM {s}.lease l WHERE l.owner <> $1 AND (l.renewed < now() - \
-                     make_interval(secs => $2) OR (l.renewed < now() - l.fence_grace_ms * \
-                     interval '1 millisecond' AND NOT EXISTS (SELECT 1 FROM pg_locks p WHERE \
-                     p.locktype = 'advisory' AND p.granted AND p.database = (SELECT oid FROM \
+                     greatest(make_interval(secs => $2), coalesce(l.fence_grace_ms, 0) * \
+                     interval '1 millisecond') OR (l.renewed < now() - \
+                     coalesce(l.fence_grace_ms, 0) * interval '1 millisecond' AND NOT EXISTS \
+                     (SELECT 1 FROM pg_locks p WHERE p.locktype = 'advisory' AND p.granted AND p.database = (SELECT oid FROM \
                      pg_database WHERE datname = current_database()) AND p.classid = \
                      $3::integer::oid AND p.objid = l.lock_key::oid AND p.objsubid = 2))) \
                      RETURNING l.owner"

@@ -75,10 +75,11 @@ CREATE TABLE {s}.rate (
 );
 "#
         )),
-        // the grace other dispatchers give a lease whose advisory lock is gone, chosen by its
-        // owner (`PgOptions::lockless_grace`); 0 (rows of version-1 dispatchers): none
+        // the grace other dispatchers give a lease before they take it back, chosen by its
+        // owner (`PgOptions::lockless_grace`); NULL: the row of a version-1 dispatcher (which
+        // takes lock-less leases back at once, so while one runs nobody fences locally)
         2 => Some(format!(
-            "ALTER TABLE {s}.lease ADD COLUMN fence_grace_ms integer NOT NULL DEFAULT 0 \
+            "ALTER TABLE {s}.lease ADD COLUMN fence_grace_ms integer \
              CONSTRAINT lease_fence_grace CHECK (fence_grace_ms >= 0);"
         )),
         _ => None,
