@@ -30,6 +30,9 @@
 #              its settle's commit, so it needs more of them than a directory's); each side at
 #              its own best, as an operator would run it; timed from their start until the
 #              dispatchers' delivery log (written after the sink's 250) has N lines; ratio pg/dir
+#              BENCH_E2E_ROUNDS=K (default 1) runs the two K times, alternating (the machine's
+#              speed drifts between two back-to-back runs: the ratio of one pair moved
+#              0.34-0.56), and prints every ratio and their median
 #   latency    idle submit → 250 through forwarder and queue: bench_tool latency (as in
 #              bench/dispatcher/run.sh), 101 samples, p50/p90/max
 set -euo pipefail
@@ -42,6 +45,7 @@ N=${BENCH_N:-20000}
 DEEP=${BENCH_DEEP:-1000000}
 THREADS=${BENCH_THREADS:-16}
 E2E_N=${BENCH_E2E_N:-30000}
+ROUNDS=${BENCH_E2E_ROUNDS:-1}
 WORKERS=${BENCH_WORKERS:-16}
 PG_WORKERS=${BENCH_PG_WORKERS:-16}
 BATCH=${BENCH_BATCH:-50}
@@ -104,13 +108,6 @@ pids+=($!)
 wait_port "$sink_port"
 relay="smtp://127.0.0.1:$sink_port?tls=none&max_messages_per_connection=100000"
 say "== end-to-end: $E2E_N messages of 2 KiB, durable, to smtp-sink on loopback (directory: $WORKERS workers; queue: 2 dispatchers × $PG_WORKERS); load: $(uptime | sed 's/.*load average: //')"
-"$tool" fill "$work/e2e-dir" "$E2E_N" 2048 durable
-t0=$(now); "$bin" --spool "$work/e2e-dir" --relay "$relay" --workers "$WORKERS" drain >/dev/null; t1=$(now)
-e2e_dir=$(rate "$E2E_N" "$t0" "$t1")
-say "e2e directory: qmail-dispatcher drain → smtp-sink: $e2e_dir msg/s"
-rm -rf "$work/e2e-dir"
-
-"$tool" fill "$work/e2e-web" "$E2E_N" 2048 durable
 for i in 1 2; do
     cat > "$work/e2e-d$i.toml" <<EOF
 workers = $PG_WORKERS
@@ -121,21 +118,39 @@ url = "$url"
 url = "$relay"
 EOF
 done
-base=$(lines "$work/e2e.log")
-t0=$(now)
-"$bin" forward --spool "$work/e2e-web" --queue "$url" >/dev/null &
-fwd_pid=$!; pids+=($fwd_pid)
-"$bin" --config "$work/e2e-d1.toml" run --queue "$url" >/dev/null &
-d1=$!; pids+=($d1)
-"$bin" --config "$work/e2e-d2.toml" run --queue "$url" >/dev/null &
-d2=$!; pids+=($d2)
-# one quiet waiter (not a shell loop forking wc and ls every 20 ms beside the services)
-w=$(bench/postgres/wait_e2e.py "$work/e2e.log" "$((base + E2E_N))" "$work/e2e-web/ready" "$fwd_pid" "$d1" "$d2") \
-    || { echo "a service exited early" >&2; exit 1; }
-read -r fwd_done t1 <<< "$w"
-e2e_pg=$(rate "$E2E_N" "$t0" "$t1")
-say "e2e PostgreSQL: forward + 2 × run --queue → smtp-sink: $e2e_pg msg/s  ratio pg/dir $(python3 -c "print(f'{$e2e_pg/$e2e_dir:.2f}')") (target ≥ 0.5 and ≥ 3000 msg/s)"
-[ "$fwd_done" != 0.000000 ] && say "  (the forwarder had emptied the local spool after $(python3 -c "print(f'{$fwd_done-$t0:.2f}')") s of $(python3 -c "print(f'{$t1-$t0:.2f}')") s)"
+ratios=()
+for round in $(seq "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && say "-- round $round of $ROUNDS"
+    "$tool" fill "$work/e2e-dir" "$E2E_N" 2048 durable
+    t0=$(now); "$bin" --spool "$work/e2e-dir" --relay "$relay" --workers "$WORKERS" drain >/dev/null; t1=$(now)
+    e2e_dir=$(rate "$E2E_N" "$t0" "$t1")
+    say "e2e directory: qmail-dispatcher drain → smtp-sink: $e2e_dir msg/s"
+    rm -rf "$work/e2e-dir"
+
+    "$tool" fill "$work/e2e-web" "$E2E_N" 2048 durable
+    base=$(lines "$work/e2e.log")
+    t0=$(now)
+    "$bin" forward --spool "$work/e2e-web" --queue "$url" >/dev/null &
+    fwd_pid=$!; pids+=($fwd_pid)
+    "$bin" --config "$work/e2e-d1.toml" run --queue "$url" >/dev/null &
+    d1=$!; pids+=($d1)
+    "$bin" --config "$work/e2e-d2.toml" run --queue "$url" >/dev/null &
+    d2=$!; pids+=($d2)
+    # one quiet waiter (not a shell loop forking wc and ls every 20 ms beside the services)
+    w=$(bench/postgres/wait_e2e.py "$work/e2e.log" "$((base + E2E_N))" "$work/e2e-web/ready" "$fwd_pid" "$d1" "$d2") \
+        || { echo "a service exited early" >&2; exit 1; }
+    read -r fwd_done t1 <<< "$w"
+    e2e_pg=$(rate "$E2E_N" "$t0" "$t1")
+    ratio=$(python3 -c "print(f'{$e2e_pg/$e2e_dir:.2f}')")
+    ratios+=("$ratio")
+    say "e2e PostgreSQL: forward + 2 × run --queue → smtp-sink: $e2e_pg msg/s  ratio pg/dir $ratio (target ≥ 0.5 and ≥ 3000 msg/s)"
+    [ "$fwd_done" != 0.000000 ] && say "  (the forwarder had emptied the local spool after $(python3 -c "print(f'{$fwd_done-$t0:.2f}')") s of $(python3 -c "print(f'{$t1-$t0:.2f}')") s)"
+    if [ "$round" -lt "$ROUNDS" ]; then
+        for p in "$fwd_pid" "$d1" "$d2"; do kill "$p" 2>/dev/null || true; done
+        for p in "$fwd_pid" "$d1" "$d2"; do wait "$p" 2>/dev/null || true; done
+    fi
+done
+[ "$ROUNDS" -gt 1 ] && say "ratios pg/dir: ${ratios[*]}; median $(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "${ratios[@]}")"
 
 sleep 1
 r=$("$tool" latency "$work/e2e-web" "$work/e2e.log" 101)

@@ -80,9 +80,10 @@ pub struct PgOptions {
     /// Connect timeout when the URL sets none. Default 5 s.
     pub connect_timeout: Duration,
     /// How long after a lease renewal was sent the fence may be answered from the lease,
-    /// without a statement (`fence.rs`; at most a quarter lease; zero: always ask the
-    /// database). Other dispatchers then wait three of these after this process's last
-    /// renewal before they take back its claims when its advisory lock is gone. Default 1 s.
+    /// without a statement (`fence.rs`; at most a quarter lease and a minute; zero: always
+    /// ask the database). Other dispatchers then wait at least three of these after this
+    /// process's last renewal (database time) before they take back its claims, also when its
+    /// advisory lock is gone (`SCHEMA.lease.fence_grace_ms`). Default 1 s.
     pub local_fence: Duration,
 }
 
@@ -95,8 +96,8 @@ impl PgOptions {
             .min(Duration::from_secs(60))
     }
 
-    /// How long after this process's last renewal (database time) other dispatchers wait
-    /// before they take back its claims once its advisory lock is gone: three windows
+    /// How long after this process's last renewal (database time) other dispatchers wait at
+    /// least before they take back its claims, its advisory lock gone or not: three windows
     /// (`SCHEMA.lease.fence_grace_ms`).
     pub fn lockless_grace(&self) -> Duration {
         self.local_fence_window() * 3
