@@ -132,8 +132,9 @@ impl FenceCounters {
     }
 }
 
-/// Whether a claim made under `claimed` may be fenced from the lease now (the three
-/// conditions of this module), for a lease of `lease` and a local window of `window`.
+/// Whether a claim made under `claimed` may be fenced from the lease now, for a lease of
+/// `lease` and a local window of `window`: conditions 1 to 4 of this module (5 is in
+/// `local.renewal_sent`, `None` while a version-1 dispatcher holds a lease).
 pub(crate) fn locally_fenced(
     local: &LocalLease,
     claimed: ClaimedUnder,

@@ -299,6 +299,18 @@ fn other(p: Plans) -> Plans {
     }
 }
 
+/// An SQL expression: how many lease rows of `SCHEMA` other than `$1`'s belong to
+/// dispatchers of schema version 1 (NULL grace: they take lock-less leases back at once).
+fn old_dispatchers(s: &str) -> String {
+    format!("(SELECT count(*) FROM {s}.lease o WHERE o.fence_grace_ms IS NULL AND o.owner <> $1)")
+}
+
+/// What a renewal sent at `sent` lets the local fence use: nothing while `old_dispatchers`
+/// ([`old_dispatchers`]) is not zero.
+fn renewal_for_fence(sent: BootTime, old_dispatchers: i64) -> Option<BootTime> {
+    (old_dispatchers == 0).then_some(sent)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -1088,9 +1100,9 @@ impl PgQueue {
                      fence_grace_ms) VALUES ($1, $2, $3, $4, pg_backend_pid(), $5) ON CONFLICT \
                      (owner) DO UPDATE SET lock_key = EXCLUDED.lock_key, backend_pid = \
                      EXCLUDED.backend_pid, fence_grace_ms = EXCLUDED.fence_grace_ms, \
-                     renewed = now() RETURNING {identity}, (SELECT count(*) FROM {s}.lease o \
-                     WHERE o.fence_grace_ms IS NULL AND o.owner <> $1)",
-                    identity = fence::SERVER_IDENTITY
+                     renewed = now() RETURNING {identity}, {old}",
+                    identity = fence::SERVER_IDENTITY,
+                    old = old_dispatchers(s)
                 ),
                 &[
                     &self.inner.opts.instance.as_str(),
@@ -1102,11 +1114,10 @@ impl PgQueue {
             )
             .map_err(db_error)?;
         let identity: String = row.get(0);
-        let old_dispatchers: i64 = row.get(1);
         {
             let mut l = lock(&self.inner.local);
             l.epoch += 1;
-            l.renewal_sent = (old_dispatchers == 0).then_some(sent);
+            l.renewal_sent = renewal_for_fence(sent, row.get(1));
             l.server = Some(fence::server_id(&identity));
         }
         *slot = Some(LeaseConn {
@@ -1194,8 +1205,8 @@ impl Queue for PgQueue {
                          $1 AND lock_key = $2 RETURNING (SELECT count(*) FROM pg_locks WHERE \
                          locktype = 'advisory' AND granted AND pid = pg_backend_pid() AND \
                          classid = $3::integer::oid AND objid = $2::integer::oid AND objsubid = \
-                         2), (SELECT count(*) FROM {s}.lease o WHERE o.fence_grace_ms IS NULL \
-                         AND o.owner <> $1)"
+                         2), {old}",
+                        old = old_dispatchers(s)
                     ),
                     &[
                         &self.inner.opts.instance.as_str(),
@@ -1206,10 +1217,7 @@ impl Queue for PgQueue {
                 ) {
                     Ok(Some(r)) if r.get::<_, i64>(0) > 0 => {
                         renewed = true;
-                        // a version-1 dispatcher takes lock-less leases back at once
-                        let old_dispatchers: i64 = r.get(1);
-                        lock(&self.inner.local).renewal_sent =
-                            (old_dispatchers == 0).then_some(sent);
+                        lock(&self.inner.local).renewal_sent = renewal_for_fence(sent, r.get(1));
                     }
                     Ok(_) => {
                         lock(&self.inner.local).renewal_sent = None;
@@ -1253,13 +1261,12 @@ impl Queue for PgQueue {
         let dead = tx
             .query(
                 &format!(
-                    "DELETE FROM {s}.lease l WHERE l.owner <> $1 AND (l.renewed < now() - \
-                     greatest(make_interval(secs => $2), coalesce(l.fence_grace_ms, 0) * \
-                     interval '1 millisecond') OR (l.renewed < now() - \
-                     coalesce(l.fence_grace_ms, 0) * interval '1 millisecond' AND NOT EXISTS \
-                     (SELECT 1 FROM pg_locks p WHERE p.locktype = 'advisory' AND p.granted AND p.database = (SELECT oid FROM \
-                     pg_database WHERE datname = current_database()) AND p.classid = \
-                     $3::integer::oid AND p.objid = l.lock_key::oid AND p.objsubid = 2))) \
+                    "DELETE FROM {s}.lease l WHERE l.owner <> $1 AND l.renewed < now() - \
+                     coalesce(l.fence_grace_ms, 0) * interval '1 millisecond' AND (l.renewed < \
+                     now() - make_interval(secs => $2) OR NOT EXISTS (SELECT 1 FROM pg_locks p \
+                     WHERE p.locktype = 'advisory' AND p.granted AND p.database = (SELECT oid \
+                     FROM pg_database WHERE datname = current_database()) AND p.classid = \
+                     $3::integer::oid AND p.objid = l.lock_key::oid AND p.objsubid = 2)) \
                      RETURNING l.owner"
                 ),
                 &[&self.inner.opts.instance.as_str(), &lease, &ns],
