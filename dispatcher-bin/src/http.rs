@@ -13,6 +13,14 @@
 //! | `DELETE /api/v1/messages/ID` | delete (token; never a message in flight) |
 //! | `GET /` | the console (files embedded in the binary) |
 //!
+//! A dispatcher of a PostgreSQL queue (`run --queue`) serves the same endpoints over the
+//! queue's rows (`qmail_dispatch::queue::postgres::admin`, the rules of `list`/`show`/`hold`/
+//! … `--queue`): `/healthz` is `200` while the database answers a `SELECT 1`;
+//! `/api/v1/status` gives `queues` (the schema, its live leases, counts per row state) in
+//! place of `spools`; message rows carry `queue` (the schema) in place of `spool`; the
+//! actions are each one transaction, and a row in `active` is never touched (`409`,
+//! `in flight`). A database that cannot be reached answers `503`.
+//!
 //! Actions need `Authorization: Bearer TOKEN` with the `[http] token` (or `token_file`) of
 //! the configuration; without a configured token they are refused (403). A header token is
 //! not sent by a browser on its own, so a page on another origin cannot act (no CSRF).
@@ -26,6 +34,9 @@ use std::sync::{Arc, Mutex};
 use qmail_core::spool::status::{ListFilter, State};
 use qmail_dispatch::Metrics;
 use qmail_dispatch::admin::{self, ops};
+use qmail_dispatch::queue::QueueError;
+use qmail_dispatch::queue::postgres::PgQueue;
+use qmail_dispatch::queue::postgres::admin::{self as pg, PgAdminError};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 /// What the listener serves; the configuration part is swapped when SIGHUP reloads.
@@ -33,8 +44,10 @@ use tiny_http::{Header, Method, Request, Response, Server};
 pub struct View {
     /// The process's counters (kept across reloads).
     pub metrics: Arc<Metrics>,
-    /// The spools served.
+    /// The spools served (none for `run --queue`).
     pub spools: Vec<PathBuf>,
+    /// The PostgreSQL queue served (`run --queue`): every endpoint reads and acts on it.
+    pub queue: Option<PgQueue>,
     /// The delivery log, if configured.
     pub delivery_log: Option<PathBuf>,
     /// The token actions need (none: actions refused).
@@ -153,7 +166,32 @@ fn list_filter(q: &[(String, String)]) -> Result<ListFilter, String> {
     })
 }
 
+/// A queue command's error as an HTTP answer: a bad id 400, an unreachable database 503.
+fn pg_error(q: &PgQueue, e: PgAdminError) -> Resp {
+    let code = match &e {
+        PgAdminError::BadId { .. } | PgAdminError::BadState { .. } => 400,
+        PgAdminError::Queue(QueueError::Unavailable(_)) => 503,
+        _ => 500,
+    };
+    error(code, format_args!("queue {}: {e}", q.schema()))
+}
+
 fn healthz(v: &View) -> Resp {
+    if let Some(q) = &v.queue {
+        let (code, status, err) = match q.ping() {
+            Ok(()) => (200, "ok", None),
+            Err(e) => (503, "unavailable", Some(e.to_string())),
+        };
+        return json(
+            code,
+            &serde_json::json!({
+                "status": status,
+                "version": env!("CARGO_PKG_VERSION"),
+                "queue": q.schema(),
+                "error": err,
+            }),
+        );
+    }
     let bad: Vec<String> = v
         .spools
         .iter()
@@ -169,7 +207,42 @@ fn healthz(v: &View) -> Resp {
     json(if bad.is_empty() { 200 } else { 503 }, &body)
 }
 
+/// `/api/v1/status` of a queue: its counts per row state (`held` named `hold`, as the
+/// directory and the metrics name it), its live leases.
+fn queue_status(v: &View, q: &PgQueue) -> Resp {
+    let st = match q.status() {
+        Ok(st) => st,
+        Err(e) => return pg_error(q, PgAdminError::Queue(e)),
+    };
+    let mut counts = serde_json::Map::new();
+    for c in &st.states {
+        let name = if c.state == "held" {
+            "hold"
+        } else {
+            c.state.as_str()
+        };
+        counts.insert(
+            name.into(),
+            serde_json::json!({ "count": c.count, "oldest_age_secs": c.oldest_age_secs }),
+        );
+    }
+    json(
+        200,
+        &serde_json::json!({
+            "spools": [],
+            "queues": [{ "queue": st.schema, "leases": st.leases, "states": counts }],
+            "history": v.metrics.history(),
+            "now": qmail_core::spool::now_secs(),
+            "actions": v.token.is_some(),
+            "delivery_log": v.delivery_log.is_some(),
+        }),
+    )
+}
+
 fn status(v: &View) -> Resp {
+    if let Some(q) = &v.queue {
+        return queue_status(v, q);
+    }
     let spools: Vec<serde_json::Value> = v
         .spools
         .iter()
@@ -202,6 +275,24 @@ fn messages(v: &View, q: &[(String, String)]) -> Resp {
         Ok(f) => f,
         Err(e) => return error(400, e),
     };
+    if let Some(q) = &v.queue {
+        return match pg::list(q, &f) {
+            Ok(l) => {
+                let rows: Vec<serde_json::Value> = l
+                    .into_iter()
+                    .map(|e| {
+                        let mut j = serde_json::to_value(e).unwrap_or_default();
+                        if let Some(o) = j.as_object_mut() {
+                            o.insert("queue".into(), serde_json::json!(q.schema()));
+                        }
+                        j
+                    })
+                    .collect();
+                json(200, &serde_json::json!({ "messages": rows }))
+            }
+            Err(e) => pg_error(q, e),
+        };
+    }
     let mut rows = Vec::new();
     for sp in &v.spools {
         match ops::list(sp, &f) {
@@ -221,6 +312,9 @@ fn messages(v: &View, q: &[(String, String)]) -> Resp {
 fn message(v: &View, id: &str) -> Resp {
     if qmail_core::QueueId::parse(id).is_err() {
         return error(400, format_args!("{id:?} is not a queue id"));
+    }
+    if let Some(q) = &v.queue {
+        return queue_message(v, q, id);
     }
     for sp in &v.spools {
         match admin::show(sp, id) {
@@ -252,6 +346,37 @@ fn message(v: &View, id: &str) -> Resp {
     error(404, format_args!("no message {id}"))
 }
 
+/// `GET /api/v1/messages/ID` of a queue: the row (`show --queue`) and its status; a row
+/// gone past the tombstone horizon is looked up in the delivery log.
+fn queue_message(v: &View, q: &PgQueue, id: &str) -> Resp {
+    let m = match pg::show(q, id) {
+        Ok(m) => m,
+        Err(e) => return pg_error(q, e),
+    };
+    if let Some(m) = m {
+        let st = match pg::status(q, id) {
+            Ok(st) => st,
+            Err(e) => return pg_error(q, e),
+        };
+        return json(
+            200,
+            &serde_json::json!({ "message": m, "status": st, "queue": q.schema() }),
+        );
+    }
+    if let Some(log) = &v.delivery_log {
+        let attempts = qmail_core::spool::status::read_log(log, |r| r.id == id).unwrap_or_default();
+        if !attempts.is_empty() {
+            return json(
+                200,
+                &serde_json::json!({
+                    "message": null, "status": null, "log": attempts, "queue": q.schema()
+                }),
+            );
+        }
+    }
+    error(404, format_args!("no message {id} in queue {}", q.schema()))
+}
+
 fn find(v: &View, q: &[(String, String)]) -> Resp {
     let Some(log) = &v.delivery_log else {
         return error(
@@ -274,6 +399,27 @@ fn action(v: &View, id: &str, what: &str) -> Resp {
         return error(400, format_args!("{id:?} is not a queue id"));
     }
     let ids = [id.to_owned()];
+    if let Some(q) = &v.queue {
+        let r = match what {
+            "retry" => pg::retry(q, &ids),
+            "requeue" => pg::requeue_failed(q, &ids),
+            "hold" => pg::hold(q, &ids),
+            "release" => pg::release(q, &ids),
+            "delete" => pg::delete(q, &ids),
+            _ => return error(404, format_args!("no action {what:?}")),
+        };
+        return match r {
+            Ok(mut o) => match o.pop() {
+                Some(o) if o.done() => json(200, &serde_json::to_value(&o).unwrap_or_default()),
+                Some(o) if matches!(o.outcome, ops::Outcome::NotFound) => {
+                    json(404, &serde_json::to_value(&o).unwrap_or_default())
+                }
+                Some(o) => json(409, &serde_json::to_value(&o).unwrap_or_default()),
+                None => error(404, format_args!("no message {id}")),
+            },
+            Err(e) => pg_error(q, e),
+        };
+    }
     let Some(sp) = v.spools.iter().find(|sp| admin::locate(sp, id).is_some()) else {
         return error(404, format_args!("no message {id}"));
     };
@@ -340,7 +486,7 @@ fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
         (Method::Get, ["metrics"]) => text(
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            v.metrics.render_with_queues(&v.spools),
+            v.metrics.render_with(&v.spools, v.queue.as_ref()),
         ),
         (Method::Get, ["healthz"]) => healthz(&v),
         (Method::Get, [""]) | (Method::Get, ["index.html"]) => {

@@ -741,6 +741,7 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
         let view = http::View {
             metrics: Arc::clone(&metrics),
             spools: s.dispatch.spools.clone(),
+            queue: None,
             delivery_log: s.dispatch.delivery_log.clone(),
             token: s.http_token.clone(),
             instance: format!("http-{}", d.instance()),

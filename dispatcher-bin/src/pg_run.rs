@@ -212,6 +212,7 @@ pub fn run(o: &Overrides, s: Settings) -> Result<ExitCode> {
     let view = |s: &Settings, d: &QueueDispatcher| crate::http::View {
         metrics: Arc::clone(&metrics),
         spools: Vec::new(),
+        queue: Some(d.queue().clone()),
         delivery_log: s.dispatch.delivery_log.clone(),
         token: s.http_token.clone(),
         instance: format!("http-{}", d.instance()),

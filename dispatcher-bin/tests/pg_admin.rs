@@ -618,3 +618,280 @@ fn hold_release_delete_and_requeue_against_a_running_dispatcher_and_sighup() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("dispatcher stopped"), "{text}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.0 request to the dispatcher's listener: (status code, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        c,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    let code = s
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = s.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (code, body)
+}
+
+fn http_json(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let (code, body) = http(port, method, path, token);
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {code} {body:?} is not JSON: {e}"));
+    (code, v)
+}
+
+/// The sum of the samples of `metric` whose labels contain `labels` in `/metrics` text.
+fn sample(text: &str, metric: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+#[test]
+fn the_http_api_console_and_metrics_of_a_queue_dispatcher_read_and_act_on_the_queue() {
+    let Some(mut pg) = Pg::start() else { return };
+    // every RCPT of defer@ is refused with 451 (it stays deferred: the next retry is an
+    // hour away); ok@ is accepted
+    let srv = SmtpServer::start(&["--rcpt-reject", "defer@example.org:451"]);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_at(dir.path());
+    let okm = submit(&spool, "s@example.com", &["ok@example.org"], "ok", "ok");
+    let deferred = submit(&spool, "s@example.com", &["defer@example.org"], "d", "d");
+    ok(&cli(&["queue", "init", "--queue", &pg.uri()]));
+    assert!(forward(&pg, dir.path()).contains("forwarded 2"));
+
+    let port = free_port();
+    let token = "queue-http-token-0123456789";
+    let cfg = dir.path().join("run.toml");
+    let dlog = dir.path().join("delivery.log");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = 2\nehlo_name = \"dispatcher.test\"\nlease_secs = 3\ndurable = false\n\
+             delivery_log = {dlog:?}\n[retry]\nfirst_secs = 3600\nmax_secs = 3600\njitter = 0.0\n\
+             [[relay]]\nurl = {:?}\ncooldown_secs = 0\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+             token = \"{token}\"\n",
+            srv.url("tls=none")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("run.log");
+    let run = start_run(&cfg, &pg, &log);
+    wait_for(30, "ok delivered and defer deferred", || {
+        state_of(&pg, okm.as_str()) == "delivered" && state_of(&pg, deferred.as_str()) == "deferred"
+    });
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(15, "the http listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    // health: the database answers
+    let (code, h) = http_json(port, "GET", "/healthz", None);
+    assert_eq!((code, h["status"].as_str()), (200, Some("ok")), "{h}");
+    assert_eq!(h["queue"], "qmail");
+
+    // status: the queue's counts, not a spool's
+    let (code, s) = http_json(port, "GET", "/api/v1/status", None);
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["spools"].as_array().map(Vec::len), Some(0), "{s}");
+    let qs = &s["queues"][0];
+    assert_eq!(qs["queue"], "qmail", "{s}");
+    assert_eq!(qs["states"]["deferred"]["count"], 1, "{s}");
+    assert_eq!(qs["states"]["delivered"]["count"], 1, "{s}");
+    assert!(qs["leases"].as_i64().unwrap_or(0) >= 1, "{s}");
+    assert_eq!(s["actions"], true);
+
+    // the list and one message
+    let (code, l) = http_json(port, "GET", "/api/v1/messages?state=deferred", None);
+    assert_eq!(code, 200, "{l}");
+    let rows = l["messages"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{l}");
+    assert_eq!(rows[0]["id"], deferred.as_str());
+    assert_eq!(rows[0]["queue"], "qmail");
+    assert!(
+        rows[0]["last_reply"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("451"),
+        "{l}"
+    );
+    let (code, m) = http_json(
+        port,
+        "GET",
+        &format!("/api/v1/messages/{}", deferred.as_str()),
+        None,
+    );
+    assert_eq!(code, 200, "{m}");
+    assert_eq!(m["queue"], "qmail");
+    assert_eq!(m["status"]["state"], "deferred", "{m}");
+    assert_eq!(m["status"]["dir"], "deferred", "{m}");
+    assert_eq!(m["status"]["attempts"], 1, "{m}");
+    assert!(m["status"]["next_attempt"].as_i64().is_some(), "{m}");
+    assert_eq!(m["message"]["rcpt_to"][0], "defer@example.org", "{m}");
+    assert_eq!(
+        m["message"]["dispatch"]["history"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let (code, m) = http_json(
+        port,
+        "GET",
+        &format!("/api/v1/messages/{}", okm.as_str()),
+        None,
+    );
+    assert_eq!(code, 200, "{m}");
+    assert_eq!(m["status"]["state"], "delivered", "{m}");
+    assert!(m["status"]["delivered_at"].as_i64().is_some(), "{m}");
+    assert_eq!(
+        http(port, "GET", "/api/v1/messages/..%2F..%2Fetc", None).0,
+        400
+    );
+    let nobody = QueueId::generate();
+    assert_eq!(
+        http(
+            port,
+            "GET",
+            &format!("/api/v1/messages/{}", nobody.as_str()),
+            None
+        )
+        .0,
+        404
+    );
+    // the delivery log search works as for a spool
+    let (code, f) = http_json(port, "GET", "/api/v1/find?rcpt=ok@example.org", None);
+    assert_eq!(code, 200, "{f}");
+    assert_eq!(f["attempts"][0]["id"], okm.as_str(), "{f}");
+
+    // actions: a token is needed; each one is a transaction on the row
+    let hold = format!("/api/v1/messages/{}/hold", deferred.as_str());
+    assert_eq!(http(port, "POST", &hold, None).0, 401);
+    assert_eq!(
+        http(port, "POST", &hold, Some("not-the-token-0123456789")).0,
+        401
+    );
+    assert_eq!(state_of(&pg, deferred.as_str()), "deferred");
+    let (code, o) = http_json(port, "POST", &hold, Some(token));
+    assert_eq!(code, 200, "{o}");
+    assert_eq!(state_of(&pg, deferred.as_str()), "held");
+    let (code, o) = http_json(port, "POST", &hold, Some(token));
+    assert_eq!(code, 409, "holding a held message: {o}");
+    let release = format!("/api/v1/messages/{}/release", deferred.as_str());
+    assert_eq!(http(port, "POST", &release, Some(token)).0, 200);
+    // released while its retry time is ahead: deferred again, not due
+    assert_eq!(state_of(&pg, deferred.as_str()), "deferred");
+    // retry: due now, so a dispatcher attempts it again (refused again, deferred again)
+    let retry = format!("/api/v1/messages/{}/retry", deferred.as_str());
+    assert_eq!(http(port, "POST", &retry, Some(token)).0, 200);
+    wait_for(30, "the second attempt", || {
+        let (_, m) = http_json(
+            port,
+            "GET",
+            &format!("/api/v1/messages/{}", deferred.as_str()),
+            None,
+        );
+        m["status"]["attempts"] == 2 && m["status"]["state"] == "deferred"
+    });
+    // a delivered message cannot be requeued, held or deleted: its row is a tombstone
+    for a in ["requeue", "hold"] {
+        let p = format!("/api/v1/messages/{}/{a}", okm.as_str());
+        assert_eq!(http(port, "POST", &p, Some(token)).0, 409, "{a}");
+    }
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            &format!("/api/v1/messages/{}/nope", okm.as_str()),
+            Some(token)
+        )
+        .0,
+        404
+    );
+    let del = format!("/api/v1/messages/{}", deferred.as_str());
+    assert_eq!(http(port, "DELETE", &del, None).0, 401);
+    let (code, o) = http_json(port, "DELETE", &del, Some(token));
+    assert_eq!(code, 200, "{o}");
+    let (code, m) = http_json(port, "GET", &del, None);
+    assert_eq!(code, 200, "{m}");
+    assert_eq!(m["status"]["dir"], "deleted", "a tombstone stays: {m}");
+    assert_eq!(m["status"]["state"], "unknown", "{m}");
+    assert_eq!(http(port, "DELETE", &del, Some(token)).0, 409);
+    assert_eq!(srv.delivered().len(), 1, "only ok@ reached the relay");
+
+    // the console page is served, and its script reads `queues`
+    let (code, page) = http(port, "GET", "/", None);
+    assert_eq!(code, 200);
+    assert!(page.contains("console.js"), "{page}");
+    let (_, js) = http(port, "GET", "/console.js", None);
+    assert!(
+        js.contains("s.queues"),
+        "the console totals the queue's counts"
+    );
+
+    // metrics: the queue's gauges (two tombstones: ok@ delivered, defer@ deleted) and the fence
+    // counter (ok@ went through one fence)
+    let (code, text) = http(port, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(
+            &text,
+            "qmail_queue_messages",
+            "spool=\"queue:qmail\",state=\"delivered\""
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    let lease = sample(&text, "qmail_queue_fences_total", "answer=\"lease\"");
+    let database = sample(&text, "qmail_queue_fences_total", "answer=\"database\"");
+    assert!(
+        lease.is_some() && database.is_some(),
+        "both answers are exported: {text}"
+    );
+    assert_eq!(
+        lease.unwrap_or(0.0) + database.unwrap_or(0.0),
+        1.0,
+        "{text}"
+    );
+    assert!(!text.contains(&pg.uri()), "the URL is never a label");
+
+    // the database goes away: health and reads say 503, and come back with it
+    pg.kill();
+    wait_for(30, "healthz 503 while the database is down", || {
+        http(port, "GET", "/healthz", None).0 == 503
+    });
+    let (code, s) = http_json(port, "GET", "/api/v1/status", None);
+    assert_eq!(code, 503, "{s}");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("queue qmail:"),
+        "{s}"
+    );
+    assert_eq!(http(port, "POST", &hold, Some(token)).0, 503);
+    pg.restart();
+    wait_for(30, "healthz 200 with the database back", || {
+        http(port, "GET", "/healthz", None).0 == 200
+    });
+    let (code, s) = http_json(port, "GET", "/api/v1/status", None);
+    assert_eq!(code, 200, "{s}");
+    assert!(!logged().contains(token), "the token is never logged");
+    drop(run);
+}

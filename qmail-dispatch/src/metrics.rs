@@ -15,10 +15,21 @@
 //! | `qmail_queue_time_seconds` | histogram (submit → 250) | `relay` |
 //! | `qmail_queue_messages` | gauge | `spool`, `state` |
 //! | `qmail_queue_oldest_age_seconds` | gauge | `spool`, `state` |
+//! | `qmail_queue_fences_total` | counter (`run --queue` only) | `answer` (lease, database) |
 //! | `qmail_build_info` | info | `version` |
 //!
 //! The queue gauges come from the spool's directory listings, refreshed at most every
-//! [`QUEUE_GAUGE_TTL`] whatever the scrape rate.
+//! [`QUEUE_GAUGE_TTL`] whatever the scrape rate. For a dispatcher of a PostgreSQL queue
+//! (`run --queue`) they come from one `GROUP BY state` over the queue's rows
+//! ([`crate::queue::postgres::PgQueue::status`]), labelled `spool="queue:SCHEMA"` (never the
+//! URL: it may hold a password), with the row states `ready`, `scheduled`, `active`,
+//! `deferred`, `hold`, `failed`, `corrupt` and `delivered` (tombstones); every dispatcher of a
+//! queue exports the same queue-wide counts, so aggregate them with `max`, not `sum`.
+//! `qmail_queue_fences_total{answer}` counts the fences before end-of-data of this process's
+//! claims: `lease` answered from the lease without a statement, `database` asked the
+//! database (docs/scale-out.md, "The fence"); a `database` rate near the delivery rate says
+//! the local fence is off (`local_fence_ms = 0`, a version-1 dispatcher's lease row, a lease
+//! connection on another server).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -86,6 +97,11 @@ struct SpoolState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FenceAnswer {
+    answer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -137,6 +153,7 @@ pub struct Metrics {
     queue_time: Family<RelayLabel, Histogram, fn() -> Histogram>,
     queue_messages: Family<SpoolState, Gauge>,
     queue_oldest: Family<SpoolState, Gauge>,
+    fences: Family<FenceAnswer, Counter>,
     registry: Registry,
     gauges_at: Mutex<Option<Instant>>,
     history: Mutex<VecDeque<MinuteCounts>>,
@@ -200,6 +217,7 @@ impl Default for Metrics {
             queue_time: Family::new_with_constructor(queue_time_histogram),
             queue_messages: Family::default(),
             queue_oldest: Family::default(),
+            fences: Family::default(),
             registry: Registry::default(),
             gauges_at: Mutex::new(None),
             history: Mutex::new(VecDeque::new()),
@@ -298,6 +316,12 @@ impl Default for Metrics {
             "qmail_queue_oldest_age_seconds",
             "Age of the oldest message per spool and state (refreshed at most every 5 s)",
             m.queue_oldest.clone(),
+        );
+        registry.register(
+            "qmail_queue_fences",
+            "Fences before end-of-data of this process's claims on a PostgreSQL queue, by \
+             answer: lease (no statement) or database",
+            m.fences.clone(),
         );
         registry.register(
             "qmail_build",
@@ -417,13 +441,51 @@ impl Metrics {
         }
     }
 
-    fn refresh_queues(&self, spools: &[PathBuf]) {
+    /// The counters of `qmail_queue_fences_total{answer}`: `[lease, database]` (created, so
+    /// both are exported from the start). Shared: a reload's new queue counts into the same.
+    pub fn fence_counters(&self) -> [Counter; 2] {
+        ["lease", "database"].map(|a| {
+            self.fences
+                .get_or_create(&FenceAnswer { answer: a.into() })
+                .clone()
+        })
+    }
+
+    fn refresh_queues(&self, spools: &[PathBuf], queue: Option<&crate::queue::postgres::PgQueue>) {
         let mut at = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
         if at.is_some_and(|t| t.elapsed() < QUEUE_GAUGE_TTL) {
             return;
         }
         self.queue_messages.clear();
         self.queue_oldest.clear();
+        if let Some(q) = queue {
+            match q.status() {
+                Ok(st) => {
+                    let spool = format!("queue:{}", st.schema);
+                    for c in &st.states {
+                        let state = if c.state == "held" {
+                            "hold"
+                        } else {
+                            c.state.as_str()
+                        };
+                        let l = SpoolState {
+                            spool: spool.clone(),
+                            state: state.into(),
+                        };
+                        self.queue_messages.get_or_create(&l).set(c.count);
+                        if let Some(a) = c.oldest_age_secs {
+                            self.queue_oldest.get_or_create(&l).set(a);
+                        }
+                    }
+                }
+                // no gauges while the database is unreachable (an absent series, not a
+                // stale one); the next scrape tries again
+                Err(e) => {
+                    tracing::debug!(error = %e, "metrics: the queue's counts are unavailable");
+                    return;
+                }
+            }
+        }
         for sp in spools {
             let st = crate::admin::status(sp);
             let spool = sp.display().to_string();
@@ -445,7 +507,17 @@ impl Metrics {
     /// when older than [`QUEUE_GAUGE_TTL`]). Content type:
     /// `application/openmetrics-text; version=1.0.0; charset=utf-8`.
     pub fn render_with_queues(&self, spools: &[PathBuf]) -> String {
-        self.refresh_queues(spools);
+        self.render_with(spools, None)
+    }
+
+    /// As [`Metrics::render_with_queues`], with the gauges of a PostgreSQL `queue` too
+    /// (labelled `spool="queue:SCHEMA"`; absent while the database is unreachable).
+    pub fn render_with(
+        &self,
+        spools: &[PathBuf],
+        queue: Option<&crate::queue::postgres::PgQueue>,
+    ) -> String {
+        self.refresh_queues(spools, queue);
         let mut s = String::new();
         if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
             s.clear();

@@ -194,6 +194,8 @@ impl QueueDispatcher {
             // queue; this process's own limits while the database cannot answer
             limits: Some(Arc::new(crate::queue::FallbackLimits::new(queue.clone()))),
         });
+        // qmail_queue_fences_total{answer}: into the process's counters, kept across reloads
+        queue.export_fences(shared.metrics.fence_counters());
         Ok(QueueDispatcher {
             shared,
             settler: queue.group_settler(SETTLE_GROUP_MAX),
@@ -207,6 +209,12 @@ impl QueueDispatcher {
     /// This process's instance id (the `owner` of its claims).
     pub fn instance(&self) -> &str {
         &self.shared.instance
+    }
+
+    /// The queue it serves (a clone shares its connections): what the HTTP listener of
+    /// `run --queue` reads and acts on.
+    pub fn queue(&self) -> &PgQueue {
+        &self.queue
     }
 
     /// The counters (shared; keep the `Arc` to serve metrics).

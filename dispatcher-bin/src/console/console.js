@@ -90,7 +90,10 @@ function drawChart(history, now) {
 async function refreshStatus() {
   const s = await api("/api/v1/status");
   const totals = Object.fromEntries(STATES.map((k) => [k, 0]));
-  for (const sp of s.spools) for (const k of STATES) totals[k] += (sp.states[k] || {}).count || 0;
+  // a directory dispatcher serves spools; a `run --queue` one a PostgreSQL queue
+  for (const sp of [...(s.spools || []), ...(s.queues || [])]) {
+    for (const k of STATES) totals[k] += (sp.states[k] || {}).count || 0;
+  }
   const box = $("#counts");
   box.replaceChildren(...STATES.map((k) =>
     el("button", { class: "count", "data-state": k, type: "button", onclick: () => showState(k) },
@@ -145,7 +148,12 @@ async function openMessage(id) {
   $("#detail").dataset.state = state;
   const dl = $("#detail-fields");
   dl.replaceChildren();
-  field(dl, "directory", s.dir || m.state);
+  if (r.queue) {
+    field(dl, "queue", r.queue);
+    field(dl, "row state", s.dir || m.state);
+  } else {
+    field(dl, "directory", s.dir || m.state);
+  }
   field(dl, "from", m.mail_from != null ? `<${m.mail_from}>` : null);
   field(dl, "to", (m.rcpt_to || []).map((x) => `<${x}>`));
   field(dl, "Message-ID", m.message_id);

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use postgres::IsolationLevel;
-use qmail_core::spool::status::{ListEntry, ListFilter, State};
+use qmail_core::spool::status::{ListEntry, ListFilter, MessageStatus, State};
 use qmail_core::{QueueId, SpoolHeader};
 use serde::Serialize;
 
@@ -481,6 +481,51 @@ pub fn show(q: &PgQueue, id: &str) -> Result<Option<QueueMessageView>, PgAdminEr
         v.error = Some(errors.join("; "));
     }
     Ok(Some(v))
+}
+
+/// "Where is message ID?" over the queue, in the shape of the directory's
+/// [`qmail_core::spool::status::status`] (what the HTTP API's `GET /api/v1/messages/ID`
+/// returns as `status`): `state` the public state (`ready` is `queued`, `corrupt` is
+/// `failed`, a tombstone `delivered` or, deleted, `unknown`), `dir` the row state as [`list`]
+/// shows it, `next_attempt` the due time of a deferred or scheduled row, `delivered_at` the
+/// settle time of a delivered one; `None` when no row has this id.
+///
+/// # Errors
+/// [`PgAdminError::BadId`]; [`PgAdminError::Queue`].
+pub fn status(q: &PgQueue, id: &str) -> Result<Option<MessageStatus>, PgAdminError> {
+    check_ids(&[id.to_owned()])?;
+    let s = &q.inner.s;
+    let mut c = q.inner.conn()?;
+    let Some(r) = c
+        .client
+        .query_opt(
+            &format!(
+                "SELECT {LIST_COLUMNS}, extract(epoch FROM settled_at)::bigint \
+                 FROM {s}.message WHERE id = $1"
+            ),
+            &[&id],
+        )
+        .map_err(db_error)?
+    else {
+        return Ok(None);
+    };
+    let settled_at: Option<i64> = r.get(9);
+    let e = list_entry(&r);
+    Ok(Some(MessageStatus {
+        delivered_at: if e.state == State::Delivered {
+            settled_at
+        } else {
+            None
+        },
+        id: e.id,
+        state: e.state,
+        dir: Some(e.dir),
+        attempts: e.attempts,
+        next_attempt: e.next_attempt,
+        last_reply: e.last_reply,
+        reasons: e.reasons,
+        owner: e.owner,
+    }))
 }
 
 /// What [`cat`] did.

@@ -28,8 +28,11 @@
 //! a failover, for the clocks of the old and the new primary. Outside these conditions the
 //! database is asked, as before.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
 
 /// A reading of `CLOCK_BOOTTIME` (Linux; `CLOCK_MONOTONIC` elsewhere): a monotonic clock that
 /// also counts the time the machine was suspended.
@@ -112,6 +115,9 @@ pub struct FenceCounts {
 pub(crate) struct FenceCounters {
     by_lease: AtomicU64,
     by_database: AtomicU64,
+    /// The exported counters (`qmail_queue_fences_total{answer}`: lease, database), once
+    /// [`super::PgQueue::export_fences`] set them.
+    exported: OnceLock<[Counter; 2]>,
 }
 
 impl FenceCounters {
@@ -122,6 +128,14 @@ impl FenceCounters {
             &self.by_database
         };
         c.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.exported.get() {
+            e[usize::from(!by_lease)].inc();
+        }
+    }
+
+    /// Counts into `counters` (`[lease, database]`) too from now on; the first call wins.
+    pub(crate) fn export(&self, counters: [Counter; 2]) {
+        let _ = self.exported.set(counters);
     }
 
     pub(crate) fn get(&self) -> FenceCounts {

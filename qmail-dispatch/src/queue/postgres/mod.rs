@@ -540,6 +540,24 @@ impl PgQueue {
         self.inner.fences.get()
     }
 
+    /// Counts the fences into `counters` (`[lease, database]`, from
+    /// [`crate::Metrics::fence_counters`]) as well, from now on; a second call changes
+    /// nothing.
+    pub fn export_fences(&self, counters: [prometheus_client::metrics::counter::Counter; 2]) {
+        self.inner.fences.export(counters);
+    }
+
+    /// One `SELECT 1` on a pooled connection: whether the database answers (the HTTP
+    /// listener's `/healthz` of a `run --queue` dispatcher).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] with the driver's or server's message (never the URL).
+    pub fn ping(&self) -> Result<(), QueueError> {
+        let mut c = self.inner.conn()?;
+        c.client.simple_query("SELECT 1").map_err(db_error)?;
+        Ok(())
+    }
+
     /// The schema.
     pub fn schema(&self) -> &str {
         &self.inner.s
