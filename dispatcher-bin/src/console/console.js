@@ -143,7 +143,8 @@ async function openMessage(id) {
   const s = r.status || {};
   $("#detail").hidden = false;
   $("#detail-id").textContent = id;
-  const state = s.state || m.state || "unknown";
+  // a queue's tombstone of a deletion: the row says so (a spool's deleted file is just gone)
+  const state = r.queue && s.dir === "deleted" ? "deleted" : (s.state || m.state || "unknown");
   $("#detail-state").textContent = state;
   $("#detail").dataset.state = state;
   const dl = $("#detail-fields");
@@ -163,7 +164,7 @@ async function openMessage(id) {
   field(dl, "attempts", s.attempts);
   field(dl, "next attempt", s.next_attempt != null ? human(s.next_attempt) : null);
   field(dl, "last reply", s.last_reply);
-  field(dl, "failed", s.reasons);
+  field(dl, state === "failed" ? "failed" : "reason", s.reasons);
   field(dl, "delivered", s.delivered_at != null ? human(s.delivered_at) : null);
   field(dl, "claimed by", s.owner);
   field(dl, "error", m.error);
