@@ -3,7 +3,8 @@
 # bench/out/postgres.txt. Needs root (or the postgres user's binaries runnable by you) and
 # installs Debian's postgresql through scripts/setup-postgres.
 #
-#   bench/postgres/run.sh [all|e2e]      (e2e: only the end-to-end section and the latency)
+#   bench/postgres/run.sh [all|e2e|split] (e2e: only the end-to-end section and the latency;
+#                                           split: only the two halves of the end-to-end path)
 #
 # Everything on this machine, in one run, against one private PostgreSQL (durable: fsync on,
 # synchronous_commit on) on 127.0.0.1, BENCH_N messages of 2 KiB (default 20000) from durable
@@ -33,6 +34,11 @@
 #              BENCH_E2E_ROUNDS=K (default 1) runs the two K times, alternating (the machine's
 #              speed drifts between two back-to-back runs: the ratio of one pair moved
 #              0.34-0.56), and prints every ratio and their median
+#   split      (`split` only) the two halves of the queue's end-to-end path, each alone on the
+#              machine, then the directory: `forward --drain` of BENCH_E2E_N messages into the
+#              queue, then the 2 `run --queue` dispatchers delivering them from the queue;
+#              BENCH_E2E_ROUNDS times. The pipeline of the two on 2 shared cores runs at
+#              about 1 / (1/forward + 1/dispatch)
 #   latency    idle submit → 250 through forwarder and queue: bench_tool latency (as in
 #              bench/dispatcher/run.sh), 101 samples, p50/p90/max
 set -euo pipefail
@@ -118,6 +124,32 @@ url = "$url"
 url = "$relay"
 EOF
 done
+if [ "$only" = split ]; then
+    for round in $(seq "$ROUNDS"); do
+        [ "$ROUNDS" -gt 1 ] && say "-- round $round of $ROUNDS"
+        "$tool" fill "$work/e2e-web" "$E2E_N" 2048 durable
+        t0=$(now); "$bin" forward --drain --spool "$work/e2e-web" --queue "$url" >/dev/null; t1=$(now)
+        fwd=$(rate "$E2E_N" "$t0" "$t1")
+        base=$(lines "$work/e2e.log")
+        t0=$(now)
+        "$bin" --config "$work/e2e-d1.toml" run --queue "$url" >/dev/null &
+        d1=$!; pids+=($d1)
+        "$bin" --config "$work/e2e-d2.toml" run --queue "$url" >/dev/null &
+        d2=$!; pids+=($d2)
+        w=$(bench/postgres/wait_e2e.py "$work/e2e.log" "$((base + E2E_N))" "$work/e2e-web/ready" "$d1" "$d2") \
+            || { echo "a dispatcher exited early" >&2; exit 1; }
+        read -r _ t1 <<< "$w"
+        kill "$d1" "$d2" 2>/dev/null || true; wait "$d1" "$d2" 2>/dev/null || true
+        disp=$(rate "$E2E_N" "$t0" "$t1")
+        "$tool" fill "$work/e2e-dir" "$E2E_N" 2048 durable
+        t0=$(now); "$bin" --spool "$work/e2e-dir" --relay "$relay" --workers "$WORKERS" drain >/dev/null; t1=$(now)
+        dir=$(rate "$E2E_N" "$t0" "$t1")
+        rm -rf "$work/e2e-dir"
+        say "split: forward --drain alone $fwd msg/s ($(python3 -c "print(f'{$fwd/$dir:.2f}')")× the directory); 2 × run --queue alone $disp msg/s ($(python3 -c "print(f'{$disp/$dir:.2f}')")×); pipeline bound 1/(1/f+1/d) $(python3 -c "print(f'{1/(1/$fwd+1/$disp):.0f}')") msg/s ($(python3 -c "print(f'{1/(1/$fwd+1/$disp)/$dir:.2f}')")×); directory drain $dir msg/s"
+    done
+    echo "written to $report"
+    exit 0
+fi
 ratios=()
 for round in $(seq "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && say "-- round $round of $ROUNDS"
