@@ -552,6 +552,39 @@ mod tests {
     use crate::state::{RcptResult, Reply};
 
     #[test]
+    fn fence_counters_are_exported_from_the_start_and_shared() {
+        let m = Metrics::default();
+        assert!(
+            !m.render().contains("qmail_queue_fences_total"),
+            "not for a spool"
+        );
+        let [lease, database] = m.fence_counters();
+        let text = m.render();
+        assert!(
+            text.contains("qmail_queue_fences_total{answer=\"lease\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("qmail_queue_fences_total{answer=\"database\"} 0"),
+            "{text}"
+        );
+        lease.inc_by(3);
+        database.inc();
+        // a reload's new queue asks again and counts into the same series
+        let [again, _] = m.fence_counters();
+        again.inc();
+        let text = m.render();
+        assert!(
+            text.contains("qmail_queue_fences_total{answer=\"lease\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("qmail_queue_fences_total{answer=\"database\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn queue_gauges_are_cached() {
         let d = tempfile::tempdir().unwrap();
         let sp = d.path().to_owned();
