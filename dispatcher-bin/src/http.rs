@@ -6,7 +6,7 @@
 //! | `GET /metrics` | OpenMetrics text (`qmail_dispatch::metrics`) |
 //! | `GET /healthz` | `200 {"status":"ok",...}` while every spool is readable, else `503` |
 //! | `GET /api/v1/status` | per spool: counts per state; the last hour per minute |
-//! | `GET /api/v1/messages?state=&rcpt=&from=&older=&limit=` | the queue (as `list --json`) |
+//! | `GET /api/v1/messages?state=&rcpt=&from=&older=&limit=` | the queue (as `list --json`; `limit` 500 by default, at most [`LIST_MAX`]) |
 //! | `GET /api/v1/messages/ID` | one message: envelope, state, attempt history |
 //! | `GET /api/v1/find?rcpt=&message_id=` | delivery-log search (as `find --json`) |
 //! | `POST /api/v1/messages/ID/{retry,hold,release,requeue}` | actions (token) |
@@ -48,6 +48,9 @@ pub struct View {
     pub spools: Vec<PathBuf>,
     /// The PostgreSQL queue served (`run --queue`): every endpoint reads and acts on it.
     pub queue: Option<PgQueue>,
+    /// The schema of a queue not reached yet (`run --queue` waiting for its database at
+    /// start): `/healthz` and the API answer 503 until it is.
+    pub pending_queue: Option<String>,
     /// The delivery log, if configured.
     pub delivery_log: Option<PathBuf>,
     /// The token actions need (none: actions refused).
@@ -139,6 +142,11 @@ fn authorized(req: &Request, token: Option<&str>) -> Result<(), Resp> {
     }
 }
 
+/// Rows `GET /api/v1/messages` returns without a `limit`.
+pub const LIST_DEFAULT: usize = 500;
+/// The largest `limit` of `GET /api/v1/messages` (400 above: the answer is built in memory).
+pub const LIST_MAX: usize = 5000;
+
 fn list_filter(q: &[(String, String)]) -> Result<ListFilter, String> {
     let states = match get(q, "state") {
         Some(s) => s
@@ -157,12 +165,19 @@ fn list_filter(q: &[(String, String)]) -> Result<ListFilter, String> {
             })
             .transpose()
     };
+    let limit = num("limit")?.map_or(LIST_DEFAULT, |l| l as usize);
+    if limit > LIST_MAX {
+        // one answer is built in memory: a queue of a million rows must not be asked whole
+        return Err(format!(
+            "limit={limit} is more than {LIST_MAX}: narrow the list (state=, rcpt=, from=, older=)"
+        ));
+    }
     Ok(ListFilter {
         states,
         rcpt: get(q, "rcpt").map(str::to_owned),
         from: get(q, "from").map(str::to_owned),
         older_secs: num("older")?,
-        limit: Some(num("limit")?.map_or(500, |l| l as usize)),
+        limit: Some(limit),
     })
 }
 
@@ -482,6 +497,20 @@ fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
     let _ = req.as_reader().take(64 * 1024).read_to_end(&mut sink);
     let m = req.method().clone();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(schema) = &v.pending_queue
+        && matches!(segs.first(), Some(&"api") | Some(&"healthz"))
+    {
+        let body = serde_json::json!({
+            "status": "unavailable",
+            "version": env!("CARGO_PKG_VERSION"),
+            "queue": schema,
+            "error": format!("queue {schema}: the database has not been reached yet"),
+        });
+        if let Err(e) = req.respond(json(503, &body)) {
+            tracing::debug!(error = %e, "http: the client went away");
+        }
+        return;
+    }
     let resp = match (&m, segs.as_slice()) {
         (Method::Get, ["metrics"]) => text(
             200,
@@ -520,7 +549,11 @@ fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
     }
 }
 
-/// Binds `addr` and serves in two background threads.
+/// Threads answering requests: a request stuck on a database that stopped answering (a
+/// SIGSTOPped server keeps its TCP connections open) holds one; the others go on.
+pub const HTTP_THREADS: usize = 4;
+
+/// Binds `addr` and serves in [`HTTP_THREADS`] background threads.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -532,7 +565,7 @@ pub fn serve(addr: SocketAddr, shown: Shown) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, "http listener (metrics, api, console)");
     let server = Arc::new(server);
-    for n in 0..2 {
+    for n in 0..HTTP_THREADS {
         let (server, shown) = (Arc::clone(&server), Arc::clone(&shown));
         std::thread::Builder::new()
             .name(format!("qmail-http-{n}"))

@@ -742,6 +742,7 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
             metrics: Arc::clone(&metrics),
             spools: s.dispatch.spools.clone(),
             queue: None,
+            pending_queue: None,
             delivery_log: s.dispatch.delivery_log.clone(),
             token: s.http_token.clone(),
             instance: format!("http-{}", d.instance()),

@@ -201,10 +201,28 @@ pub fn run(o: &Overrides, s: Settings) -> Result<ExitCode> {
     }
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
+    let metrics = Arc::new(qmail_dispatch::Metrics::default());
+    // the listener first, so that a probe of a dispatcher still waiting for its database at
+    // start gets a 503 naming the queue, not a refused connection
+    let shown: Option<crate::http::Shown> = match s.http {
+        Some(addr) => {
+            let sh: crate::http::Shown = Arc::new(std::sync::Mutex::new(crate::http::View {
+                metrics: Arc::clone(&metrics),
+                spools: Vec::new(),
+                queue: None,
+                pending_queue: Some(q.schema.clone()),
+                delivery_log: s.dispatch.delivery_log.clone(),
+                token: s.http_token.clone(),
+                instance: "http-starting".into(),
+            }));
+            crate::http::serve(addr, Arc::clone(&sh))?;
+            Some(sh)
+        }
+        None => None,
+    };
     let Some(queue) = connect_waiting(&q, &s, &term)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let metrics = Arc::new(qmail_dispatch::Metrics::default());
     let d = Arc::new(
         QueueDispatcher::new(s.dispatch.clone(), queue, Some(Arc::clone(&metrics)))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -213,18 +231,14 @@ pub fn run(o: &Overrides, s: Settings) -> Result<ExitCode> {
         metrics: Arc::clone(&metrics),
         spools: Vec::new(),
         queue: Some(d.queue().clone()),
+        pending_queue: None,
         delivery_log: s.dispatch.delivery_log.clone(),
         token: s.http_token.clone(),
         instance: format!("http-{}", d.instance()),
     };
-    let shown: Option<crate::http::Shown> = match s.http {
-        Some(addr) => {
-            let sh: crate::http::Shown = Arc::new(std::sync::Mutex::new(view(&s, &d)));
-            crate::http::serve(addr, Arc::clone(&sh))?;
-            Some(sh)
-        }
-        None => None,
-    };
+    if let Some(sh) = &shown {
+        *sh.lock().unwrap_or_else(|p| p.into_inner()) = view(&s, &d);
+    }
     crate::service::ready(&format!("serving queue {}", q.schema));
     started(&d, &q, &s);
     let mut current = serve(d)?;

@@ -764,6 +764,14 @@ fn the_http_api_console_and_metrics_of_a_queue_dispatcher_read_and_act_on_the_qu
         http(port, "GET", "/api/v1/messages/..%2F..%2Fetc", None).0,
         400
     );
+    // one answer is built in memory: a limit is bounded
+    let (code, e) = http_json(port, "GET", "/api/v1/messages?limit=5001", None);
+    assert_eq!(code, 400, "{e}");
+    assert!(e["error"].as_str().unwrap_or("").contains("5000"), "{e}");
+    assert_eq!(
+        http(port, "GET", "/api/v1/messages?limit=5000", None).0,
+        200
+    );
     let nobody = QueueId::generate();
     assert_eq!(
         http(
@@ -886,7 +894,39 @@ fn the_http_api_console_and_metrics_of_a_queue_dispatcher_read_and_act_on_the_qu
         "{s}"
     );
     assert_eq!(http(port, "POST", &hold, Some(token)).0, 503);
+    // a second dispatcher started while the database is down: its listener answers at once,
+    // 503 naming the queue, until the database is reached
+    let port2 = free_port();
+    let cfg2 = dir.path().join("run2.toml");
+    let text2 = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{port2}"));
+    std::fs::write(&cfg2, text2).unwrap();
+    let run2 = start_run(&cfg2, &pg, &dir.path().join("run2.log"));
+    wait_for(15, "the second listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port2)).is_ok()
+    });
+    let (code, h) = http_json(port2, "GET", "/healthz", None);
+    assert_eq!(code, 503, "{h}");
+    assert_eq!(h["queue"], "qmail", "{h}");
+    assert!(
+        h["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not been reached"),
+        "{h}"
+    );
+    assert_eq!(http(port2, "GET", "/api/v1/messages", None).0, 503);
+    assert_eq!(
+        http(port2, "GET", "/", None).0,
+        200,
+        "the console page is served"
+    );
     pg.restart();
+    wait_for(30, "the second dispatcher reached the database", || {
+        http(port2, "GET", "/healthz", None).0 == 200
+    });
+    drop(run2);
     wait_for(30, "healthz 200 with the database back", || {
         http(port, "GET", "/healthz", None).0 == 200
     });

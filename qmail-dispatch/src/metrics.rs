@@ -452,12 +452,19 @@ impl Metrics {
     }
 
     fn refresh_queues(&self, spools: &[PathBuf], queue: Option<&crate::queue::postgres::PgQueue>) {
-        let mut at = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
+        // one refresh at a time: a scrape that finds another one gathering (a slow listing,
+        // a database that stopped answering) serves the gauges as they are, without waiting
+        let mut at = match self.gauges_at.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if at.is_some_and(|t| t.elapsed() < QUEUE_GAUGE_TTL) {
             return;
         }
-        self.queue_messages.clear();
-        self.queue_oldest.clear();
+        // a failure backs off for the TTL too
+        *at = Some(Instant::now());
+        let mut rows: Vec<(SpoolState, i64, Option<i64>)> = Vec::new();
         if let Some(q) = queue {
             match q.status() {
                 Ok(st) => {
@@ -472,17 +479,13 @@ impl Metrics {
                             spool: spool.clone(),
                             state: state.into(),
                         };
-                        self.queue_messages.get_or_create(&l).set(c.count);
-                        if let Some(a) = c.oldest_age_secs {
-                            self.queue_oldest.get_or_create(&l).set(a);
-                        }
+                        rows.push((l, c.count, c.oldest_age_secs));
                     }
                 }
                 // no gauges while the database is unreachable (an absent series, not a
-                // stale one); the next scrape tries again
+                // stale one)
                 Err(e) => {
                     tracing::debug!(error = %e, "metrics: the queue's counts are unavailable");
-                    return;
                 }
             }
         }
@@ -494,13 +497,17 @@ impl Metrics {
                     spool: spool.clone(),
                     state: state.into(),
                 };
-                self.queue_messages.get_or_create(&l).set(c.count as i64);
-                if let Some(a) = c.oldest_age_secs {
-                    self.queue_oldest.get_or_create(&l).set(a);
-                }
+                rows.push((l, c.count as i64, c.oldest_age_secs));
             }
         }
-        *at = Some(Instant::now());
+        self.queue_messages.clear();
+        self.queue_oldest.clear();
+        for (l, count, oldest) in rows {
+            self.queue_messages.get_or_create(&l).set(count);
+            if let Some(a) = oldest {
+                self.queue_oldest.get_or_create(&l).set(a);
+            }
+        }
     }
 
     /// The OpenMetrics text exposition, with the queue gauges of `spools` (listed again only

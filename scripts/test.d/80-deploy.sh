@@ -8,7 +8,11 @@
 #     sdist's contents (and, with QMAIL_DEPLOY_SDIST_BUILD=1, a build from it in another venv);
 #   - the npm tarballs into a fresh app directory (real copies, no symlink), and the error
 #     naming the platform when the addon package is missing;
-#   - the .deb, unpacked with dpkg-deb: contents, conffile, maintainer scripts;
+#   - the .deb, unpacked with dpkg-deb: contents, conffile, maintainer scripts; and (as root)
+#     installed for real with dpkg -i into a throwaway root (an overlay over / in a mount
+#     namespace: the host is not touched): postinst's users, spool, log directory and
+#     configuration modes; a web user submits and the qmail user delivers through the
+#     installed package; reinstall keeps an edited conffile; remove and purge keep the spool;
 #   - two users (as root): a web user only in the submit group submits from C, C++, Python and
 #     Node; the dispatcher user delivers (outbox); neither reads or writes what it should not.
 set -euo pipefail
@@ -280,6 +284,80 @@ else
     for id in "${ids[@]}"; do grep -q "$id" <<<"$outbox" || fail "$id is not in outbox/"; done
     if as_web cat "$sp/outbox/"* >/dev/null 2>&1; then fail "the web user reads delivered mail"; fi
     as_disp "$qd" --spool "$sp" status >/dev/null || fail "status as the dispatcher user"
+    ok
+fi
+
+# ---------------------------------------------------------------------------------------
+# dpkg -i for real, in a root of its own: an overlay whose lower layer is / and whose upper
+# layer is under $work, mounted in a private mount namespace for each command, so what dpkg
+# and the maintainer scripts write (users, /etc, /usr/bin, /var/spool) lands in $work only
+ovl=$work/ovl
+mkdir -p "$ovl/u" "$ovl/w" "$ovl/r"
+in_root() {
+    unshare --mount --fork -- sh -c '
+        o=$1; shift
+        mount -t overlay overlay -o "lowerdir=/,upperdir=$o/u,workdir=$o/w" "$o/r" &&
+            mount --bind /proc "$o/r/proc" && mount --bind /dev "$o/r/dev" &&
+            exec chroot "$o/r" "$@"' in_root "$ovl" "$@"
+}
+if [ "$(id -u)" != 0 ] || ! in_root true 2>/dev/null; then
+    echo "   skipped: dpkg -i in a throwaway root needs root, unshare and overlayfs"
+elif dpkg -s qmail-dispatcher >/dev/null 2>&1 || getent passwd qmail >/dev/null; then
+    echo "   skipped: dpkg -i in a throwaway root: this host already has qmail-dispatcher or a qmail user"
+else
+    step "Debian package: dpkg -i, reinstall, remove, purge in a throwaway root (overlay over /)"
+    out=$(in_root dpkg -i "$deb" 2>&1) || fail "dpkg -i: $out"
+    grep -q 'edit /etc/qmail/dispatcher.toml' <<<"$out" || fail "postinst's advice: $out"
+    [ "$(in_root dpkg-query -W -f '${Status}' qmail-dispatcher)" = "install ok installed" ] || fail "not installed"
+    in_root /usr/bin/qmail-dispatcher --version | grep -q "$version" || fail "installed --version"
+    # postinst: the two users (sysusers.d, or useradd), the spool, the log directory, the conffile
+    pw=$(in_root getent passwd qmail) || fail "postinst made no qmail user"
+    [ "$(cut -d: -f6,7 <<<"$pw")" = "/var/spool/qmail:/usr/sbin/nologin" ] || fail "qmail user: $pw"
+    in_root id -nG qmail | tr ' ' '\n' | grep -qx qmail-submit || fail "qmail is not in qmail-submit"
+    sgid=$(in_root getent group qmail-submit | cut -d: -f3)
+    [ -n "$sgid" ] || fail "postinst made no qmail-submit group"
+    [ "$(in_root stat -c '%U %G %a' /etc/qmail/dispatcher.toml)" = "root qmail 640" ] || fail "conffile mode"
+    [ "$(in_root stat -c '%U %G %a' /var/log/qmail)" = "qmail qmail 750" ] || fail "log directory"
+    [ "$(in_root stat -c '%U %G %a' /var/spool/qmail/ready)" = "qmail qmail-submit 3730" ] \
+        || fail "spool ready/: $(in_root stat -c '%U %G %a' /var/spool/qmail/ready)"
+    [ "$(in_root stat -c '%U %a' /var/spool/qmail/active)" = "qmail 700" ] || fail "spool active/"
+    # a web user in qmail-submit only submits (C, through the SDK built above); the qmail user
+    # delivers with the packaged configuration (no relay in it: the outbox)
+    # (hello_c submits two messages and prints their ids)
+    pkg_ids=($(in_root setpriv --reuid 65534 --regid 65534 --groups "$sgid" --inh-caps=-all -- \
+        env -u LD_LIBRARY_PATH "$bin/hello_c" /var/spool/qmail pkg@example.org)) || fail "web: submit into the installed spool"
+    [ ${#pkg_ids[@]} = 2 ] || fail "web submitted ${#pkg_ids[@]} messages, expected 2: ${pkg_ids[*]}"
+    id1=${pkg_ids[0]}
+    as_qmail() { in_root setpriv --reuid qmail --regid qmail --init-groups --inh-caps=-all -- env QMAIL_LOG=warn "$@"; }
+    as_qmail /usr/bin/qmail-dispatcher --config /etc/qmail/dispatcher.toml check-config >/dev/null \
+        || fail "check-config of the packaged configuration as qmail"
+    out=$(as_qmail /usr/bin/qmail-dispatcher --config /etc/qmail/dispatcher.toml drain) || fail "drain as qmail: $out"
+    [ "$out" = "delivered 2, deferred 0, failed 0, corrupt 0" ] || fail "drain: $out"
+    for id in "${pkg_ids[@]}"; do
+        in_root ls /var/spool/qmail/outbox | grep -q "$id" || fail "$id is not in the installed spool's outbox"
+        grep -q "$id" "$ovl/u/var/log/qmail/delivery.log" || fail "the delivery log has no $id"
+    done
+    # reinstall (the upgrade path: prerm upgrade, postinst configure): an edited conffile stays
+    in_root sh -c 'echo "# edited by the operator" >> /etc/qmail/dispatcher.toml'
+    out=$(in_root dpkg -i "$deb" 2>&1) || fail "dpkg -i again: $out"
+    in_root grep -q '^# edited by the operator' /etc/qmail/dispatcher.toml || fail "reinstall replaced the edited conffile"
+    [ "$(in_root stat -c '%U %G %a' /etc/qmail/dispatcher.toml)" = "root qmail 640" ] || fail "conffile mode after reinstall"
+    # remove: the binary goes; the configuration, the spool (mail), the log and the users stay
+    out=$(in_root dpkg -r qmail-dispatcher 2>&1) || fail "dpkg -r: $out"
+    if in_root test -e /usr/bin/qmail-dispatcher; then fail "dpkg -r left the binary"; fi
+    in_root test -f /etc/qmail/dispatcher.toml || fail "dpkg -r removed the conffile"
+    in_root ls /var/spool/qmail/outbox | grep -q "$id1" || fail "dpkg -r removed mail"
+    in_root getent passwd qmail >/dev/null || fail "dpkg -r removed the qmail user"
+    # purge: the configuration goes too; mail, log and users are kept, and it says so
+    out=$(in_root dpkg --purge qmail-dispatcher 2>&1) || fail "dpkg --purge: $out"
+    if in_root test -e /etc/qmail; then fail "purge left /etc/qmail"; fi
+    grep -q 'are kept' <<<"$out" || fail "purge's note: $out"
+    in_root ls /var/spool/qmail/outbox | grep -q "$id1" || fail "purge removed mail"
+    [ -z "$(in_root dpkg-query -W -f '${Status}' qmail-dispatcher 2>/dev/null | grep installed)" ] || fail "still installed after purge"
+    # and none of it reached the host
+    if dpkg -s qmail-dispatcher >/dev/null 2>&1 || getent passwd qmail >/dev/null || [ -e /etc/qmail/dispatcher.toml ]; then
+        fail "the throwaway root leaked into the host"
+    fi
     ok
 fi
 
