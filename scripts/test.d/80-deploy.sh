@@ -13,6 +13,12 @@
 #     namespace: the host is not touched): postinst's users, spool, log directory and
 #     configuration modes; a web user submits and the qmail user delivers through the
 #     installed package; reinstall keeps an edited conffile; remove and purge keep the spool;
+#   - the unit under a real systemd (PID 1 of a PID namespace over another throwaway overlay
+#     root, as a container manager boots one): the package installed, `systemctl start`
+#     (Type=notify: active only once READY), the service user and its hardening seen in
+#     /proc, a web user's messages delivered by the service, `systemctl reload` (SIGHUP), the
+#     watchdog (WatchdogSec=3 by a drop-in, the process SIGSTOPped: killed and restarted),
+#     `systemctl stop`, and dpkg -r stopping it;
 #   - two users (as root): a web user only in the submit group submits from C, C++, Python and
 #     Node; the dispatcher user delivers (outbox); neither reads or writes what it should not.
 set -euo pipefail
@@ -358,6 +364,114 @@ else
     if dpkg -s qmail-dispatcher >/dev/null 2>&1 || getent passwd qmail >/dev/null || [ -e /etc/qmail/dispatcher.toml ]; then
         fail "the throwaway root leaked into the host"
     fi
+    ok
+fi
+
+# ---------------------------------------------------------------------------------------
+# The unit under systemd: a systemd of its own as PID 1 of a new PID namespace, in a mount
+# namespace over a second overlay root (what a container manager does); every command below
+# runs inside it through nsenter. The whole namespace dies with its PID 1 at the end.
+sdo=$work/sd
+mkdir -p "$sdo/u" "$sdo/w" "$sdo/r"
+sd_pid=
+sd_stop() {
+    if [ -n "$sd_pid" ]; then kill -KILL "$sd_pid" 2>/dev/null || true; sd_pid=; fi
+}
+trap 'sd_stop; cleanup' EXIT
+if [ "$(id -u)" != 0 ] || ! in_root true 2>/dev/null || [ ! -x /lib/systemd/systemd ] || ! command -v nsenter >/dev/null; then
+    echo "   skipped: the unit under systemd needs root, unshare, overlayfs, nsenter and /lib/systemd/systemd"
+elif dpkg -s qmail-dispatcher >/dev/null 2>&1 || getent passwd qmail >/dev/null; then
+    echo "   skipped: the unit under systemd: this host already has qmail-dispatcher or a qmail user"
+else
+    step "the unit under systemd (PID 1 of its own namespaces): start, notify, hardening, delivery, reload, watchdog, stop"
+    cat > "$work/sd-boot.sh" <<'BOOT'
+o=$1 work=$2
+mount -t overlay overlay -o "lowerdir=/,upperdir=$o/u,workdir=$o/w" "$o/r" || exit 1
+mount -t proc proc "$o/r/proc" && mount --rbind /sys "$o/r/sys" && mount --rbind /dev "$o/r/dev" &&
+    mount -t tmpfs tmpfs "$o/r/run" && mount -t tmpfs tmpfs "$o/r/tmp" || exit 1
+# this run's directory (the programs built above) at its own path: the rest of /tmp stays out
+mkdir -p "$o/r$work" && mount --bind "$work" "$o/r$work" || exit 1
+# basic.target: the host's enabled services (postgresql, postfix) are not started in here
+exec chroot "$o/r" env container=qmail-test /lib/systemd/systemd --system --log-target=journal --unit=basic.target
+BOOT
+    unshare --pid --mount --fork --propagation private -- sh "$work/sd-boot.sh" "$sdo" "$work" >"$work/sd-boot.log" 2>&1 &
+    boot=$!
+    # the systemd process (unshare's child), then the system up
+    for _ in $(seq 100); do
+        sd_pid=$(pgrep -P "$boot" -x systemd || true)
+        [ -n "$sd_pid" ] && break
+        sleep 0.1
+    done
+    [ -n "$sd_pid" ] || fail "systemd did not start: $(cat "$work/sd-boot.log")"
+    in_sd() { nsenter -t "$sd_pid" -m -p -r -w "$@"; }
+    for _ in $(seq 300); do
+        st=$(in_sd systemctl is-system-running 2>/dev/null || true)
+        case $st in running|degraded) break ;; esac
+        sleep 0.1
+    done
+    case $st in running|degraded) ;; *) fail "systemd did not come up: $st" ;; esac
+    out=$(in_sd dpkg -i "$deb" 2>&1) || fail "dpkg -i under systemd: $out"
+    in_sd systemctl start qmail-dispatcher.service || fail "systemctl start: $(in_sd journalctl -u qmail-dispatcher --no-pager | tail -20)"
+    # Type=notify: start returns once READY=1 arrived
+    [ "$(in_sd systemctl is-active qmail-dispatcher)" = active ] || fail "not active"
+    [ "$(in_sd systemctl show -p StatusText --value qmail-dispatcher)" = "serving 1 spool(s)" ] \
+        || fail "STATUS=: $(in_sd systemctl show -p StatusText --value qmail-dispatcher)"
+    main=$(in_sd systemctl show -p MainPID --value qmail-dispatcher)
+    [ "$(in_sd ps -o user= -p "$main")" = qmail ] || fail "the service does not run as qmail"
+    in_sd grep -q '^NoNewPrivs:[[:space:]]*1' "/proc/$main/status" || fail "NoNewPrivs"
+    in_sd grep -q '^CapEff:[[:space:]]*0000000000000000' "/proc/$main/status" || fail "the service has capabilities"
+    in_sd grep -q '^Seccomp:[[:space:]]*2' "/proc/$main/status" || fail "no seccomp filter"
+    # a web user (nobody in qmail-submit) submits; the service delivers (no relay: outbox)
+    sgid=$(in_sd getent group qmail-submit | cut -d: -f3)
+    sd_ids=($(in_sd setpriv --reuid 65534 --regid 65534 --groups "$sgid" --inh-caps=-all -- \
+        env -u LD_LIBRARY_PATH "$bin/hello_c" /var/spool/qmail sd@example.org)) || fail "web: submit to the service"
+    for _ in $(seq 150); do
+        n=0
+        for id in "${sd_ids[@]}"; do in_sd test -f "/var/spool/qmail/outbox/$id.eml" && n=$((n + 1)); done
+        [ "$n" = "${#sd_ids[@]}" ] && break
+        sleep 0.1
+    done
+    [ "$n" = 2 ] || fail "the service delivered $n of ${sd_ids[*]}"
+    # reload: SIGHUP to the same process
+    in_sd systemctl reload qmail-dispatcher || fail "systemctl reload"
+    for _ in $(seq 100); do
+        in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'SIGHUP: configuration reloaded' && break
+        sleep 0.1
+    done
+    in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'SIGHUP: configuration reloaded' || fail "reload not logged"
+    [ "$(in_sd systemctl show -p MainPID --value qmail-dispatcher)" = "$main" ] || fail "reload restarted the process"
+    # the watchdog: a process that stops answering (SIGSTOP) is killed and started again
+    in_sd mkdir -p /etc/systemd/system/qmail-dispatcher.service.d
+    in_sd sh -c 'printf "[Service]\nWatchdogSec=3\n" > /etc/systemd/system/qmail-dispatcher.service.d/watchdog.conf'
+    in_sd systemctl daemon-reload
+    in_sd systemctl restart qmail-dispatcher || fail "restart with WatchdogSec=3"
+    main=$(in_sd systemctl show -p MainPID --value qmail-dispatcher)
+    [ "$(in_sd systemctl show -p WatchdogUSec --value qmail-dispatcher)" = 3s ] || fail "the drop-in's WatchdogSec"
+    # alive past several watchdog periods while it answers
+    sleep 4
+    [ "$(in_sd systemctl show -p MainPID --value qmail-dispatcher)" = "$main" ] || fail "killed by the watchdog while healthy"
+    in_sd kill -STOP "$main"
+    for _ in $(seq 200); do
+        now=$(in_sd systemctl show -p MainPID --value qmail-dispatcher)
+        [ "$now" != "$main" ] && [ "$now" != 0 ] && [ "$(in_sd systemctl is-active qmail-dispatcher)" = active ] && break
+        sleep 0.1
+    done
+    [ "$now" != "$main" ] && [ "$now" != 0 ] || fail "the watchdog did not restart a stopped process"
+    [ "$(in_sd systemctl show -p NRestarts --value qmail-dispatcher)" = 1 ] || fail "NRestarts after the watchdog"
+    in_sd journalctl -u qmail-dispatcher --no-pager | grep -qi 'watchdog timeout' || fail "no watchdog timeout in the journal"
+    # stop: SIGTERM, the summary logged, exit 0; then dpkg -r stops a running service itself
+    in_sd systemctl stop qmail-dispatcher
+    [ "$(in_sd systemctl show -p ExecMainStatus --value qmail-dispatcher)" = 0 ] || fail "stopped with a non-zero status"
+    for _ in $(seq 100); do
+        in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'dispatcher stopped' && break
+        sleep 0.1
+    done
+    in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'dispatcher stopped' \
+        || fail "no summary at stop: $(in_sd journalctl -u qmail-dispatcher --no-pager -o cat | tail -8)"
+    in_sd systemctl start qmail-dispatcher
+    out=$(in_sd dpkg -r qmail-dispatcher 2>&1) || fail "dpkg -r under systemd: $out"
+    if in_sd pgrep -x qmail-dispatche >/dev/null; then fail "dpkg -r left the service running"; fi
+    sd_stop
     ok
 fi
 
