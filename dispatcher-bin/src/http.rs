@@ -364,15 +364,11 @@ fn message(v: &View, id: &str) -> Resp {
 /// `GET /api/v1/messages/ID` of a queue: the row (`show --queue`) and its status; a row
 /// gone past the tombstone horizon is looked up in the delivery log.
 fn queue_message(v: &View, q: &PgQueue, id: &str) -> Resp {
-    let m = match pg::show(q, id) {
+    let m = match pg::show_with_status(q, id) {
         Ok(m) => m,
         Err(e) => return pg_error(q, e),
     };
-    if let Some(m) = m {
-        let st = match pg::status(q, id) {
-            Ok(st) => st,
-            Err(e) => return pg_error(q, e),
-        };
+    if let Some((m, st)) = m {
         return json(
             200,
             &serde_json::json!({ "message": m, "status": st, "queue": q.schema() }),

@@ -422,51 +422,69 @@ pub struct QueueMessageView {
 /// # Errors
 /// [`PgAdminError::BadId`]; [`PgAdminError::Queue`].
 pub fn show(q: &PgQueue, id: &str) -> Result<Option<QueueMessageView>, PgAdminError> {
+    Ok(show_with_status(q, id)?.map(|(v, _)| v))
+}
+
+/// The columns [`show`] and [`status`] read: [`LIST_COLUMNS`], then the claim counter and
+/// the settle time.
+const SHOW_COLUMNS: &str = "id, state, owner, body_len, created, extract(epoch FROM due)::bigint, \
+     header, dstate::text, reason, claims, extract(epoch FROM settled_at)::bigint";
+
+/// [`show`] and [`status`] of one message from one read of its row (what the HTTP API's
+/// `GET /api/v1/messages/ID` returns: the two always agree); `None` when no row has this id.
+///
+/// # Errors
+/// [`PgAdminError::BadId`]; [`PgAdminError::Queue`].
+pub fn show_with_status(
+    q: &PgQueue,
+    id: &str,
+) -> Result<Option<(QueueMessageView, MessageStatus)>, PgAdminError> {
     check_ids(&[id.to_owned()])?;
     let s = &q.inner.s;
     let mut c = q.inner.conn()?;
     let Some(r) = c
         .client
         .query_opt(
-            &format!(
-                "SELECT state, owner, claims, body_len, header, dstate::text, reason, \
-                 extract(epoch FROM due)::bigint, extract(epoch FROM settled_at)::bigint \
-                 FROM {s}.message WHERE id = $1"
-            ),
+            &format!("SELECT {SHOW_COLUMNS} FROM {s}.message WHERE id = $1"),
             &[&id],
         )
         .map_err(db_error)?
     else {
         return Ok(None);
     };
-    let state: String = r.get(0);
-    let reason: Option<String> = r.get(6);
+    let state: String = r.get(1);
+    let body_len: i64 = r.get(3);
+    let due: i64 = r.get(5);
+    let header: Vec<u8> = r.get(6);
+    let reason: Option<String> = r.get(8);
+    let claims: i64 = r.get(9);
+    let settled_at: Option<i64> = r.get(10);
     let shown = shown_state(&state, reason.as_deref());
     let mut errors = Vec::new();
-    let dispatch = decode_state(r.get::<_, Option<String>>(5).as_deref()).unwrap_or_else(|e| {
+    let dispatch = decode_state(r.get::<_, Option<String>>(7).as_deref()).unwrap_or_else(|e| {
         errors.push(e);
         None
     });
     let mut v = QueueMessageView {
         id: id.to_owned(),
         state: shown.to_owned(),
-        owner: r.get(1),
+        owner: r.get(2),
         queue: s.clone(),
-        claims: r.get(2),
+        claims,
         mail_from: None,
         rcpt_to: Vec::new(),
         message_id: None,
         priority: None,
         created: None,
         not_before: None,
-        size: (state != "delivered").then(|| r.get::<_, i64>(3).max(0) as u64),
-        due: r.get(7),
-        settled_at: r.get(8),
+        size: (state != "delivered").then(|| body_len.max(0) as u64),
+        due,
+        settled_at,
         reason,
         error: None,
         dispatch,
     };
-    match decode_header(&r.get::<_, Vec<u8>>(4)) {
+    match decode_header(&header) {
         Ok(h) => {
             v.mail_from = Some(h.envelope.mail_from);
             v.rcpt_to = h.envelope.rcpt_to;
@@ -480,38 +498,8 @@ pub fn show(q: &PgQueue, id: &str) -> Result<Option<QueueMessageView>, PgAdminEr
     if !errors.is_empty() {
         v.error = Some(errors.join("; "));
     }
-    Ok(Some(v))
-}
-
-/// "Where is message ID?" over the queue, in the shape of the directory's
-/// [`qmail_core::spool::status::status`] (what the HTTP API's `GET /api/v1/messages/ID`
-/// returns as `status`): `state` the public state (`ready` is `queued`, `corrupt` is
-/// `failed`, a tombstone `delivered` or, deleted, `unknown`), `dir` the row state as [`list`]
-/// shows it, `next_attempt` the due time of a deferred or scheduled row, `delivered_at` the
-/// settle time of a delivered one; `None` when no row has this id.
-///
-/// # Errors
-/// [`PgAdminError::BadId`]; [`PgAdminError::Queue`].
-pub fn status(q: &PgQueue, id: &str) -> Result<Option<MessageStatus>, PgAdminError> {
-    check_ids(&[id.to_owned()])?;
-    let s = &q.inner.s;
-    let mut c = q.inner.conn()?;
-    let Some(r) = c
-        .client
-        .query_opt(
-            &format!(
-                "SELECT {LIST_COLUMNS}, extract(epoch FROM settled_at)::bigint \
-                 FROM {s}.message WHERE id = $1"
-            ),
-            &[&id],
-        )
-        .map_err(db_error)?
-    else {
-        return Ok(None);
-    };
-    let settled_at: Option<i64> = r.get(9);
     let e = list_entry(&r);
-    Ok(Some(MessageStatus {
+    let st = MessageStatus {
         delivered_at: if e.state == State::Delivered {
             settled_at
         } else {
@@ -525,7 +513,20 @@ pub fn status(q: &PgQueue, id: &str) -> Result<Option<MessageStatus>, PgAdminErr
         last_reply: e.last_reply,
         reasons: e.reasons,
         owner: e.owner,
-    }))
+    };
+    Ok(Some((v, st)))
+}
+
+/// "Where is message ID?" over the queue, in the shape of the directory's
+/// [`qmail_core::spool::status::status`]: `state` the public state (`ready` is `queued`,
+/// `corrupt` is `failed`, a tombstone `delivered` or, deleted, `unknown`), `dir` the row state
+/// as [`list`] shows it, `next_attempt` the due time of a deferred or scheduled row,
+/// `delivered_at` the settle time of a delivered one; `None` when no row has this id.
+///
+/// # Errors
+/// [`PgAdminError::BadId`]; [`PgAdminError::Queue`].
+pub fn status(q: &PgQueue, id: &str) -> Result<Option<MessageStatus>, PgAdminError> {
+    Ok(show_with_status(q, id)?.map(|(_, st)| st))
 }
 
 /// What [`cat`] did.
