@@ -51,6 +51,9 @@ pub struct View {
     /// The schema of a queue not reached yet (`run --queue` waiting for its database at
     /// start): `/healthz` and the API answer 503 until it is.
     pub pending_queue: Option<String>,
+    /// Why the pending queue's database has not been reached (the last error), shown by
+    /// `/healthz` while [`View::pending_queue`] is set.
+    pub pending_error: Option<Arc<Mutex<Option<String>>>>,
     /// The delivery log, if configured.
     pub delivery_log: Option<PathBuf>,
     /// The token actions need (none: actions refused).
@@ -133,7 +136,12 @@ fn authorized(req: &Request, token: Option<&str>) -> Result<(), Resp> {
         .find(|h| h.field.equiv("Authorization"))
         .map(|h| h.value.as_str().to_owned())
         .unwrap_or_default();
-    match given.strip_prefix("Bearer ") {
+    // the scheme name is case-insensitive (RFC 7235, section 2.1)
+    let t = given
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t);
+    match t {
         Some(t) if same(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
         _ => Err(error(
             401,
@@ -459,6 +467,52 @@ fn action(v: &View, id: &str, what: &str) -> Resp {
     }
 }
 
+/// How long a request that needs the queue's database waits for it before it answers 503.
+/// The statement goes on in the background (a SIGSTOPped server keeps its connections open,
+/// and the driver has no client-side query timeout): an action answered 503 this way may
+/// still be committed later; look again.
+pub const DB_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Requests waiting on the database at once (those past their deadline included); above it a
+/// new one answers 503 at once, so a hung database cannot pile up threads.
+pub const DB_MAX_WAITING: usize = 8;
+
+static DB_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `f` (a request that reads or changes the queue) on a thread of its own and waits for
+/// it at most [`DB_DEADLINE`]; `late` is the answer when it does not come in time.
+fn within_deadline(
+    f: impl FnOnce() -> Resp + Send + 'static,
+    late: impl FnOnce(String) -> Resp,
+) -> Resp {
+    use std::sync::atomic::Ordering;
+    if DB_WAITING.fetch_add(1, Ordering::SeqCst) >= DB_MAX_WAITING {
+        DB_WAITING.fetch_sub(1, Ordering::SeqCst);
+        return late(format!(
+            "{DB_MAX_WAITING} requests are already waiting for the database"
+        ));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("qmail-http-db".into())
+        .spawn(move || {
+            let r = f();
+            DB_WAITING.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        DB_WAITING.fetch_sub(1, Ordering::SeqCst);
+        return late(format!("cannot start a thread: {e}"));
+    }
+    match rx.recv_timeout(DB_DEADLINE) {
+        Ok(r) => r,
+        Err(_) => late(format!(
+            "the database did not answer within {} s",
+            DB_DEADLINE.as_secs()
+        )),
+    }
+}
+
 /// On a loopback listener, the `Host` a request names must be loopback too: a page whose
 /// DNS name was rebound to 127.0.0.1 would otherwise read the API (the queue's addresses).
 fn host_allowed(req: &Request, listen: SocketAddr) -> bool {
@@ -492,56 +546,117 @@ fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
     let mut sink = Vec::new();
     let _ = req.as_reader().take(64 * 1024).read_to_end(&mut sink);
     let m = req.method().clone();
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if let Some(schema) = &v.pending_queue
-        && matches!(segs.first(), Some(&"api") | Some(&"healthz"))
+    let segs: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect();
+    let first = segs.first().map(String::as_str).unwrap_or("");
+    let resp = if let Some(schema) = &v.pending_queue
+        && matches!(first, "api" | "healthz")
     {
-        let body = serde_json::json!({
-            "status": "unavailable",
-            "version": env!("CARGO_PKG_VERSION"),
-            "queue": schema,
-            "error": format!("queue {schema}: the database has not been reached yet"),
-        });
-        if let Err(e) = req.respond(json(503, &body)) {
-            tracing::debug!(error = %e, "http: the client went away");
-        }
-        return;
+        let why = v
+            .pending_error
+            .as_ref()
+            .and_then(|e| e.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_else(|| "not tried yet".into());
+        json(
+            503,
+            &serde_json::json!({
+                "status": "unavailable",
+                "version": env!("CARGO_PKG_VERSION"),
+                "queue": schema,
+                "error": format!("queue {schema}: the database has not been reached yet: {why}"),
+            }),
+        )
+    } else if let Some(refused) = needs_token(&m, &segs)
+        .then(|| authorized(&req, v.token.as_deref()).err())
+        .flatten()
+    {
+        refused
+    } else if let Some(queue) = v.queue.clone()
+        && matches!(first, "api" | "healthz" | "metrics")
+    {
+        // the queue's database may stop answering: never wait on it past the deadline
+        let late_view = v.clone();
+        let what = first.to_owned();
+        let is_action = needs_token(&m, &segs);
+        within_deadline(
+            move || route(&v, &m, &segs, &path, &q),
+            move |why| match what.as_str() {
+                "metrics" => metrics_text(late_view.metrics.render_with(&late_view.spools, None)),
+                _ => {
+                    let body = serde_json::json!({
+                        "status": "unavailable",
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "queue": queue.schema(),
+                        "error": if is_action {
+                            format!(
+                                "queue {}: {why}; the action may still be committed: look again",
+                                queue.schema()
+                            )
+                        } else {
+                            format!("queue {}: {why}", queue.schema())
+                        },
+                    });
+                    json(503, &body)
+                }
+            },
+        )
+    } else {
+        route(&v, &m, &segs, &path, &q)
+    };
+    if let Err(e) = req.respond(resp) {
+        tracing::debug!(error = %e, "http: the client went away");
     }
-    let resp = match (&m, segs.as_slice()) {
-        (Method::Get, ["metrics"]) => text(
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            v.metrics.render_with(&v.spools, v.queue.as_ref()),
-        ),
-        (Method::Get, ["healthz"]) => healthz(&v),
+}
+
+/// Whether the request is an action (it needs the token).
+fn needs_token(m: &Method, segs: &[String]) -> bool {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    matches!(
+        (m, s.as_slice()),
+        (Method::Post, ["api", "v1", "messages", _, _])
+            | (Method::Delete, ["api", "v1", "messages", _])
+    )
+}
+
+fn metrics_text(body: String) -> Resp {
+    text(
+        200,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body,
+    )
+}
+
+/// The answer to an authorized request (actions were checked by [`needs_token`] first).
+fn route(v: &View, m: &Method, segs: &[String], path: &str, q: &[(String, String)]) -> Resp {
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match (m, segs.as_slice()) {
+        (Method::Get, ["metrics"]) => {
+            metrics_text(v.metrics.render_with(&v.spools, v.queue.as_ref()))
+        }
+        (Method::Get, ["healthz"]) => healthz(v),
         (Method::Get, [""]) | (Method::Get, ["index.html"]) => {
             text(200, "text/html; charset=utf-8", INDEX_HTML)
         }
         (Method::Get, ["console.js"]) => text(200, "text/javascript; charset=utf-8", CONSOLE_JS),
         (Method::Get, ["console.css"]) => text(200, "text/css; charset=utf-8", CONSOLE_CSS),
-        (Method::Get, ["api", "v1", "status"]) => status(&v),
-        (Method::Get, ["api", "v1", "messages"]) => messages(&v, &q),
-        (Method::Get, ["api", "v1", "messages", id]) => message(&v, id),
-        (Method::Get, ["api", "v1", "find"]) => find(&v, &q),
-        (Method::Post, ["api", "v1", "messages", id, what]) => {
-            match authorized(&req, v.token.as_deref()) {
-                Ok(()) => action(&v, id, what),
-                Err(r) => r,
-            }
-        }
-        (Method::Delete, ["api", "v1", "messages", id]) => {
-            match authorized(&req, v.token.as_deref()) {
-                Ok(()) => action(&v, id, "delete"),
-                Err(r) => r,
-            }
-        }
-        (_, ["api", ..]) | (_, ["metrics"]) | (_, ["healthz"]) => {
-            error(405, format_args!("{m} {path}: no such endpoint"))
-        }
+        (Method::Get, ["api", "v1", "status"]) => status(v),
+        (Method::Get, ["api", "v1", "messages"]) => messages(v, q),
+        (Method::Get, ["api", "v1", "messages", id]) => message(v, id),
+        (Method::Get, ["api", "v1", "find"]) => find(v, q),
+        (Method::Post, ["api", "v1", "messages", id, what]) => action(v, id, what),
+        (Method::Delete, ["api", "v1", "messages", id]) => action(v, id, "delete"),
+        // a known path with another method
+        (_, ["api", "v1", "status"])
+        | (_, ["api", "v1", "messages"])
+        | (_, ["api", "v1", "messages", _])
+        | (_, ["api", "v1", "messages", _, _])
+        | (_, ["api", "v1", "find"])
+        | (_, ["metrics"])
+        | (_, ["healthz"]) => error(405, format_args!("{m} {path}: not allowed")),
         _ => error(404, format_args!("{path}: not found")),
-    };
-    if let Err(e) = req.respond(resp) {
-        tracing::debug!(error = %e, "http: the client went away");
     }
 }
 

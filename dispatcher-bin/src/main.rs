@@ -743,6 +743,7 @@ fn run(o: &Overrides, mut s: settings::Settings) -> Result<ExitCode> {
             spools: s.dispatch.spools.clone(),
             queue: None,
             pending_queue: None,
+            pending_error: None,
             delivery_log: s.dispatch.delivery_log.clone(),
             token: s.http_token.clone(),
             instance: format!("http-{}", d.instance()),

@@ -4,11 +4,11 @@
 //! reloads, see [`run`]) and the summary.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use qmail_dispatch::QueueDispatcher;
 use qmail_dispatch::queue::QueueError;
 use qmail_dispatch::queue::postgres::{PgOptions, PgQueue};
@@ -105,20 +105,74 @@ pub(crate) fn check(s: &Settings) -> Vec<Finding> {
     out
 }
 
+/// Runs `f` on a thread of its own and hands back its answer: the caller polls it, so that
+/// SIGTERM, SIGHUP and the watchdog are served while a database that stopped answering (a
+/// SIGSTOPped server accepts connections and never replies) holds a connect.
+fn in_background<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<mpsc::Receiver<T>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .context("cannot start a thread")?;
+    Ok(rx)
+}
+
+/// How [`connect_waiting`] ended.
+enum Waited {
+    Connected(PgQueue),
+    /// SIGTERM/SIGINT.
+    Stopped,
+    /// SIGHUP: read the configuration again, then wait with it.
+    Reload,
+}
+
 /// Connects to the queue; while the database cannot be reached, retries with a backoff of up
-/// to 10 s until it can or `term` is set (`None`). A bad URL or schema is an error at once.
-fn connect_waiting(q: &QueueSettings, s: &Settings, term: &AtomicBool) -> Result<Option<PgQueue>> {
+/// to 10 s until it can, SIGTERM ([`Waited::Stopped`]) or SIGHUP ([`Waited::Reload`]). A bad
+/// URL or schema is an error at once. The last error goes to `why` (the listener's 503).
+fn connect_waiting(
+    q: &QueueSettings,
+    s: &Settings,
+    term: &AtomicBool,
+    hup: &AtomicBool,
+    why: &Mutex<Option<String>>,
+) -> Result<Waited> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match PgQueue::connect(&q.url, pg_options(q, s)) {
-            Ok(queue) => return Ok(Some(queue)),
+        let rx = {
+            let (url, opts) = (q.url.clone(), pg_options(q, s));
+            in_background("qmail-pg-connect", move || PgQueue::connect(&url, opts))?
+        };
+        let res = loop {
+            if term.load(Ordering::SeqCst) {
+                return Ok(Waited::Stopped);
+            }
+            if hup.swap(false, Ordering::SeqCst) {
+                return Ok(Waited::Reload);
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(r) => break r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the connecting thread died"),
+            }
+        };
+        match res {
+            Ok(queue) => return Ok(Waited::Connected(queue)),
             Err(QueueError::Unavailable(e)) => {
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64,
                     "the queue's database is unreachable; retrying");
+                *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 let t0 = Instant::now();
                 while t0.elapsed() < backoff {
                     if term.load(Ordering::SeqCst) {
-                        return Ok(None);
+                        return Ok(Waited::Stopped);
+                    }
+                    if hup.swap(false, Ordering::SeqCst) {
+                        return Ok(Waited::Reload);
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -161,12 +215,15 @@ fn started(d: &QueueDispatcher, q: &QueueSettings, s: &Settings) {
     );
 }
 
+/// How long a SIGHUP reload may take to reach its queue before it is given up.
+const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What a reload gives: the settings, their queue and a dispatcher serving it.
+type ReloadResult = Result<(Settings, QueueSettings, Arc<QueueDispatcher>)>;
+
 /// The dispatcher a SIGHUP asks for: the configuration read again with the same command
 /// line, checked as at start, and a new connection to its queue (which may be another one).
-fn reloaded(
-    o: &Overrides,
-    metrics: &Arc<qmail_dispatch::Metrics>,
-) -> Result<(Settings, QueueSettings, Arc<QueueDispatcher>)> {
+fn reloaded(o: &Overrides, metrics: &Arc<qmail_dispatch::Metrics>) -> ReloadResult {
     let new = crate::settings::load(o)?;
     let q = new
         .queue
@@ -203,25 +260,51 @@ pub fn run(o: &Overrides, s: Settings) -> Result<ExitCode> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
     let metrics = Arc::new(qmail_dispatch::Metrics::default());
     // the listener first, so that a probe of a dispatcher still waiting for its database at
-    // start gets a 503 naming the queue, not a refused connection
+    // start gets a 503 naming the queue and the last error, not a refused connection
+    let why: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let pending = |s: &Settings, q: &QueueSettings| crate::http::View {
+        metrics: Arc::clone(&metrics),
+        spools: Vec::new(),
+        queue: None,
+        pending_queue: Some(q.schema.clone()),
+        pending_error: Some(Arc::clone(&why)),
+        delivery_log: s.dispatch.delivery_log.clone(),
+        token: s.http_token.clone(),
+        instance: "http-starting".into(),
+    };
     let shown: Option<crate::http::Shown> = match s.http {
         Some(addr) => {
-            let sh: crate::http::Shown = Arc::new(std::sync::Mutex::new(crate::http::View {
-                metrics: Arc::clone(&metrics),
-                spools: Vec::new(),
-                queue: None,
-                pending_queue: Some(q.schema.clone()),
-                delivery_log: s.dispatch.delivery_log.clone(),
-                token: s.http_token.clone(),
-                instance: "http-starting".into(),
-            }));
+            let sh: crate::http::Shown = Arc::new(Mutex::new(pending(&s, &q)));
             crate::http::serve(addr, Arc::clone(&sh))?;
             Some(sh)
         }
         None => None,
     };
-    let Some(queue) = connect_waiting(&q, &s, &term)? else {
-        return Ok(ExitCode::SUCCESS);
+    let queue = loop {
+        match connect_waiting(&q, &s, &term, &hup, &why)? {
+            Waited::Connected(queue) => break queue,
+            Waited::Stopped => return Ok(ExitCode::SUCCESS),
+            Waited::Reload => match crate::settings::load(o).and_then(|new| {
+                let nq = new
+                    .queue
+                    .clone()
+                    .context("the new configuration has no queue ([queue] url or --queue)")?;
+                Ok((new, nq))
+            }) {
+                Ok((new, nq)) => {
+                    tracing::info!(schema = %nq.schema,
+                        "SIGHUP while waiting for the database: configuration reloaded; \
+                         connecting with it");
+                    s = new;
+                    q = nq;
+                    if let Some(sh) = &shown {
+                        *sh.lock().unwrap_or_else(|p| p.into_inner()) = pending(&s, &q);
+                    }
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"),
+                    "SIGHUP: the new configuration is invalid; waiting on with the old one"),
+            },
+        }
     };
     let d = Arc::new(
         QueueDispatcher::new(s.dispatch.clone(), queue, Some(Arc::clone(&metrics)))
@@ -232,6 +315,7 @@ pub fn run(o: &Overrides, s: Settings) -> Result<ExitCode> {
         spools: Vec::new(),
         queue: Some(d.queue().clone()),
         pending_queue: None,
+        pending_error: None,
         delivery_log: s.dispatch.delivery_log.clone(),
         token: s.http_token.clone(),
         instance: format!("http-{}", d.instance()),
@@ -245,10 +329,37 @@ pub fn run(o: &Overrides, s: Settings) -> Result<ExitCode> {
     // dispatchers of an older configuration finishing their transactions in flight
     let mut retiring: Vec<Serving> = Vec::new();
     let mut watchdog = crate::service::Watchdog::from_env();
+    // a reload connects to its queue on a thread of its own (see `in_background`); a SIGHUP
+    // that comes meanwhile is served after it
+    let mut reload: Option<(mpsc::Receiver<ReloadResult>, Instant)> = None;
     while !term.load(Ordering::SeqCst) {
-        if hup.swap(false, Ordering::SeqCst) {
+        if reload.is_none() && hup.swap(false, Ordering::SeqCst) {
             crate::service::reloading();
-            match reloaded(o, &metrics) {
+            let (o2, m2) = (o.clone(), Arc::clone(&metrics));
+            let rx = in_background("qmail-reload", move || reloaded(&o2, &m2))?;
+            reload = Some((rx, Instant::now()));
+        }
+        let done = match &reload {
+            Some((rx, since)) => match rx.try_recv() {
+                Ok(r) => Some(r),
+                // a database that accepts and never answers: give the reload up (what it
+                // builds later is dropped) and serve on with the old configuration
+                Err(mpsc::TryRecvError::Empty) if since.elapsed() > RELOAD_DEADLINE => {
+                    Some(Err(anyhow::anyhow!(
+                        "the new queue's database did not answer within {} s",
+                        RELOAD_DEADLINE.as_secs()
+                    )))
+                }
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    Some(Err(anyhow::anyhow!("the reloading thread died")))
+                }
+            },
+            None => None,
+        };
+        if let Some(result) = done {
+            reload = None;
+            match result {
                 Ok((new, nq, nd)) => {
                     if new.http != s.http {
                         tracing::warn!(

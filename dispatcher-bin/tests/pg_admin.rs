@@ -879,6 +879,43 @@ fn the_http_api_console_and_metrics_of_a_queue_dispatcher_read_and_act_on_the_qu
     );
     assert!(!text.contains(&pg.uri()), "the URL is never a label");
 
+    // the database stops answering but keeps its connections (SIGSTOP): the listener answers
+    // within the deadline, 503 for what needs the database, the rest at once
+    pg.freeze(true);
+    let t0 = Instant::now();
+    let (code, h) = http_json(port, "GET", "/healthz", None);
+    assert_eq!(code, 503, "{h}");
+    assert!(
+        h["error"].as_str().unwrap_or("").contains("did not answer"),
+        "{h}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "healthz took {:?}",
+        t0.elapsed()
+    );
+    let probes: Vec<_> = (0..6)
+        .map(|_| std::thread::spawn(move || http(port, "GET", "/api/v1/status", None).0))
+        .collect();
+    assert_eq!(
+        http(port, "GET", "/console.css", None).0,
+        200,
+        "static files never wait"
+    );
+    let (code, text) = http(port, "GET", "/metrics", None);
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.contains("qmail_queue_fences_total"),
+        "the process counters are served"
+    );
+    for p in probes {
+        assert_eq!(p.join().unwrap(), 503);
+    }
+    pg.freeze(false);
+    wait_for(30, "healthz 200 with the database thawed", || {
+        http(port, "GET", "/healthz", None).0 == 200
+    });
+
     // the database goes away: health and reads say 503, and come back with it
     pg.kill();
     wait_for(30, "healthz 503 while the database is down", || {
@@ -922,10 +959,39 @@ fn the_http_api_console_and_metrics_of_a_queue_dispatcher_read_and_act_on_the_qu
         200,
         "the console page is served"
     );
+    // SIGHUP while it waits: the file is read again (a new token), and it waits on with it
+    let log2 = dir.path().join("run2.log");
+    let text2 = std::fs::read_to_string(&cfg2)
+        .unwrap()
+        .replace(token, "queue-http-token-after-sighup-01");
+    std::fs::write(&cfg2, text2).unwrap();
+    signal(&run2, "-HUP");
+    wait_for(15, "the reload while waiting logged", || {
+        std::fs::read_to_string(&log2)
+            .unwrap_or_default()
+            .contains("SIGHUP while waiting for the database: configuration reloaded")
+    });
     pg.restart();
     wait_for(30, "the second dispatcher reached the database", || {
         http(port2, "GET", "/healthz", None).0 == 200
     });
+    let hold2 = format!("/api/v1/messages/{}/hold", okm.as_str());
+    assert_eq!(
+        http(port2, "POST", &hold2, Some(token)).0,
+        401,
+        "the old token is gone"
+    );
+    assert_eq!(
+        http(
+            port2,
+            "POST",
+            &hold2,
+            Some("queue-http-token-after-sighup-01")
+        )
+        .0,
+        409,
+        "the new token acts (a tombstone cannot be held)"
+    );
     drop(run2);
     wait_for(30, "healthz 200 with the database back", || {
         http(port, "GET", "/healthz", None).0 == 200

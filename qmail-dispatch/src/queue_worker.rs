@@ -108,6 +108,10 @@ impl std::fmt::Debug for QueueDispatcher {
     }
 }
 
+/// While the lease cannot be renewed, how often the heartbeat says so again (the first
+/// failure is an ERROR, the reminders WARN, the recovery INFO).
+const LEASE_LOG_EVERY: Duration = Duration::from_secs(30);
+
 impl QueueDispatcher {
     /// Checks the configuration and prepares the relays for serving `queue` (connected with
     /// [`PgQueue::connect`]); the configuration's spools, if any, are not served. The
@@ -390,19 +394,43 @@ impl QueueDispatcher {
             .name("qmail-pg-lease".into())
             .spawn(move || {
                 let mut last: Option<Instant> = None;
+                // while the database is down: the first failure at ERROR, then a reminder at
+                // most every LEASE_LOG_EVERY, and one line when the lease is fresh again
+                let mut failing: Option<(Instant, u64, Instant)> = None;
                 loop {
                     let sh = &me.shared;
                     if sh.stopping.load(Ordering::SeqCst) && sh.busy.load(Ordering::SeqCst) == 0 {
                         return;
                     }
                     if last.is_none_or(|t| t.elapsed() >= every) {
-                        match me.queue.heartbeat() {
-                            Ok(LeaseHealth::Fresh) => {}
-                            Ok(h) => tracing::warn!(health = ?h,
-                                "the queue lease is not fresh: claiming nothing until it is"),
-                            Err(e) => tracing::error!(error = %e,
-                                "cannot renew the queue lease: claiming nothing; other \
-                                 dispatchers take this one's claims back after the lease"),
+                        let problem = match me.queue.heartbeat() {
+                            Ok(LeaseHealth::Fresh) => None,
+                            Ok(h) => Some(format!("the lease is not fresh: {h:?}")),
+                            Err(e) => Some(e.to_string()),
+                        };
+                        match (problem, &mut failing) {
+                            (None, None) => {}
+                            (None, Some((since, n, _))) => {
+                                tracing::info!(failed_renewals = *n,
+                                    down_secs = since.elapsed().as_secs(),
+                                    "the queue lease is fresh again: claiming");
+                                failing = None;
+                            }
+                            (Some(e), None) => {
+                                tracing::error!(error = %e,
+                                    "cannot renew the queue lease: claiming nothing; other \
+                                     dispatchers take this one's claims back after the lease");
+                                failing = Some((Instant::now(), 1, Instant::now()));
+                            }
+                            (Some(e), Some((since, n, said))) => {
+                                *n += 1;
+                                if said.elapsed() >= LEASE_LOG_EVERY {
+                                    tracing::warn!(error = %e, failed_renewals = *n,
+                                        down_secs = since.elapsed().as_secs(),
+                                        "the queue lease still cannot be renewed: claiming nothing");
+                                    *said = Instant::now();
+                                }
+                            }
                         }
                         last = Some(Instant::now());
                     }

@@ -622,6 +622,9 @@ impl Shared {
                 .get_or_insert_with(|| "queue lifetime exceeded".into());
         }
         let settlement = if remaining.is_empty() && st.failed.is_empty() && st.reason.is_none() {
+            // nothing left: a tombstone's state (a queue keeps it) must not name the recipients
+            // an earlier attempt deferred as still to do
+            st.remaining = Some(remaining);
             Settlement::Delivered(st)
         } else if remaining.is_empty() {
             st.remaining = Some(remaining);

@@ -236,6 +236,21 @@ impl Pg {
         }
     }
 
+    /// Freezes (`true`: SIGSTOP) or thaws (`false`: SIGCONT) the postmaster and every backend:
+    /// a database that keeps its connections open and never answers.
+    pub fn freeze(&self, stop: bool) {
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        if let Some(c) = &self.child {
+            let pid = c.id().to_string();
+            // the backends first, so that none is forked after the postmaster stopped
+            let _ = Command::new("pkill").args([sig, "-P", &pid]).status();
+            let _ = Command::new("kill").args([sig, &pid]).status();
+            if !stop {
+                let _ = Command::new("pkill").args([sig, "-P", &pid]).status();
+            }
+        }
+    }
+
     /// Immediate shutdown (SIGQUIT: no checkpoint, every backend killed, WAL recovery at the
     /// next start: what a crash looks like to clients).
     pub fn kill(&mut self) {
