@@ -663,7 +663,7 @@ pub(crate) fn print_dispatch(st: &qmail_dispatch::state::MessageState) {
         if st.next_due > 0 {
             println!("next due    {}", admin_cmd::human_time(st.next_due));
         }
-        if let Some(r) = &st.remaining {
+        if let Some(r) = st.remaining.as_ref().filter(|r| !r.is_empty()) {
             println!("remaining   {}", r.join(", "));
         }
         let d = st.diagnosis();

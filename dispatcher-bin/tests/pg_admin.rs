@@ -567,6 +567,11 @@ fn hold_release_delete_and_requeue_against_a_running_dispatcher_and_sighup() {
     assert_eq!(rcpts(&srv_b), vec!["bad@example.org".to_owned()]);
     let v = json(&q(&pg, &["show", failed.as_str(), "--json"]));
     assert!(v["dispatch"]["requeued_at"].as_i64().is_some(), "{v}");
+    // the tombstone's state names nothing left to do (it once listed the requeued recipient)
+    assert_eq!(v["dispatch"]["remaining"], serde_json::json!([]), "{v}");
+    assert_eq!(v["dispatch"]["delivered"][0], "bad@example.org", "{v}");
+    let text = ok(&q(&pg, &["show", failed.as_str()]));
+    assert!(!text.contains("remaining"), "{text}");
 
     // release: claimed and delivered; while it is active, hold and delete refuse it
     let out = ok(&q(&pg, &["release", held.as_str()]));
