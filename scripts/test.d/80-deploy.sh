@@ -410,7 +410,9 @@ BOOT
         sleep 0.1
     done
     case $st in running|degraded) ;; *) fail "systemd did not come up: $st" ;; esac
-    out=$(in_sd dpkg -i "$deb" 2>&1) || fail "dpkg -i under systemd: $out"
+    # the checkout may sit under /tmp, which is a tmpfs in there: the package goes via $work
+    cp "$deb" "$work/"
+    out=$(in_sd dpkg -i "$work/$(basename "$deb")" 2>&1) || fail "dpkg -i under systemd: $out"
     in_sd systemctl start qmail-dispatcher.service || fail "systemctl start: $(in_sd journalctl -u qmail-dispatcher --no-pager | tail -20)"
     # Type=notify: start returns once READY=1 arrived
     [ "$(in_sd systemctl is-active qmail-dispatcher)" = active ] || fail "not active"
