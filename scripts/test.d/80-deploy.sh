@@ -340,7 +340,7 @@ else
     out=$(as_qmail /usr/bin/qmail-dispatcher --config /etc/qmail/dispatcher.toml drain) || fail "drain as qmail: $out"
     [ "$out" = "delivered 2, deferred 0, failed 0, corrupt 0" ] || fail "drain: $out"
     for id in "${pkg_ids[@]}"; do
-        in_root ls /var/spool/qmail/outbox | grep -q "$id" || fail "$id is not in the installed spool's outbox"
+        in_root test -f "/var/spool/qmail/outbox/$id.eml" || fail "$id is not in the installed spool's outbox"
         grep -q "$id" "$ovl/u/var/log/qmail/delivery.log" || fail "the delivery log has no $id"
     done
     # reinstall (the upgrade path: prerm upgrade, postinst configure): an edited conffile stays
@@ -352,13 +352,13 @@ else
     out=$(in_root dpkg -r qmail-dispatcher 2>&1) || fail "dpkg -r: $out"
     if in_root test -e /usr/bin/qmail-dispatcher; then fail "dpkg -r left the binary"; fi
     in_root test -f /etc/qmail/dispatcher.toml || fail "dpkg -r removed the conffile"
-    in_root ls /var/spool/qmail/outbox | grep -q "$id1" || fail "dpkg -r removed mail"
+    in_root test -f "/var/spool/qmail/outbox/$id1.eml" || fail "dpkg -r removed mail"
     in_root getent passwd qmail >/dev/null || fail "dpkg -r removed the qmail user"
     # purge: the configuration goes too; mail, log and users are kept, and it says so
     out=$(in_root dpkg --purge qmail-dispatcher 2>&1) || fail "dpkg --purge: $out"
     if in_root test -e /etc/qmail; then fail "purge left /etc/qmail"; fi
     grep -q 'are kept' <<<"$out" || fail "purge's note: $out"
-    in_root ls /var/spool/qmail/outbox | grep -q "$id1" || fail "purge removed mail"
+    in_root test -f "/var/spool/qmail/outbox/$id1.eml" || fail "purge removed mail"
     [ -z "$(in_root dpkg-query -W -f '${Status}' qmail-dispatcher 2>/dev/null | grep installed)" ] || fail "still installed after purge"
     # and none of it reached the host
     if dpkg -s qmail-dispatcher >/dev/null 2>&1 || getent passwd qmail >/dev/null || [ -e /etc/qmail/dispatcher.toml ]; then
@@ -404,6 +404,10 @@ BOOT
     done
     [ -n "$sd_pid" ] || fail "systemd did not start: $(cat "$work/sd-boot.log")"
     in_sd() { nsenter -t "$sd_pid" -m -p -r -w "$@"; }
+    # the unit's journal, read whole (a `journalctl | grep -q` would fail under pipefail when
+    # grep exits first and journalctl dies of SIGPIPE)
+    journal() { in_sd journalctl -u qmail-dispatcher --no-pager "$@" 2>/dev/null || true; }
+    logged() { grep -q -- "$1" <<<"$(journal -o cat)"; }
     for _ in $(seq 300); do
         st=$(in_sd systemctl is-system-running 2>/dev/null || true)
         case $st in running|degraded) break ;; esac
@@ -413,7 +417,7 @@ BOOT
     # the checkout may sit under /tmp, which is a tmpfs in there: the package goes via $work
     cp "$deb" "$work/"
     out=$(in_sd dpkg -i "$work/$(basename "$deb")" 2>&1) || fail "dpkg -i under systemd: $out"
-    in_sd systemctl start qmail-dispatcher.service || fail "systemctl start: $(in_sd journalctl -u qmail-dispatcher --no-pager | tail -20)"
+    in_sd systemctl start qmail-dispatcher.service || fail "systemctl start: $(journal | tail -20)"
     # Type=notify: start returns once READY=1 arrived
     [ "$(in_sd systemctl is-active qmail-dispatcher)" = active ] || fail "not active"
     [ "$(in_sd systemctl show -p StatusText --value qmail-dispatcher)" = "serving 1 spool(s)" ] \
@@ -437,10 +441,10 @@ BOOT
     # reload: SIGHUP to the same process
     in_sd systemctl reload qmail-dispatcher || fail "systemctl reload"
     for _ in $(seq 100); do
-        in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'SIGHUP: configuration reloaded' && break
+        logged 'SIGHUP: configuration reloaded' && break
         sleep 0.1
     done
-    in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'SIGHUP: configuration reloaded' || fail "reload not logged"
+    logged 'SIGHUP: configuration reloaded' || fail "reload not logged"
     [ "$(in_sd systemctl show -p MainPID --value qmail-dispatcher)" = "$main" ] || fail "reload restarted the process"
     # the watchdog: a process that stops answering (SIGSTOP) is killed and started again
     in_sd mkdir -p /etc/systemd/system/qmail-dispatcher.service.d
@@ -460,16 +464,16 @@ BOOT
     done
     [ "$now" != "$main" ] && [ "$now" != 0 ] || fail "the watchdog did not restart a stopped process"
     [ "$(in_sd systemctl show -p NRestarts --value qmail-dispatcher)" = 1 ] || fail "NRestarts after the watchdog"
-    in_sd journalctl -u qmail-dispatcher --no-pager | grep -qi 'watchdog timeout' || fail "no watchdog timeout in the journal"
+    grep -qi 'watchdog timeout' <<<"$(journal)" || fail "no watchdog timeout in the journal"
     # stop: SIGTERM, the summary logged, exit 0; then dpkg -r stops a running service itself
     in_sd systemctl stop qmail-dispatcher
     [ "$(in_sd systemctl show -p ExecMainStatus --value qmail-dispatcher)" = 0 ] || fail "stopped with a non-zero status"
     for _ in $(seq 100); do
-        in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'dispatcher stopped' && break
+        logged 'dispatcher stopped' && break
         sleep 0.1
     done
-    in_sd journalctl -u qmail-dispatcher --no-pager -o cat | grep -q 'dispatcher stopped' \
-        || fail "no summary at stop: $(in_sd journalctl -u qmail-dispatcher --no-pager -o cat | tail -8)"
+    logged 'dispatcher stopped' \
+        || fail "no summary at stop: $(journal -o cat | tail -8)"
     in_sd systemctl start qmail-dispatcher
     out=$(in_sd dpkg -r qmail-dispatcher 2>&1) || fail "dpkg -r under systemd: $out"
     if in_sd pgrep -x qmail-dispatche >/dev/null; then fail "dpkg -r left the service running"; fi
