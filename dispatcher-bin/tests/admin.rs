@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dispatch_common::*;
+use dispatch_common::{free_port, http};
 use qmail_core::spool::status::{self, State};
 use qmail_core::{Message, QueueId, Spool, SpoolOptions};
 
@@ -535,41 +536,6 @@ fn config_errors_name_file_line_column_and_relay() {
 }
 
 // ---- the HTTP listener ----
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.0 request; returns (status, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        c,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    let code = s
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = s
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_owned();
-    (code, body)
-}
 
 fn wait_http(port: u16) {
     let t0 = Instant::now();

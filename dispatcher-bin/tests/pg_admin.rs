@@ -20,7 +20,7 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use child_guard::{Guarded, run_queue};
-use dispatch_common::SmtpServer;
+use dispatch_common::{SmtpServer, free_port, http};
 use pg_common::{Pg, wait_for};
 use qmail_core::spool::SpoolFile;
 use qmail_core::{Message, QueueId, Spool, SpoolOptions};
@@ -622,38 +622,6 @@ fn hold_release_delete_and_requeue_against_a_running_dispatcher_and_sighup() {
     assert_eq!(leases, 0, "every lease given back");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("dispatcher stopped"), "{text}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.0 request to the dispatcher's listener: (status code, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        c,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    let code = s
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = s.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
-    (code, body)
 }
 
 fn http_json(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {

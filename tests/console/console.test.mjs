@@ -12,9 +12,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { freePort, openBrowser, until } from "./helpers.mjs";
 import { chromium } from "playwright-core";
 
 const BIN = process.env.QMAIL_DISPATCHER;
@@ -25,30 +25,6 @@ const TOKEN = "console-test-token-0123456789";
 
 let dir, spool, port, dispatcher, context, page;
 const pageErrors = [];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.unref();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-async function until(what, fn, ms = 15000) {
-  const t0 = Date.now();
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (_) { /* not yet */ }
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function api(p) {
   const r = await fetch(`http://127.0.0.1:${port}${p}`);
@@ -97,17 +73,7 @@ before(async () => {
     const r = await api("/api/v1/messages?state=deferred");
     return r.messages.length === 3;
   });
-  context = await chromium.launchPersistentContext(path.join(dir, "profile"), {
-    executablePath: BROWSER,
-    headless: true,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
-  page = context.pages()[0] || (await context.newPage());
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  ({ context, page } = await openBrowser(chromium, BROWSER, path.join(dir, "profile"), pageErrors));
 });
 
 after(async () => {

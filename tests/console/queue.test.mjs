@@ -17,10 +17,10 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFile, execFileSync } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { freePort, openBrowser, until } from "./helpers.mjs";
 import { chromium } from "playwright-core";
 
 const BIN = process.env.QMAIL_DISPATCHER;
@@ -140,31 +140,7 @@ async function stopPg() {
   clearTimeout(t);
 }
 
-// --- helpers, as console.test.mjs ---
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.unref();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-async function until(what, fn, ms = 15000) {
-  const t0 = Date.now();
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (_) { /* not yet */ }
-    if (Date.now() - t0 > ms) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+// --- helpers of this test (the shared ones: helpers.mjs) ---
 
 async function api(p) {
   const r = await fetch(`http://127.0.0.1:${port}${p}`);
@@ -237,17 +213,7 @@ before(async () => {
     const r = await api("/api/v1/messages?state=deferred");
     return r.body.messages.length === N;
   }, 30000);
-  context = await chromium.launchPersistentContext(path.join(dir, "profile"), {
-    executablePath: BROWSER,
-    headless: true,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-    viewport: { width: 1280, height: 900 },
-  });
-  page = context.pages()[0] || (await context.newPage());
-  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  ({ context, page } = await openBrowser(chromium, BROWSER, path.join(dir, "profile"), pageErrors));
 });
 
 after(async () => {
