@@ -249,6 +249,12 @@ cooldown_secs = 1
 """)
 
 
+def postfix_dir_of(work):
+    """The Postfix instance of a work dir: under /tmp (the postfix user must reach it), named
+    after the work dir so that a rerun finds it again."""
+    return "/tmp/qmail-e2e-postfix-" + hashlib.sha1(os.path.abspath(work).encode()).hexdigest()[:12]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default=os.path.join(TARGET, "e2e"))
@@ -275,12 +281,12 @@ def main():
         traceback.print_exc()
         res.group("run to completion", [f"{type(e).__name__}: {e}"])
     finally:
-        pf_dir = procs.postfix_dir
         procs.cleanup()
+    pf_dir = postfix_dir_of(work)
     ok = res.passed and not res.failed
     # the Postfix instance (about 70 MB under /tmp, named after the work dir) is kept for a
     # look after a failure only: every fresh checkout names a new one, and CI machines filled up
-    if ok and pf_dir:
+    if ok and os.path.isdir(pf_dir):
         shutil.rmtree(pf_dir, ignore_errors=True)
         try:
             os.unlink(os.path.join(work, "postfix"))
@@ -295,7 +301,7 @@ def run(work, per, phase1, total, res, procs):
     # Postfix's daemons run as the postfix user, which must reach the instance directory: a
     # checkout under a 0700 directory (mktemp -d) would hide it. The instance lives under /tmp
     # (named after the work dir, so a rerun finds it again) and work/postfix links to it.
-    pf_dir = "/tmp/qmail-e2e-postfix-" + hashlib.sha1(os.path.abspath(work).encode()).hexdigest()[:12]
+    pf_dir = postfix_dir_of(work)
     subprocess.run([os.path.join(ROOT, "scripts", "postfix-instance"), "stop", pf_dir],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shutil.rmtree(work, ignore_errors=True)
