@@ -199,21 +199,34 @@ fn pg_error(q: &PgQueue, e: PgAdminError) -> Resp {
     error(code, format_args!("queue {}: {e}", q.schema()))
 }
 
+/// `503 {"status":"unavailable","version","queue","error"}`: the queue `schema`'s database
+/// cannot be reached, has not been yet, or did not answer in time.
+fn unavailable(schema: &str, error: String) -> Resp {
+    json(
+        503,
+        &serde_json::json!({
+            "status": "unavailable",
+            "version": env!("CARGO_PKG_VERSION"),
+            "queue": schema,
+            "error": error,
+        }),
+    )
+}
+
 fn healthz(v: &View) -> Resp {
     if let Some(q) = &v.queue {
-        let (code, status, err) = match q.ping() {
-            Ok(()) => (200, "ok", None),
-            Err(e) => (503, "unavailable", Some(e.to_string())),
+        return match q.ping() {
+            Ok(()) => json(
+                200,
+                &serde_json::json!({
+                    "status": "ok",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "queue": q.schema(),
+                    "error": null,
+                }),
+            ),
+            Err(e) => unavailable(q.schema(), e.to_string()),
         };
-        return json(
-            code,
-            &serde_json::json!({
-                "status": status,
-                "version": env!("CARGO_PKG_VERSION"),
-                "queue": q.schema(),
-                "error": err,
-            }),
-        );
     }
     let bad: Vec<String> = v
         .spools
@@ -230,8 +243,10 @@ fn healthz(v: &View) -> Resp {
     json(if bad.is_empty() { 200 } else { 503 }, &body)
 }
 
-/// `/api/v1/status` of a queue: its counts per row state (`held` named `hold`, as the
-/// directory and the metrics name it), its live leases.
+/// `/api/v1/status` of a queue: its counts per row state ([`StateCount::label`]), its live
+/// leases.
+///
+/// [`StateCount::label`]: qmail_dispatch::queue::postgres::StateCount::label
 fn queue_status(v: &View, q: &PgQueue) -> Resp {
     let st = match q.status() {
         Ok(st) => st,
@@ -239,13 +254,8 @@ fn queue_status(v: &View, q: &PgQueue) -> Resp {
     };
     let mut counts = serde_json::Map::new();
     for c in &st.states {
-        let name = if c.state == "held" {
-            "hold"
-        } else {
-            c.state.as_str()
-        };
         counts.insert(
-            name.into(),
+            c.label().into(),
             serde_json::json!({ "count": c.count, "oldest_age_secs": c.oldest_age_secs }),
         );
     }
@@ -413,6 +423,22 @@ fn find(v: &View, q: &[(String, String)]) -> Resp {
     }
 }
 
+/// One id's outcome of an action, a spool's or a queue's: done 200, not found 404, in
+/// flight or in the wrong state 409.
+fn id_outcome(o: Option<ops::IdOutcome>, id: &str) -> Resp {
+    match o {
+        Some(o) => {
+            let code = match o.outcome {
+                ops::Outcome::Done { .. } => 200,
+                ops::Outcome::NotFound => 404,
+                ops::Outcome::InFlight | ops::Outcome::WrongState { .. } => 409,
+            };
+            json(code, &serde_json::to_value(&o).unwrap_or_default())
+        }
+        None => error(404, format_args!("no message {id}")),
+    }
+}
+
 fn action(v: &View, id: &str, what: &str) -> Resp {
     if qmail_core::QueueId::parse(id).is_err() {
         return error(400, format_args!("{id:?} is not a queue id"));
@@ -428,14 +454,7 @@ fn action(v: &View, id: &str, what: &str) -> Resp {
             _ => return error(404, format_args!("no action {what:?}")),
         };
         return match r {
-            Ok(mut o) => match o.pop() {
-                Some(o) if o.done() => json(200, &serde_json::to_value(&o).unwrap_or_default()),
-                Some(o) if matches!(o.outcome, ops::Outcome::NotFound) => {
-                    json(404, &serde_json::to_value(&o).unwrap_or_default())
-                }
-                Some(o) => json(409, &serde_json::to_value(&o).unwrap_or_default()),
-                None => error(404, format_args!("no message {id}")),
-            },
+            Ok(mut o) => id_outcome(o.pop(), id),
             Err(e) => pg_error(q, e),
         };
     }
@@ -450,11 +469,7 @@ fn action(v: &View, id: &str, what: &str) -> Resp {
         Err(e) => error(500, e),
     };
     let outcome = |r: std::io::Result<Vec<ops::IdOutcome>>| match r {
-        Ok(mut o) => match o.pop() {
-            Some(o) if o.done() => json(200, &serde_json::to_value(&o).unwrap_or_default()),
-            Some(o) => json(409, &serde_json::to_value(&o).unwrap_or_default()),
-            None => error(404, format_args!("no message {id}")),
-        },
+        Ok(mut o) => id_outcome(o.pop(), id),
         Err(e) => error(500, e),
     };
     match what {
@@ -560,14 +575,9 @@ fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
             .as_ref()
             .and_then(|e| e.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_else(|| "not tried yet".into());
-        json(
-            503,
-            &serde_json::json!({
-                "status": "unavailable",
-                "version": env!("CARGO_PKG_VERSION"),
-                "queue": schema,
-                "error": format!("queue {schema}: the database has not been reached yet: {why}"),
-            }),
+        unavailable(
+            schema,
+            format!("queue {schema}: the database has not been reached yet: {why}"),
         )
     } else if let Some(refused) = needs_token(&m, &segs)
         .then(|| authorized(&req, v.token.as_deref()).err())
@@ -585,22 +595,14 @@ fn handle(shown: &Shown, listen: SocketAddr, mut req: Request) {
             move || route(&v, &m, &segs, &path, &q),
             move |why| match what.as_str() {
                 "metrics" => metrics_text(late_view.metrics.render_with(&late_view.spools, None)),
-                _ => {
-                    let body = serde_json::json!({
-                        "status": "unavailable",
-                        "version": env!("CARGO_PKG_VERSION"),
-                        "queue": queue.schema(),
-                        "error": if is_action {
-                            format!(
-                                "queue {}: {why}; the action may still be committed: look again",
-                                queue.schema()
-                            )
-                        } else {
-                            format!("queue {}: {why}", queue.schema())
-                        },
-                    });
-                    json(503, &body)
-                }
+                _ if is_action => unavailable(
+                    queue.schema(),
+                    format!(
+                        "queue {}: {why}; the action may still be committed: look again",
+                        queue.schema()
+                    ),
+                ),
+                _ => unavailable(queue.schema(), format!("queue {}: {why}", queue.schema())),
             },
         )
     } else {

@@ -470,14 +470,9 @@ impl Metrics {
                 Ok(st) => {
                     let spool = format!("queue:{}", st.schema);
                     for c in &st.states {
-                        let state = if c.state == "held" {
-                            "hold"
-                        } else {
-                            c.state.as_str()
-                        };
                         let l = SpoolState {
                             spool: spool.clone(),
-                            state: state.into(),
+                            state: c.label().into(),
                         };
                         rows.push((l, c.count, c.oldest_age_secs));
                     }

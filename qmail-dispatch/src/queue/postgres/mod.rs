@@ -153,6 +153,18 @@ pub struct StateCount {
     pub oldest_age_secs: Option<i64>,
 }
 
+impl StateCount {
+    /// The state as a directory spool, the metrics (`qmail_queue_messages{state}`) and the
+    /// HTTP API name it: the row state, with `held` named `hold` (the spool's `hold/`).
+    pub fn label(&self) -> &str {
+        if self.state == "held" {
+            "hold"
+        } else {
+            &self.state
+        }
+    }
+}
+
 /// The queue at a glance (`qmail-dispatcher status --queue URL`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QueueStatus {
