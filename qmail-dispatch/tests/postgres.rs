@@ -88,7 +88,7 @@ fn read_all(c: &impl Claim) -> Vec<u8> {
 #[test]
 fn init_is_idempotent_and_import_is_idempotent_with_tombstones() {
     let Some(pg) = Pg::start() else { return };
-    assert_eq!(PgQueue::init(&pg.url(), "qmail").unwrap(), vec![1, 2]);
+    assert_eq!(PgQueue::init(&pg.url(), "qmail").unwrap(), vec![1, 2, 3]);
     assert!(PgQueue::init(&pg.url(), "qmail").unwrap().is_empty());
     // several hosts, the first one dead: target_session_attrs=read-write finds the live one
     let multi = format!(
@@ -1089,6 +1089,64 @@ fn the_fence_answers_from_a_fresh_lease_of_the_claims_own_registration() {
     );
 }
 
+/// Migration 3: a typical message's body stays in the heap row (no TOAST tuple to write at
+/// import and to delete at the tombstone); one past a heap page still goes out of line.
+#[test]
+fn a_typical_body_stays_in_the_heap_row_and_a_large_one_goes_to_toast() {
+    let Some(pg) = Pg::start() else { return };
+    let q = queue(&pg, "toast");
+    let toast_pages = |pg: &Pg| -> i64 {
+        scalar(
+            pg,
+            "SELECT pg_relation_size(reltoastrelid) FROM pg_class \
+             WHERE oid = 'toast.message'::regclass",
+            &[],
+        )
+    };
+    let opts: Vec<String> = scalar(
+        &pg,
+        "SELECT reloptions FROM pg_class WHERE oid = 'toast.message'::regclass",
+        &[],
+    );
+    assert_eq!(opts, ["toast_tuple_target=8160"]);
+    // 4 KiB and 7 KiB of body (a row over TOAST's 2 KiB threshold, under a page): inline
+    for n in [4096usize, 7000] {
+        let body = vec![b'a'; n];
+        let id = import(&q, &header(now(), 3, None), &body);
+        let stored: i32 = scalar(
+            &pg,
+            "SELECT pg_column_size(body) FROM toast.message WHERE id = $1",
+            &[&id.as_str()],
+        );
+        assert_eq!(
+            stored as usize,
+            n + 4,
+            "a plain varlena: not compressed, not a pointer"
+        );
+    }
+    assert_eq!(toast_pages(&pg), 0, "no body went to TOAST");
+    let got = q.claim(10, Duration::from_secs(2)).unwrap();
+    assert_eq!(got.len(), 2);
+    for c in &got {
+        assert_eq!(read_all(c).len(), c.body_len() as usize);
+    }
+    // 20 KiB: out of line, uncompressed (STORAGE EXTERNAL), read back whole
+    let big = vec![b'b'; 20 * 1024];
+    let id = import(&q, &header(now(), 3, None), &big);
+    assert!(toast_pages(&pg) > 0, "a body past a page goes to TOAST");
+    let stored: i32 = scalar(
+        &pg,
+        "SELECT pg_column_size(body) FROM toast.message WHERE id = $1",
+        &[&id.as_str()],
+    );
+    assert!(
+        stored as usize >= big.len(),
+        "out of line, uncompressed: {stored}"
+    );
+    let c = q.claim(10, Duration::from_secs(2)).unwrap().pop().unwrap();
+    assert_eq!(read_all(&c), big);
+}
+
 #[test]
 fn a_version_1_schema_is_migrated_and_version_1_dispatchers_turn_the_local_fence_off() {
     let Some(pg) = Pg::start() else { return };
@@ -1098,7 +1156,8 @@ fn a_version_1_schema_is_migrated_and_version_1_dispatchers_turn_the_local_fence
     pg.client()
         .batch_execute(
             "ALTER TABLE mig.lease DROP COLUMN fence_grace_ms; \
-             DELETE FROM mig.schema_version WHERE version = 2; \
+             ALTER TABLE mig.message RESET (toast_tuple_target); \
+             DELETE FROM mig.schema_version WHERE version >= 2; \
              INSERT INTO mig.lease (owner, lock_key, host, pid, backend_pid) \
              VALUES ('old-1', 999, 'old', 1, 1);",
         )
@@ -1107,7 +1166,7 @@ fn a_version_1_schema_is_migrated_and_version_1_dispatchers_turn_the_local_fence
         PgQueue::connect(&pg.url(), opts("mig", Duration::from_secs(30))),
         Err(QueueError::Corrupt { .. })
     ));
-    assert_eq!(PgQueue::init(&pg.url(), "mig").unwrap(), vec![2]);
+    assert_eq!(PgQueue::init(&pg.url(), "mig").unwrap(), vec![2, 3]);
     assert!(PgQueue::init(&pg.url(), "mig").unwrap().is_empty());
     let grace: Option<i32> = scalar(&pg, "SELECT fence_grace_ms FROM mig.lease", &[]);
     assert_eq!(
